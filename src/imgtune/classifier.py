@@ -1,0 +1,384 @@
+"""ImageClassifier: the one object a user holds. fit -> evaluate / predict -> save / load.
+
+This is the only orchestrator: it runs scan -> features -> head -> fine-tune -> evaluate and keeps the
+run folder up to date after every step, so an interrupted `fit` continues with `resume=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__, metrics as metrics_lib, runtime
+from .backbones import architecture, create_backbone, param_groups
+from .config import HeadConfig, Recipe, get_recipe, with_overrides
+from .data.builtin import resolve as resolve_data
+from .data.datasets import ImageFiles
+from .data.images import to_rgb
+from .data.scan import Manifest, image_files, labelled_files, require_usable, scan
+from .data.transforms import DataConfig, eval_transform, train_transform
+from .errors import ConfigError, DataError, RunFolderError
+from .features import FeatureCache, default_cache_dir, extract_features, run_network
+from .heads import Classifier, make_head
+from .progress import Reporter
+from .run import RunFolder, load_tensors_and_meta, save_tensors
+from .train import (StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
+                    run_stage)
+
+
+class ImageClassifier:
+    """Transfer learning from a folder of labelled images.
+
+    >>> clf = ImageClassifier(epochs=3).fit("photos/", out="runs/p1")
+    >>> clf.evaluate("photos/test")["per_class"]
+    >>> clf.predict(["new/cat.jpg"])
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
+                 image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
+                 batch_size: int | None = None, seed: int = 0, device: str = "auto", weights: str | None = None,
+                 cache_dir: str | None = None, quiet: bool = False):
+        self.backbone = backbone
+        self.recipe = recipe
+        self.image_size = image_size
+        self.epochs = epochs
+        self.head_epochs = head_epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.weights = weights
+        self.cache_dir = cache_dir
+        self.quiet = quiet
+
+    # ------------------------------------------------------------------------------------- fit
+    def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
+            resume: bool = False) -> "ImageClassifier":
+        started = time.perf_counter()
+        times: dict[str, float] = {}
+        recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
+                                batch_size=self.batch_size)
+        if self.image_size is not None:
+            DataConfig(self.image_size, (0, 0, 0), (1, 1, 1))  # validates the value before any work
+        device = runtime.resolve_device(self.device)
+        runtime.setup(self.seed)
+        rep = Reporter(self.quiet)
+        run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
+        if resume and not run.split.exists():
+            raise RunFolderError(f"--resume: {str(run.path)!r} holds no run to continue (no split.csv); "
+                                 "start it without --resume.")
+        if not resume and run.has_run():
+            raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
+                                 "choose another --out.")
+        cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+        # scan: the split is written once and reused on resume, so a continued run sees the same files
+        manifest = scan(run.split if resume else resolve_data(str(data), cache_root), seed=self.seed)
+        if not resume:
+            manifest.write_csv(run.split)
+        backbone = create_backbone(self.backbone, weights=self.weights, image_size=self.image_size)
+        rep.say(manifest.summary())
+
+        # features
+        t = time.perf_counter()
+        paths = [it.path for it in manifest.items]
+        feats, bad, n_new = extract_features(backbone, paths, FeatureCache(cache_root, backbone), device=device,
+                                             reporter=rep)
+        manifest = manifest.without(bad)
+        run.write_skipped(manifest.skipped)
+        require_usable(manifest)
+        rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
+                + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
+        times["features"] = time.perf_counter() - t
+        row = {p: i for i, p in enumerate(paths)}
+        split_feats = {s: (torch.from_numpy(feats[[row[it.path] for it in manifest.split(s)]]),
+                           torch.tensor([it.label for it in manifest.split(s)], dtype=torch.long))
+                       for s in ("train", "val", "test")}
+
+        # head on cached features
+        t = time.perf_counter()
+        head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
+                                              len(manifest.classes), run, rep, device)
+        times["head"] = time.perf_counter() - t
+        model = Classifier(backbone.model, head).to(device)
+
+        # fine-tune the last blocks on images
+        t = time.perf_counter()
+        ft_history: list[dict] = []
+        if recipe.finetune.epochs > 0:
+            ft_history = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep, device,
+                                              head_history)
+        times["finetune"] = time.perf_counter() - t
+
+        self.classes_ = list(manifest.classes)
+        self.model_ = model.eval()
+        self.data_config_ = backbone.data_config
+        self.head_config_ = recipe.head
+        self.run_dir_ = run.path
+        self.device_ = device
+        self.history_ = head_history + ft_history
+
+        # evaluate on test (val when there is no test split)
+        t = time.perf_counter()
+        split = "test" if manifest.split("test") else "val"
+        if ft_history:
+            probs, y, _ = self._probs_for(manifest.split(split), rep)
+        else:  # the backbone is unchanged: its cached features are exact
+            x, y = split_feats[split]
+            with torch.inference_mode():
+                probs = head.eval()(x.to(device)).softmax(1).cpu().numpy()
+            y = y.numpy()
+        self.metrics_ = {**metrics_lib.evaluate(y, probs, self.classes_), "split": split}
+        times["evaluate"] = time.perf_counter() - t
+        times["total"] = time.perf_counter() - started
+        self._write_run(run, recipe, backbone, manifest, {k: round(v, 2) for k, v in times.items()})
+        run.write_metrics(self.metrics_)
+        return self
+
+    def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
+                    rep: Reporter, device) -> tuple[torch.nn.Module, list[dict]]:
+        torch.manual_seed(self.seed)  # the same head whether or not extraction drew random numbers
+        head = make_head(cfg, n_features, n_classes).to(device)
+        ckpt = run.checkpoints / "head.safetensors"
+        if ckpt.exists():  # finished in an earlier, interrupted run
+            tensors, meta = load_tensors_and_meta(ckpt)
+            head.load_state_dict(tensors)
+            rep.say("Head: restored from the interrupted run's checkpoint.")
+            return head, meta["history"]
+        x, y = split_feats["train"]
+        xv, yv = split_feats["val"]
+        bs = cfg.batch_size
+        n_batches = (len(y) + bs - 1) // bs
+
+        def train_batches(epoch: int):
+            order = torch.randperm(len(y), generator=runtime.generator(self.seed * 1000 + epoch))
+            for i in range(0, len(y), bs):
+                idx = order[i:i + bs]
+                yield x[idx], y[idx]
+
+        def val_batches():
+            return [(xv[i:i + 4096], yv[i:i + 4096]) for i in range(0, len(yv), 4096)]
+
+        optimizer = make_optimizer(cfg.optimizer, [{"params": list(head.parameters()), "lr": cfg.lr}],
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
+        quiet_epochs = Reporter(quiet=True)  # head epochs take milliseconds: one summary line instead
+        state = run_stage("head", head, train_batches=train_batches, n_batches=n_batches, val_batches=val_batches,
+                          optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
+                          label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
+                          reporter=quiet_epochs)
+        if state.history:
+            best = state.history[state.best_epoch - 1]
+            rep.say(f"Head: {len(state.history)} epochs, best val accuracy {best['val_accuracy']:.4f} "
+                    f"(epoch {state.best_epoch}).")
+        save_tensors(ckpt, head.state_dict(), {"history": state.history})
+        run.write_history(state.history)
+        return head, state.history
+
+    def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
+                        run: RunFolder, rep: Reporter, device, head_history: list[dict]) -> list[dict]:
+        cfg = recipe.finetune
+        groups = param_groups(model.backbone)
+        if not 1 <= cfg.unfreeze <= len(groups):
+            raise ConfigError(f"unfreeze must be 1 to {len(groups)} for {self.backbone}; received {cfg.unfreeze}.")
+        unfrozen = {n for g in groups[-cfg.unfreeze:] for n in g}
+        for n, p in model.backbone.named_parameters():
+            p.requires_grad = n in unfrozen
+        for p in model.head.parameters():
+            p.requires_grad = True
+        # a fresh optimizer over exactly the parameters this stage trains
+        body = [p for n, p in model.backbone.named_parameters() if n in unfrozen]
+        optimizer = make_optimizer(cfg.optimizer, [{"params": body, "lr": cfg.lr},
+                                                   {"params": list(model.head.parameters()), "lr": cfg.head_lr}],
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        train_items, val_items = manifest.split("train"), manifest.split("val")
+        bs = cfg.batch_size
+        n_batches = (len(train_items) + bs - 1) // bs
+        scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
+        workers = runtime.loader_workers()
+        train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
+                               train_transform(data_config, cfg.augment), data_config.image_size)
+        val_set = ImageFiles([it.path for it in val_items], [it.label for it in val_items],
+                             eval_transform(data_config), data_config.image_size)
+
+        def batches(dataset, *, shuffle: bool, epoch: int = 0):
+            loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle, num_workers=workers,
+                                generator=runtime.generator(self.seed * 1000 + epoch),
+                                pin_memory=device.type == "cuda")
+            for x, y, _, reasons in loader:
+                if any(reasons):  # the file changed since it was checked; leave it out of this batch
+                    keep = [not r for r in reasons]
+                    x, y = x[keep], y[keep]
+                if len(y):
+                    yield x, y
+
+        ckpt = run.checkpoints / "finetune.safetensors"
+        state = None
+        if ckpt.exists():
+            tensors, meta = load_tensors_and_meta(ckpt)
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
+            scheduler.load_state_dict(meta["scheduler"])
+            state = StageState.from_meta(meta["state"], {k[5:]: v for k, v in tensors.items()
+                                                         if k.startswith("best.")})
+            rep.say(f"Fine-tune: continuing after epoch {state.epoch} of the interrupted run.")
+
+        def checkpoint(st: StageState) -> None:
+            opt_tensors, opt_meta = optimizer_tensors(optimizer)
+            tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                       **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors}
+            save_tensors(ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
+                                         "scheduler": scheduler.state_dict()})
+            run.write_history(head_history + st.history)
+
+        n_body = sum(p.numel() for p in body)
+        rep.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
+                f"head on {len(train_items):,} images, {cfg.augment} augmentation, up to {cfg.epochs} epochs.")
+        state = run_stage("fine-tune", model, train_batches=lambda e: batches(train_set, shuffle=True, epoch=e),
+                          n_batches=n_batches, val_batches=lambda: batches(val_set, shuffle=False),
+                          optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
+                          label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
+                          state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True)
+        for p in model.parameters():
+            p.requires_grad = False
+        return state.history
+
+    def _write_run(self, run: RunFolder, recipe: Recipe, backbone, manifest: Manifest, times: dict) -> None:
+        run.write_history(self.history_)
+        run.save_weights(self.model_.state_dict())
+        run.write_config({
+            "backbone": backbone.name, "weights": backbone.weights_id, "classes": self.classes_,
+            "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
+            "recipe": recipe.to_dict(), "seed": self.seed, "data": manifest.source,
+            "counts": manifest.counts(), "skipped": len(manifest.skipped), "seconds": times,
+            "versions": {"imgtune": __version__, "torch": torch.__version__, "timm": _timm_version(),
+                         "python": platform.python_version()},
+        })
+
+    # -------------------------------------------------------------------------- save / load
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
+        self._require_fitted()
+        run = RunFolder(path)
+        run.save_weights(self.model_.state_dict())
+        run.write_config({"backbone": self.backbone, "classes": self.classes_,
+                          "data_config": self.data_config_.to_dict(),
+                          "head": dataclasses.asdict(self.head_config_), "seed": self.seed,
+                          "versions": {"imgtune": __version__, "torch": torch.__version__}})
+        if getattr(self, "metrics_", None):
+            run.write_metrics(self.metrics_)
+        if getattr(self, "history_", None):
+            run.write_history(self.history_)
+        return run.path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", quiet: bool = False) -> "ImageClassifier":
+        """A run folder -> a ready classifier. Only JSON and safetensors are read; nothing is unpickled."""
+        run = RunFolder(path)
+        cfg = run.read_config()
+        try:
+            classes = [str(c) for c in cfg["classes"]]
+            data_config = DataConfig.from_dict(cfg["data_config"])
+            head_cfg = HeadConfig(**cfg["head"])
+            name = cfg["backbone"]
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise RunFolderError(f"{str(run.config)!r} is incomplete or malformed ({type(e).__name__}: {e}).") from None
+        body = architecture(name)
+        model = Classifier(body, make_head(head_cfg, body.num_features, len(classes)))
+        state = run.load_weights()
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise RunFolderError(f"{str(run.weights)!r} does not match config.json (backbone {name!r}, "
+                                 f"{len(classes)} classes): {' '.join(first[:2])[:300]}") from None
+        clf = cls(name, seed=int(cfg.get("seed", 0)), device=device, quiet=quiet)
+        clf.classes_ = classes
+        clf.data_config_ = data_config
+        clf.head_config_ = head_cfg
+        clf.device_ = runtime.resolve_device(device)
+        clf.model_ = model.to(clf.device_).eval()
+        clf.run_dir_ = run.path
+        return clf
+
+    # ---------------------------------------------------------------------- evaluate / predict
+    def evaluate(self, data: str | os.PathLike) -> dict:
+        """metrics.json for every labelled image under `data` (its test split when it has one)."""
+        self._require_fitted()
+        manifest = labelled_files(data, self.classes_)
+        probs, y, bad = self._probs_for(manifest.items, Reporter(self.quiet))
+        skipped = manifest.skipped + bad
+        if not len(y):
+            raise DataError(f"None of the {len(manifest.items)} images in {manifest.source!r} could be decoded.")
+        return {**metrics_lib.evaluate(y, probs, self.classes_), "source": manifest.source,
+                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+
+    def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
+        """Paths (files or folders), PIL images or HxWxC uint8 arrays -> one dict per image:
+        {"path", "label", "probability", "top_k": [(label, probability), ...]}. Files that cannot be
+        decoded are left out and listed in `self.skipped_`."""
+        self._require_fitted()
+        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        paths = [x for x in inputs if isinstance(x, (str, os.PathLike))]
+        images = [x for x in inputs if not isinstance(x, (str, os.PathLike))]
+        files, skipped = image_files(paths)
+        probs, kept, bad = self._infer(files, Reporter(self.quiet))
+        rows = list(zip(kept, probs))
+        if images:
+            tf = eval_transform(self.data_config_)
+            batch = torch.stack([tf(_as_pil(im)) for im in images]).to(self.device_)
+            with torch.inference_mode():
+                p_img = self.model_(batch).softmax(1).cpu().numpy()
+            rows += [(f"<image {i}>", p) for i, p in enumerate(p_img)]
+        self.skipped_ = skipped + bad
+        k = max(1, min(top_k, len(self.classes_)))
+        out = []
+        for path, p in rows:
+            order = np.argsort(-p, kind="stable")[:k]
+            out.append({"path": path, "label": self.classes_[order[0]], "probability": float(p[order[0]]),
+                        "top_k": [(self.classes_[j], float(p[j])) for j in order]})
+        return out
+
+    def _probs_for(self, items, rep: Reporter) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        """Labelled items -> (probabilities, labels, skipped) for those that decoded."""
+        probs, kept, bad = self._infer([it.path for it in items], rep)
+        label = {it.path: it.label for it in items}
+        return probs, np.array([label[p] for p in kept], dtype=int), bad
+
+    def _infer(self, paths: list[str], rep: Reporter) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """Image files -> (probabilities, the paths they belong to, [(bad path, reason)])."""
+        outputs, bad = run_network(self.model_, paths, eval_transform(self.data_config_),
+                                   self.data_config_.image_size, device=self.device_, reporter=rep,
+                                   description="Predicting")
+        order = sorted(outputs)
+        logits = np.stack([outputs[i] for i in order]) if order else np.zeros((0, len(self.classes_)))
+        return torch.from_numpy(logits).softmax(1).numpy(), [paths[i] for i in order], sorted(bad.items())
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RunFolderError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
+
+
+def _as_pil(image):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        raise DataError(f"Expected an HxW or HxWxC uint8 array; received dtype {arr.dtype}, shape {arr.shape}.")
+    return to_rgb(Image.fromarray(arr))
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__

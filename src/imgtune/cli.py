@@ -1,0 +1,135 @@
+"""The command line: parse flags, call ImageClassifier, map failures to exit codes. Nothing imports this."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import ImgtuneError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected {lo} or more, received {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="imgtune", description="A folder of labelled images in, an image classifier out.")
+    p.add_argument("--version", action="version", version=f"imgtune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a classifier on DATA (class folders, train/val/test splits, a CSV, "
+                                     "or builtin:digits)")
+    t.add_argument("data", metavar="DATA")
+    t.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    t.add_argument("--backbone", default="efficientnet_lite0", help="registry or timm model name")
+    t.add_argument("--weights", metavar="FILE", help="pretrained backbone weights (.safetensors)")
+    t.add_argument("--recipe", default="default", choices=["default", "seed"])
+    t.add_argument("--image-size", type=_int_at_least(16), metavar="N")
+    t.add_argument("--epochs", type=_int_at_least(0), metavar="N", help="fine-tune epochs (0: head only)")
+    t.add_argument("--head-epochs", type=_int_at_least(1), metavar="N")
+    t.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help="fine-tune batch size")
+    t.add_argument("--seed", type=_int_at_least(0), default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("evaluate", help="per-class accuracy of a run on labelled images")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--json", metavar="FILE", help="write metrics here instead of RUN/metrics.json")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("predict", help="label new images")
+    r.add_argument("run", metavar="RUN")
+    r.add_argument("paths", metavar="PATH", nargs="+")
+    r.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K")
+    r.add_argument("--output", metavar="FILE.csv|FILE.json", help="default: CSV on stdout")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ImgtuneError as e:
+        print(f"imgtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgtune: interrupted; what was done is saved: run the same command with --resume to continue.",
+              file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permissions: say which file and why, without a traceback
+        print(f"imgtune: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+def _train(args) -> int:
+    from .classifier import ImageClassifier
+    from .report import print_metrics
+
+    clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
+                          head_epochs=args.head_epochs, batch_size=args.batch_size, seed=args.seed,
+                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet)
+    clf.fit(args.data, out=args.out, resume=args.resume)
+    m = clf.metrics_
+    print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
+                           f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
+    print(f"Run folder: {clf.run_dir_}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .atomic import write_json_atomic
+    from .classifier import ImageClassifier
+    from .report import print_metrics
+    from .run import RunFolder
+
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    m = clf.evaluate(args.data)
+    if m["skipped"]:
+        print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
+              file=sys.stderr)
+    out = args.json or RunFolder(args.run).metrics
+    write_json_atomic(out, m)
+    print_metrics(m, title=f"{m['source']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
+                           f"({m['n_images']:,} images)")
+    print(f"Metrics: {out}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .classifier import ImageClassifier
+    from .predict import format_predictions, write_predictions
+
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    rows = clf.predict(args.paths, top_k=args.top_k)
+    for path, reason in clf.skipped_:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.output:
+        write_predictions(rows, args.output)
+        if not args.quiet:
+            print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_predictions(rows, "stdout.csv"))
+    return 0 if rows or not clf.skipped_ else 2
+
+
+_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict}

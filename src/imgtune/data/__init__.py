@@ -1,0 +1,1 @@
+"""Finding, decoding and transforming the user's images. No model code here."""

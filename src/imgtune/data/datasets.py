@@ -1,0 +1,28 @@
+"""torch Datasets over image files. A file that fails to decode yields a zero image and its reason, so one
+bad file never stops a batch; the caller drops it and reports it."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import BadImage, decode_rgb, read_bytes
+
+
+class ImageFiles(Dataset):
+    def __init__(self, paths: list[str], labels: list[int] | None, transform, image_size: int):
+        self.paths = paths
+        self.labels = labels
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        label = self.labels[i] if self.labels is not None else -1
+        try:
+            img = decode_rgb(read_bytes(self.paths[i]), draft_size=self.image_size)
+            return self.transform(img), label, i, ""
+        except BadImage as e:
+            return torch.zeros(3, self.image_size, self.image_size), label, i, str(e)

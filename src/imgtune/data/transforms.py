@@ -1,0 +1,77 @@
+"""Eval and train transforms, resolved from the backbone's own data config (mean, std, interpolation),
+so the weights decide the preprocessing and predict matches train."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Everything that turns a decoded image into the tensor the backbone sees at eval time."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def __post_init__(self):
+        if not isinstance(self.image_size, int) or self.image_size < 16 or self.image_size > 2048:
+            raise ConfigError(f"--image-size must be a whole number from 16 to 2048; received {self.image_size}.")
+
+    @property
+    def signature(self) -> str:
+        """Identifies the eval transform in feature-cache keys: any change here means new features."""
+        m = ",".join(f"{v:.4f}" for v in self.mean)
+        s = ",".join(f"{v:.4f}" for v in self.std)
+        return f"draft-short{self.image_size}-center{self.image_size}-{self.interpolation}-m{m}-s{s}-v1"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("interpolation", "bicubic"))
+
+
+def _interp(cfg: DataConfig) -> InterpolationMode:
+    return InterpolationMode(cfg.interpolation)
+
+
+def _to_tensor(cfg: DataConfig) -> list:
+    return [T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
+
+
+def eval_transform(cfg: DataConfig) -> T.Compose:
+    """Shorter side to image_size, centre crop: the whole of a square image, the middle of a long one."""
+    s = cfg.image_size
+    return T.Compose([T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s), *_to_tensor(cfg)])
+
+
+def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
+    s = cfg.image_size
+    if augment == "none":
+        return eval_transform(cfg)
+    if augment == "light":
+        return T.Compose([T.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=_interp(cfg)),
+                          T.RandomHorizontalFlip(), *_to_tensor(cfg)])
+    if augment == "seed":
+        # Keras ImageDataGenerator(rotation_range=40, width/height_shift_range=0.3, shear_range=0.2,
+        # zoom_range=0.2, horizontal_flip=True, fill_mode="nearest"). torchvision's affine fills with a
+        # constant, so the image is first padded by repeating its edge pixels (the "nearest" fill), the
+        # affine acts on the padded canvas, and the centre is cropped back. Shear 0.2 is in radians, as
+        # the recipe's Keras version read it.
+        return T.Compose([
+            T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s),
+            T.Pad(s, padding_mode="edge"),
+            T.RandomAffine(degrees=40, translate=(0.3 / 3, 0.3 / 3), scale=(0.8, 1.2),
+                           shear=math.degrees(0.2), interpolation=InterpolationMode.BILINEAR),
+            T.CenterCrop(s), T.RandomHorizontalFlip(), *_to_tensor(cfg)])
+    raise ConfigError(f"Unknown augmentation {augment!r}: expected light, seed or none.")

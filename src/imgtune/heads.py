@@ -1,0 +1,31 @@
+"""The classifier heads that sit on pooled backbone features."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import HeadConfig
+from .errors import ConfigError
+
+
+def make_head(cfg: HeadConfig, in_features: int, n_classes: int) -> nn.Sequential:
+    if cfg.kind == "linear":
+        return nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(in_features, n_classes))
+    if cfg.kind == "mlp":
+        # The seed recipe's top model: Flatten -> Dense(256, relu) -> Dropout(0.5) -> Dense(softmax).
+        # Pooled features are already flat; the softmax is in the loss.
+        return nn.Sequential(nn.Linear(in_features, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                             nn.Linear(cfg.hidden, n_classes))
+    raise ConfigError(f"Unknown head kind {cfg.kind!r}: expected linear or mlp.")
+
+
+class Classifier(nn.Module):
+    """Backbone trunk + head: images in, logits out. Keys are `backbone.*` and `head.*`."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))

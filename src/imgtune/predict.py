@@ -1,0 +1,33 @@
+"""Predictions -> CSV or JSON files. CSV columns: path,label,probability, then top-k label/probability pairs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from .atomic import write_text_atomic
+from .errors import ConfigError
+
+
+def format_predictions(rows: list[dict], output: str | Path) -> str:
+    suffix = Path(output).suffix.lower()
+    if suffix == ".json":
+        return json.dumps([{**r, "top_k": [{"label": c, "probability": p} for c, p in r["top_k"]]}
+                           for r in rows], indent=2) + "\n"
+    if suffix != ".csv":
+        raise ConfigError(f"--output must end in .csv or .json; received {str(output)!r}.")
+    k = max((len(r["top_k"]) for r in rows), default=0)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "probability"] + [f"{c}{i}" for i in range(1, k + 1)
+                                                   for c in ("label_", "probability_")])
+    for r in rows:
+        pairs = [v for c, p in r["top_k"] for v in (c, f"{p:.6f}")]
+        w.writerow([r["path"], r["label"], f"{r['probability']:.6f}", *pairs])
+    return buf.getvalue()
+
+
+def write_predictions(rows: list[dict], output: str | Path) -> None:
+    write_text_atomic(output, format_predictions(rows, output))

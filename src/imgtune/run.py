@@ -1,0 +1,104 @@
+"""The run folder: config.json, model.safetensors, metrics.json, history.jsonl, skipped.csv, split.csv
+and checkpoints/. Weights are safetensors, settings JSON; nothing here unpickles anything."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .errors import RunFolderError
+
+FORMAT = "imgtune-run"
+FORMAT_VERSION = 1
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json")
+    weights = property(lambda self: self.path / "model.safetensors")
+    metrics = property(lambda self: self.path / "metrics.json")
+    history = property(lambda self: self.path / "history.jsonl")
+    skipped = property(lambda self: self.path / "skipped.csv")
+    split = property(lambda self: self.path / "split.csv")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    def has_run(self) -> bool:
+        return self.config.exists() or self.checkpoints.exists()
+
+    # -- settings and results -------------------------------------------------------------------
+    def write_config(self, config: dict) -> None:
+        write_json_atomic(self.config, {"format": FORMAT, "format_version": FORMAT_VERSION, **config})
+
+    def read_config(self) -> dict:
+        if not self.path.is_dir():
+            raise RunFolderError(f"{str(self.path)!r} is not a run folder: expected a folder written by "
+                                 "`imgtune train --out RUN`.")
+        if not self.config.is_file():
+            raise RunFolderError(f"{str(self.path)!r} is not a finished run: config.json is missing "
+                                 "(train it, or continue it with `imgtune train ... --resume`).")
+        try:
+            config = json.loads(self.config.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{str(self.config)!r} is not valid JSON ({e}).") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise RunFolderError(f"{str(self.config)!r} is not an imgtune run config (no \"format\": \"{FORMAT}\").")
+        return config
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json_atomic(self.metrics, metrics)
+
+    def write_history(self, records: list[dict]) -> None:
+        write_text_atomic(self.history, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_history(self) -> list[dict]:
+        if not self.history.exists():
+            return []
+        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+
+    def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "reason"])
+        w.writerows(skipped)
+        write_text_atomic(self.skipped, buf.getvalue())
+
+    # -- weights ------------------------------------------------------------------------------
+    def save_weights(self, state: dict[str, torch.Tensor]) -> None:
+        save_tensors(self.weights, state)
+
+    def load_weights(self) -> dict[str, torch.Tensor]:
+        if not self.weights.is_file():
+            raise RunFolderError(f"{str(self.weights)!r} is missing: the run folder is incomplete.")
+        return load_tensors(self.weights)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"imgtune": json.dumps(meta)} if meta is not None else None
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RunFolderError(f"{str(path)!r} is not a valid safetensors file ({e}); it may be truncated or "
+                             "tampered with. Retrain, or restore it from a backup.") from None
+
+
+def load_tensors_and_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), "pt") as f:
+        meta = (f.metadata() or {}).get("imgtune")
+    return tensors, json.loads(meta) if meta else {}

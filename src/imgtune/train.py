@@ -1,0 +1,176 @@
+"""The training loop shared by the head stage (on cached features) and the fine-tune stage (on images).
+
+Plain PyTorch: a fresh optimizer per stage built from the parameters that stage trains, one scheduler
+step per batch, validation after every epoch, the best epoch's weights kept and restored at the end.
+Every epoch starts from a generator seeded with (seed, epoch), so a run resumed at an epoch boundary
+sees the same shuffles and augmentations as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .progress import Reporter
+
+
+def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_decay: float):
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":  # Keras' RMSprop defaults: rho 0.9, epsilon 1e-7
+        return torch.optim.RMSprop(groups, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
+    raise ConfigError(f"Unknown optimizer {name!r}: expected adamw, sgd or rmsprop.")
+
+
+def make_scheduler(kind: str, optimizer, total_steps: int):
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if kind == "cosine":  # linear warm-up over the first 10% of steps, then cosine decay to 2%
+        total = max(1, total_steps)
+        warm = max(1, total // 10)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(step - warm, total - warm) / max(1, total - warm)
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ConfigError(f"Unknown schedule {kind!r}: expected cosine or constant.")
+
+
+def set_train_mode(model: nn.Module, *, bn_train: bool = True) -> None:
+    """Train mode, except that BatchNorm layers whose parameters are frozen stay in eval mode: their
+    running statistics are the pretrained ones and must not drift towards the new data's batches.
+    With `bn_train=False` every BatchNorm keeps its running statistics (its affine weights still learn)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not bn_train or not any(p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
+
+
+@dataclass
+class StageState:
+    """Where a stage stands: enough, with the model and optimizer, to continue it exactly."""
+
+    epoch: int = 0  # next epoch to run
+    best_score: tuple[float, float] | None = None  # (val accuracy, -val loss)
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    def meta(self) -> dict:
+        return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "history": self.history}
+
+    @classmethod
+    def from_meta(cls, meta: dict, best_weights: dict) -> "StageState":
+        score = tuple(meta["best_score"]) if meta.get("best_score") is not None else None
+        return cls(meta["epoch"], score, meta["best_epoch"], meta["bad_epochs"], best_weights, meta["history"])
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, batches: Iterable, device: torch.device) -> dict:
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1)}
+
+
+def run_stage(stage: str, model: nn.Module, *,
+              train_batches: Callable[[int], Iterable], n_batches: int, val_batches: Callable[[], Iterable],
+              optimizer, scheduler, epochs: int, patience: int | None, label_smoothing: float, seed: int,
+              device: torch.device, reporter: Reporter, state: StageState | None = None,
+              on_epoch: Callable[[StageState], None] | None = None, bn_train: bool = True,
+              baseline: bool = False) -> StageState:
+    """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
+    validation, weights and BatchNorm statistics alike, and restore it at the end.
+
+    With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
+    never leaves the model worse on validation than it found it.
+    """
+    if state is None:
+        state = StageState()
+        if baseline:
+            record = {"stage": stage, "epoch": 0, "loss": None, **validate(model, val_batches(), device),
+                      "lr": 0.0, "seconds": 0.0}
+            state.best_score, state.best_epoch = (record["val_accuracy"], -record["val_loss"]), 0
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.history.append(record)
+            reporter.say(f"{stage} epoch 0 (before training): val accuracy {record['val_accuracy']:.4f}")
+    while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
+        epoch = state.epoch
+        torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
+        started = time.perf_counter()
+        set_train_mode(model, bn_train=bn_train)
+        total, seen = 0.0, 0
+        with reporter.bar(f"{stage} epoch {epoch + 1}/{epochs}", n_batches) as advance:
+            for x, y in train_batches(epoch):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(y)
+                seen += len(y)
+                advance(1, info=f"loss {total / seen:.3f}")
+        record = {"stage": stage, "epoch": epoch + 1, "loss": total / max(seen, 1),
+                  **validate(model, val_batches(), device), "lr": optimizer.param_groups[0]["lr"]}
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        score = (record["val_accuracy"], -record["val_loss"])
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        state.history.append(record)
+        state.epoch = epoch + 1
+        reporter.say(f"{stage} epoch {epoch + 1}: loss {record['loss']:.4f}, val accuracy "
+                     f"{record['val_accuracy']:.4f}, {record['seconds']:.1f}s"
+                     + (" (best)" if state.best_epoch == epoch + 1 else ""))
+        if on_epoch:
+            on_epoch(state)
+    if state.best_weights:
+        model.load_state_dict(state.best_weights)
+    return state
+
+
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as flat tensors (for safetensors) plus JSON-able settings."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

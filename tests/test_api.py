@@ -1,0 +1,98 @@
+"""The Python API and the run folder it writes: save/load round trip, hostile files refused."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from imgtune import ImageClassifier, RunFolderError
+
+from conftest import make_image
+
+
+def test_fit_predict_save_load(trained_run, tmp_path):
+    run, data, cache = trained_run
+    clf = ImageClassifier.load(run, quiet=True)
+    assert clf.classes_ == ["circle", "square", "triangle"]
+    rng = np.random.default_rng(5)
+    pil = make_image("triangle", rng)
+    preds = clf.predict([pil, np.asarray(make_image("square", rng)), str(data / "circle")], top_k=3)
+    assert [p["label"] for p in preds[:2]] == ["triangle", "square"] or preds[0]["probability"] < 0.9
+    assert len(preds) == 2 + 14
+    assert all(abs(sum(p for _, p in r["top_k"]) - 1) < 1e-4 for r in preds)
+
+    saved = clf.save(tmp_path / "copy")
+    again = ImageClassifier.load(saved, quiet=True)
+    a, b = clf.predict(pil)[0], again.predict(pil)[0]
+    assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_predict_before_fit_is_a_clear_error():
+    with pytest.raises(RunFolderError, match="not trained yet"):
+        ImageClassifier().predict("x.jpg")
+
+
+def test_frozen_batchnorm_keeps_its_statistics(trained_run):
+    run, _, _ = trained_run
+    from imgtune.train import set_train_mode
+
+    model = ImageClassifier.load(run, quiet=True).model_
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in model.backbone.blocks[-1].parameters():
+        p.requires_grad = True
+    before = model.backbone.bn1.running_mean.clone()
+    set_train_mode(model)
+    assert not model.backbone.bn1.training and model.backbone.blocks[-1][0].bn1.training
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(before, model.backbone.bn1.running_mean)
+
+
+def _copy_run(run, dst):
+    dst.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (dst / name).write_bytes((run / name).read_bytes())
+    return dst
+
+
+def test_pickle_payload_is_refused_and_never_run(trained_run, tmp_path):
+    run, _, _ = trained_run
+    bad = _copy_run(run, tmp_path / "bad")
+    sentinel = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"state": Payload()}))
+    with pytest.raises(RunFolderError, match="not a valid safetensors file"):
+        ImageClassifier.load(bad)
+    assert not sentinel.exists()
+
+
+def test_tampered_or_mismatched_files_are_refused(trained_run, tmp_path):
+    run, _, _ = trained_run
+    cut = _copy_run(run, tmp_path / "cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunFolderError, match="not a valid safetensors"):
+        ImageClassifier.load(cut)
+
+    wrong = _copy_run(run, tmp_path / "wrong")
+    config = json.loads((wrong / "config.json").read_text())
+    config["classes"].append("hexagon")
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="does not match config.json"):
+        ImageClassifier.load(wrong)
+
+    arch = _copy_run(run, tmp_path / "arch")
+    config["classes"].pop()
+    config["backbone"] = "resnet18"
+    (arch / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="does not match config.json"):
+        ImageClassifier.load(arch)

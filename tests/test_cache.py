@@ -1,0 +1,47 @@
+"""Features are extracted once per file content + backbone + transform."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imgtune.backbones import create_backbone
+from imgtune.features import FeatureCache, extract_features
+
+from conftest import write_class_folders
+
+
+def _paths(root):
+    return sorted(str(p) for p in root.rglob("*.*"))
+
+
+def test_second_extraction_is_all_hits_and_edits_invalidate_only_themselves(tmp_path):
+    root = write_class_folders(tmp_path / "p", 3)
+    paths = _paths(root)
+    b = create_backbone(image_size=32)
+    cache = FeatureCache(tmp_path / "cache", b)
+    first, bad, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    assert n == len(paths) and not bad and not np.isnan(first).any()
+    again, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    assert n == 0 and np.array_equal(first, again)
+
+    Image.new("RGB", (40, 40), (255, 255, 0)).save(paths[0])  # edit one file
+    _, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    assert n == 1
+
+    other = create_backbone(image_size=48)  # another transform: a cache of its own
+    _, _, n = extract_features(other, paths, FeatureCache(tmp_path / "cache", other), device=torch.device("cpu"))
+    assert n == len(paths)
+
+
+def test_torn_entry_is_recomputed_and_bad_files_reported(tmp_path):
+    root = write_class_folders(tmp_path / "p", 2)
+    (root / "circle" / "zero.png").write_bytes(b"")
+    paths = _paths(root)
+    b = create_backbone(image_size=32)
+    cache = FeatureCache(tmp_path / "cache", b)
+    feats, bad, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
+    assert bad == {str(root / "circle" / "zero.png"): "empty file (0 bytes)"}
+    entry = next(cache.dir.rglob("*.npy"))
+    entry.write_bytes(entry.read_bytes()[:40])
+    again, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    assert n == 1 and np.allclose(np.nan_to_num(feats), np.nan_to_num(again), atol=1e-5)

@@ -1,0 +1,103 @@
+"""Folder and CSV layouts -> a manifest with seeded, stratified splits; bad layouts -> one clear error."""
+
+import pytest
+
+from imgtune.data.scan import labelled_files, scan
+from imgtune.errors import DataError
+
+from conftest import write_class_folders
+
+
+def test_class_folders_get_a_seeded_stratified_split(tmp_path):
+    root = write_class_folders(tmp_path / "photos", 20)
+    m = scan(root, seed=3)
+    assert m.classes == ["circle", "square", "triangle"]
+    assert m.counts() == {"train": 48, "val": 6, "test": 6}
+    for split in ("val", "test"):
+        assert sorted(it.label for it in m.split(split)) == [0, 0, 1, 1, 2, 2]
+    assert scan(root, seed=3).items == m.items
+    assert scan(root, seed=4).items != m.items
+    assert m.summary() == "Found 60 images in 3 classes: 48 train, 6 val, 6 test."
+
+
+def test_split_folders_are_used_as_given(tmp_path):
+    for split in ("train", "validation", "test"):
+        write_class_folders(tmp_path / "d" / split, 4, seed=len(split))
+    m = scan(tmp_path / "d")
+    assert m.counts() == {"train": 12, "val": 12, "test": 12}
+    assert all("/validation/" in it.path for it in m.split("val"))
+
+
+def test_val_is_taken_from_train_when_missing(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", 10)
+    write_class_folders(tmp_path / "d" / "test", 2)
+    m = scan(tmp_path / "d")
+    assert m.counts() == {"train": 27, "val": 3, "test": 6}
+
+
+def test_csv_with_relative_paths_and_skips(tmp_path):
+    root = write_class_folders(tmp_path / "photos", 5)
+    rows = ["path,label"] + [f"photos/{c}/{c}_{i:03d}.{'jpg' if i % 2 else 'png'},{c}"
+                             for c in ("circle", "square") for i in range(5)]
+    rows.append("photos/gone.png,circle")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = scan(tmp_path / "labels.csv")
+    assert m.classes == ["circle", "square"] and len(m.items) == 10
+    assert m.skipped == [(str(tmp_path / "photos/gone.png"), "file not found")]
+    assert "(1 skipped)" in m.summary()
+    assert root.exists()
+
+
+def test_split_csv_round_trips(tmp_path):
+    m = scan(write_class_folders(tmp_path / "photos", 10), seed=1)
+    m.write_csv(tmp_path / "split.csv")
+    again = scan(tmp_path / "split.csv")
+    assert again.classes == m.classes and set(again.items) == set(m.items)
+
+
+def test_non_images_are_reported(tmp_path):
+    root = write_class_folders(tmp_path / "p", 3)
+    (root / "circle" / "readme.txt").write_text("x")
+    m = scan(root)
+    assert [p for p, _ in m.skipped] == [str(root / "circle" / "readme.txt")]
+
+
+def _file(p):
+    (p / "f.jpg").write_bytes(b"x")
+    return p / "f.jpg"
+
+
+def _empty(p):
+    (p / "empty").mkdir()
+    return p / "empty"
+
+
+def _bad_csv(p):
+    (p / "bad.csv").write_text("file,cls\na,b\n")
+    return p / "bad.csv"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (_file, "is a file, not a folder"),
+    (_empty, "Found 0 images"),
+    (lambda p: write_class_folders(p / "one", 3, classes=("circle",)), "at least 2 classes.*found 1"),
+    (_bad_csv, "needs columns 'path' and 'label'"),
+])
+def test_bad_layouts(tmp_path, make, message):
+    with pytest.raises(DataError, match=message):
+        scan(make(tmp_path))
+
+
+def test_test_classes_must_be_known(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", 3, classes=("circle", "square"))
+    write_class_folders(tmp_path / "d" / "test", 3, classes=("circle", "triangle"))
+    with pytest.raises(DataError, match="classes that the training data does not"):
+        scan(tmp_path / "d")
+
+
+def test_labelled_files_prefers_the_test_split(tmp_path):
+    write_class_folders(tmp_path / "d" / "train", 3)
+    write_class_folders(tmp_path / "d" / "test", 2)
+    m = labelled_files(tmp_path / "d", ["circle", "square", "triangle"])
+    assert len(m.items) == 6 and all("/test/" in it.path for it in m.items)
