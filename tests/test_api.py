@@ -22,8 +22,9 @@ def test_fit_predict_save_load(trained_run, tmp_path):
     rng = np.random.default_rng(5)
     pil = make_image("triangle", rng)
     preds = clf.predict([pil, np.asarray(make_image("square", rng)), str(data / "circle")], top_k=3)
-    assert [p["label"] for p in preds[:2]] == ["triangle", "square"] or preds[0]["probability"] < 0.9
-    assert len(preds) == 2 + 14
+    assert [p["label"] for p in preds[:2]] == ["triangle", "square"]
+    assert [p["path"] for p in preds[:2]] == ["<image 0>", "<image 1>"]
+    assert len(preds) == 2 + 14 and sum(p["label"] == "circle" for p in preds[2:]) >= 12
     assert all(abs(sum(p for _, p in r["top_k"]) - 1) < 1e-4 for r in preds)
 
     saved = clf.save(tmp_path / "copy")

@@ -45,7 +45,7 @@ def test_train_evaluate_predict(photos, cache_dir, tmp_path, capsys):
     ev = imgtune("evaluate", run, photos, "--json", tmp_path / "m.json", "--quiet")
     assert ev.returncode == 0, ev.stderr
     assert "circle" in ev.stdout and json.loads((tmp_path / "m.json").read_text())["n_images"] == 42
-    assert "Skipped 1 files" in ev.stderr
+    assert "Skipped 2 files" in ev.stderr
 
     pr = imgtune("predict", run, photos / "circle", "--output", tmp_path / "preds.csv", "--top-k", "2", "--quiet")
     assert pr.returncode == 0, pr.stderr
@@ -83,7 +83,7 @@ def _bad_cases(tmp_path, trained):
         "empty folder": (["train", tmp_path / "empty", "--out", tmp_path / "r3"], "Found 0 images"),
         "one class": (["train", one, "--out", tmp_path / "r4"], "at least 2 classes"),
         "all files of a class bad": (["train", allbad, "--out", tmp_path / "r5", "--image-size", "32",
-                                      "--cache-dir", tmp_path / "c"], "found none usable in 'square'"),
+                                      "--cache-dir", tmp_path / "c", "--quiet"], "found none usable in 'square'"),
         "unknown backbone": (["train", data, "--out", tmp_path / "r6", "--backbone", "nope_net"], "Unknown backbone"),
         "negative epochs": (["train", data, "--out", tmp_path / "r7", "--epochs", "-1"], "--epochs"),
         "image size 0": (["train", data, "--out", tmp_path / "r8", "--image-size", "0"], "--image-size"),

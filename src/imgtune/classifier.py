@@ -327,17 +327,22 @@ class ImageClassifier:
         self._require_fitted()
         if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        paths = [x for x in inputs if isinstance(x, (str, os.PathLike))]
-        images = [x for x in inputs if not isinstance(x, (str, os.PathLike))]
-        files, skipped = image_files(paths)
+        files, skipped = image_files([x for x in inputs if isinstance(x, (str, os.PathLike))])
         probs, kept, bad = self._infer(files, Reporter(self.quiet))
-        rows = list(zip(kept, probs))
+        by_path = dict(zip(kept, probs))
+        images = [x for x in inputs if not isinstance(x, (str, os.PathLike))]
         if images:
             tf = eval_transform(self.data_config_)
             batch = torch.stack([tf(_as_pil(im)) for im in images]).to(self.device_)
             with torch.inference_mode():
-                p_img = self.model_(batch).softmax(1).cpu().numpy()
-            rows += [(f"<image {i}>", p) for i, p in enumerate(p_img)]
+                image_probs = iter(self.model_(batch).softmax(1).cpu().numpy())
+        rows = []  # in the order given; a folder contributes its files in sorted order
+        for i, x in enumerate(inputs):
+            if isinstance(x, (str, os.PathLike)):
+                found, _ = image_files([x])
+                rows += [(f, by_path[f]) for f in found if f in by_path]
+            else:
+                rows.append((f"<image {i}>", next(image_probs)))
         self.skipped_ = skipped + bad
         k = max(1, min(top_k, len(self.classes_)))
         out = []

@@ -117,8 +117,10 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     from .classifier import ImageClassifier
-    from .predict import format_predictions, write_predictions
+    from .predict import check_output, format_predictions, write_predictions
 
+    if args.output:
+        check_output(args.output)
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
     rows = clf.predict(args.paths, top_k=args.top_k)
     for path, reason in clf.skipped_:

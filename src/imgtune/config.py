@@ -34,10 +34,10 @@ class HeadConfig:
 class FineTuneConfig:
     """The head on the backbone, with the last blocks unfrozen."""
 
-    unfreeze: int = 1  # last coarse groups of timm's group_matcher to train (1 = last stage + conv head)
+    unfreeze: int = 2  # last coarse groups of timm's group_matcher to train (1 = last stage + conv head)
     optimizer: str = "adamw"
-    lr: float = 1e-4  # for the unfrozen backbone blocks
-    head_lr: float = 3e-4
+    lr: float = 1e-3  # for the unfrozen backbone blocks
+    head_lr: float = 3e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
     epochs: int = 4
@@ -74,14 +74,17 @@ SEED = Recipe(
                             schedule="constant", augment="seed", bn_train=True),
 )
 
-# Ours: a linear head early-stopped on validation, then AdamW with a 3x higher LR on the head than on
-# the unfrozen blocks, cosine decay, label smoothing, and light augmentation that keeps the object in view.
+# Ours: a linear head early-stopped on validation, then the last two block groups with AdamW (3x the LR on
+# the head), warm-up and cosine decay, label smoothing, frozen BatchNorm statistics, and light augmentation
+# that keeps the object in view.
 DEFAULT = Recipe(name="default")
 
 RECIPES = {r.name: r for r in (DEFAULT, SEED)}
 
 
-def get_recipe(name: str) -> Recipe:
+def get_recipe(name: "str | Recipe") -> Recipe:
+    if isinstance(name, Recipe):
+        return name
     if name not in RECIPES:
         raise ConfigError(f"Unknown recipe {name!r}: expected one of {', '.join(sorted(RECIPES))}.")
     return RECIPES[name]

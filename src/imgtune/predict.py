@@ -11,13 +11,17 @@ from .atomic import write_text_atomic
 from .errors import ConfigError
 
 
-def format_predictions(rows: list[dict], output: str | Path) -> str:
+def check_output(output: str | Path) -> str:
     suffix = Path(output).suffix.lower()
-    if suffix == ".json":
+    if suffix not in (".csv", ".json"):
+        raise ConfigError(f"--output must end in .csv or .json; received {str(output)!r}.")
+    return suffix
+
+
+def format_predictions(rows: list[dict], output: str | Path) -> str:
+    if check_output(output) == ".json":
         return json.dumps([{**r, "top_k": [{"label": c, "probability": p} for c, p in r["top_k"]]}
                            for r in rows], indent=2) + "\n"
-    if suffix != ".csv":
-        raise ConfigError(f"--output must end in .csv or .json; received {str(output)!r}.")
     k = max((len(r["top_k"]) for r in rows), default=0)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

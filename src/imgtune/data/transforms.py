@@ -60,7 +60,7 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
     if augment == "none":
         return eval_transform(cfg)
     if augment == "light":
-        return T.Compose([T.RandomResizedCrop(s, scale=(0.5, 1.0), interpolation=_interp(cfg)),
+        return T.Compose([T.RandomResizedCrop(s, scale=(0.7, 1.0), interpolation=_interp(cfg)),
                           T.RandomHorizontalFlip(), *_to_tensor(cfg)])
     if augment == "seed":
         # Keras ImageDataGenerator(rotation_range=40, width/height_shift_range=0.3, shear_range=0.2,

@@ -1,0 +1,76 @@
+"""Training behaviour a user relies on: recipes, resume after an interruption, best-on-validation."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision.transforms import v2 as T
+
+import imgtune.classifier as classifier
+from imgtune import ImageClassifier
+from imgtune.config import get_recipe, with_overrides
+from imgtune.data.transforms import DataConfig, train_transform
+from imgtune.errors import ConfigError
+
+
+def test_seed_recipe_is_the_original_one():
+    r = get_recipe("seed")
+    assert (r.head.kind, r.head.hidden, r.head.dropout) == ("mlp", 256, 0.5)
+    ft = r.finetune
+    assert (ft.optimizer, ft.lr, ft.momentum, ft.schedule, ft.augment) == ("sgd", 1e-4, 0.9, "constant", "seed")
+    steps = train_transform(DataConfig(64, (0.5,) * 3, (0.5,) * 3), "seed").transforms
+    affine = next(t for t in steps if isinstance(t, T.RandomAffine))
+    assert affine.degrees == [-40.0, 40.0] and affine.scale == (0.8, 1.2)
+    assert any(isinstance(t, T.Pad) and t.padding_mode == "edge" for t in steps)  # Keras' "nearest" fill
+    assert any(isinstance(t, T.RandomHorizontalFlip) for t in steps)
+
+
+def test_overrides_refuse_impossible_values():
+    assert with_overrides(get_recipe("default"), epochs=0).finetune.epochs == 0
+    with pytest.raises(ConfigError, match="--batch-size"):
+        with_overrides(get_recipe("default"), batch_size=0)
+    with pytest.raises(ConfigError, match="Unknown recipe"):
+        get_recipe("fast")
+
+
+def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
+    settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True)
+    ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
+
+    real = classifier.run_stage
+
+    def interrupted_after_one_epoch(stage, model, **kw):
+        if stage == "fine-tune":
+            inner = kw["on_epoch"]
+
+            def on_epoch(state):
+                inner(state)
+                if state.epoch == 1:
+                    raise KeyboardInterrupt
+            kw["on_epoch"] = on_epoch
+        return real(stage, model, **kw)
+
+    monkeypatch.setattr(classifier, "run_stage", interrupted_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    monkeypatch.undo()
+    ImageClassifier(**settings).fit(photos, out=tmp_path / "cut", resume=True)
+
+    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    history = [json.loads(x) for x in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history if h["stage"] == "fine-tune"] == [0, 1, 2]
+
+
+def test_the_kept_weights_are_the_best_epoch_on_validation(trained_run, tmp_path):
+    run, _, _ = trained_run
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    ft = [h for h in history if h["stage"] == "fine-tune"]
+    assert ft[0]["epoch"] == 0  # the head-only model is validated first and competes for "best"
+    val_rows = [r for r in (run / "split.csv").read_text().splitlines()[1:] if r.endswith(",val")]
+    (tmp_path / "val.csv").write_text("path,label\n" + "\n".join(r.rsplit(",", 1)[0] for r in val_rows) + "\n")
+    metrics = ImageClassifier.load(run, quiet=True).evaluate(tmp_path / "val.csv")
+    assert metrics["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in ft))
