@@ -1,5 +1,7 @@
 """Folder and CSV layouts -> a manifest with seeded, stratified splits; bad layouts -> one clear error."""
 
+import os
+
 import pytest
 
 from imgtune.data.scan import labelled_files, scan
@@ -101,3 +103,14 @@ def test_labelled_files_prefers_the_test_split(tmp_path):
     write_class_folders(tmp_path / "d" / "test", 2)
     m = labelled_files(tmp_path / "d", ["circle", "square", "triangle"])
     assert len(m.items) == 6 and all("/test/" in it.path for it in m.items)
+
+
+def test_file_name_that_is_not_utf8_round_trips_through_split_csv(tmp_path):
+    root = write_class_folders(tmp_path / "p", 4)
+    odd = root.joinpath("circle").as_posix().encode() + b"/caf\xe9.png"
+    os.rename(root / "circle" / "circle_000.png", odd)
+    m = scan(root)
+    m.write_csv(tmp_path / "split.csv")
+    again = scan(tmp_path / "split.csv")
+    assert set(again.items) == set(m.items)
+    assert any(it.path.encode("utf-8", "surrogateescape") == odd for it in again.items)

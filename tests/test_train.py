@@ -56,6 +56,8 @@ def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_pat
         ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     monkeypatch.undo()
+    with pytest.raises(ConfigError, match="settings differ from the interrupted run"):
+        ImageClassifier(**{**settings, "epochs": 3}).fit(photos, out=tmp_path / "cut", resume=True)
     ImageClassifier(**settings).fit(photos, out=tmp_path / "cut", resume=True)
 
     full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))

@@ -37,7 +37,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it was read from
+    write_bytes_atomic(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

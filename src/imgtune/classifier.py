@@ -7,6 +7,7 @@ run folder up to date after every step, so an interrupted `fit` continues with `
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import tempfile
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import __version__, metrics as metrics_lib, runtime
+from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
 from .config import HeadConfig, Recipe, get_recipe, with_overrides
 from .data.builtin import resolve as resolve_data
@@ -77,12 +79,17 @@ class ImageClassifier:
         if not resume and run.has_run():
             raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
                                  "choose another --out.")
+        settings = {"backbone": self.backbone, "recipe": recipe.to_dict(), "image_size": self.image_size,
+                    "seed": self.seed, "weights": self.weights}
+        if resume:
+            _check_same_settings(run, settings)
         cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
         # scan: the split is written once and reused on resume, so a continued run sees the same files
         manifest = scan(run.split if resume else resolve_data(str(data), cache_root), seed=self.seed)
         if not resume:
             manifest.write_csv(run.split)
+            write_json_atomic(run.checkpoints / "settings.json", settings)
         backbone = create_backbone(self.backbone, weights=self.weights, image_size=self.image_size)
         rep.say(manifest.summary())
 
@@ -370,6 +377,19 @@ class ImageClassifier:
     def _require_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RunFolderError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
+
+
+def _check_same_settings(run: RunFolder, settings: dict) -> None:
+    """A resumed run must train as the interrupted one did, or its checkpoints mean something else."""
+    path = run.checkpoints / "settings.json"
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
+    diff = [k for k in settings if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
+    if diff:
+        raise ConfigError(f"--resume: settings differ from the interrupted run ({', '.join(diff)}); "
+                          "resume with the same flags, or start a new --out.")
 
 
 def _as_pil(image):

@@ -42,7 +42,9 @@ class FineTuneConfig:
     momentum: float = 0.9
     epochs: int = 4
     batch_size: int = 32
-    patience: int | None = 2
+    # None: run the whole cosine schedule. Fine-tuning dips before it climbs, so stopping on the first
+    # epochs without improvement would end it at the dip; the best-epoch checkpoint guards the result.
+    patience: int | None = None
     label_smoothing: float = 0.1
     schedule: str = "cosine"
     augment: str = "light"  # "light" (random resized crop + flip), "seed" (the original affine set), "none"

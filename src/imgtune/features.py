@@ -52,7 +52,7 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
     bad: dict[str, str] = {}
     if not paths:
         return outputs, bad
-    workers = loader_workers()
+    workers = loader_workers() if len(paths) > 2 * batch_size else 0  # a worker costs ~1 s to start
     loader = DataLoader(ImageFiles(paths, None, transform, image_size), batch_size=batch_size,
                         num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
     with reporter.bar(description, len(paths)) as advance:

@@ -32,7 +32,8 @@ class RunFolder:
     checkpoints = property(lambda self: self.path / "checkpoints")
 
     def has_run(self) -> bool:
-        return self.config.exists() or self.checkpoints.exists()
+        """True once training has produced something worth keeping (a head, or a finished run)."""
+        return self.config.exists() or (self.checkpoints / "head.safetensors").exists()
 
     # -- settings and results -------------------------------------------------------------------
     def write_config(self, config: dict) -> None:

@@ -173,7 +173,7 @@ def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             columns = [c.strip().lower() for c in reader.fieldnames or []]
             if "path" not in columns or "label" not in columns:
@@ -217,6 +217,9 @@ def require_usable(m: Manifest) -> None:
         found = f"1 ('{m.classes[0]}')" if m.classes else "0"
         raise DataError(f"Expected at least 2 classes in {where!r}, found {found}: a classifier needs one "
                         "folder (or CSV label) per class.")
+    if not any(it.split == "val" for it in m.items):
+        raise DataError(f"Expected validation images in {where!r}, found none: give each class 2 or more "
+                        "images, or add a val/ folder.")
     train_counts = np.bincount([it.label for it in m.items if it.split == "train"], minlength=len(m.classes))
     empty = [c for c, n in zip(m.classes, train_counts) if n == 0]
     if empty:
