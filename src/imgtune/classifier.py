@@ -145,8 +145,10 @@ class ImageClassifier:
         self.metrics_ = {**metrics_lib.evaluate(y, probs, self.classes_), "split": split}
         times["evaluate"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - started
-        self._write_run(run, recipe, backbone, manifest, {k: round(v, 2) for k, v in times.items()})
-        run.write_metrics(self.metrics_)
+        self.fit_info_ = {"weights": backbone.weights_id, "recipe": recipe.to_dict(), "data": manifest.source,
+                          "counts": manifest.counts(), "skipped": len(manifest.skipped),
+                          "seconds": {k: round(v, 2) for k, v in times.items()}}
+        self.save(run.path)
         return self
 
     def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
@@ -257,28 +259,17 @@ class ImageClassifier:
             p.requires_grad = False
         return state.history
 
-    def _write_run(self, run: RunFolder, recipe: Recipe, backbone, manifest: Manifest, times: dict) -> None:
-        run.write_history(self.history_)
-        run.save_weights(self.model_.state_dict())
-        run.write_config({
-            "backbone": backbone.name, "weights": backbone.weights_id, "classes": self.classes_,
-            "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
-            "recipe": recipe.to_dict(), "seed": self.seed, "data": manifest.source,
-            "counts": manifest.counts(), "skipped": len(manifest.skipped), "seconds": times,
-            "versions": {"imgtune": __version__, "torch": torch.__version__, "timm": _timm_version(),
-                         "python": platform.python_version()},
-        })
-
     # -------------------------------------------------------------------------- save / load
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
         self._require_fitted()
         run = RunFolder(path)
         run.save_weights(self.model_.state_dict())
-        run.write_config({"backbone": self.backbone, "classes": self.classes_,
-                          "data_config": self.data_config_.to_dict(),
-                          "head": dataclasses.asdict(self.head_config_), "seed": self.seed,
-                          "versions": {"imgtune": __version__, "torch": torch.__version__}})
+        run.write_config({
+            **getattr(self, "fit_info_", {}), "backbone": self.backbone, "classes": self.classes_,
+            "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
+            "seed": self.seed, "versions": {"imgtune": __version__, "torch": torch.__version__,
+                                            "timm": _timm_version(), "python": platform.python_version()}})
         if getattr(self, "metrics_", None):
             run.write_metrics(self.metrics_)
         if getattr(self, "history_", None):
@@ -313,6 +304,7 @@ class ImageClassifier:
         clf.device_ = runtime.resolve_device(device)
         clf.model_ = model.to(clf.device_).eval()
         clf.run_dir_ = run.path
+        clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "skipped", "seconds") if k in cfg}
         return clf
 
     # ---------------------------------------------------------------------- evaluate / predict

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .errors import RunFolderError
@@ -60,11 +60,6 @@ class RunFolder:
     def write_history(self, records: list[dict]) -> None:
         write_text_atomic(self.history, "".join(json.dumps(r) + "\n" for r in records))
 
-    def read_history(self) -> list[dict]:
-        if not self.history.exists():
-            return []
-        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
-
     def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -89,17 +84,16 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise RunFolderError(f"{str(path)!r} is not a valid safetensors file ({e}); it may be truncated or "
-                             "tampered with. Retrain, or restore it from a backup.") from None
+    return load_tensors_and_meta(path)[0]
 
 
 def load_tensors_and_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)
-    with safe_open(str(path), "pt") as f:
-        meta = (f.metadata() or {}).get("imgtune")
-    return tensors, json.loads(meta) if meta else {}
+    """Tensors and the JSON metadata saved beside them; a file that is not intact safetensors is refused."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = (f.metadata() or {}).get("imgtune")
+        return tensors, json.loads(meta) if meta else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RunFolderError(f"{str(path)!r} is not a valid safetensors file ({e}); it may be truncated or "
+                             "tampered with. Retrain, or restore it from a backup.") from None
