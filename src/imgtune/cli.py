@@ -125,13 +125,17 @@ def _predict(args) -> int:
     rows = clf.predict(args.paths, top_k=args.top_k)
     for path, reason in clf.skipped_:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not rows:
+        print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",
+              file=sys.stderr)
+        return 2
     if args.output:
         write_predictions(rows, args.output)
         if not args.quiet:
             print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(format_predictions(rows, "stdout.csv"))
-    return 0 if rows or not clf.skipped_ else 2
+    return 0
 
 
 _COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict}
