@@ -304,7 +304,8 @@ class ImageClassifier:
         clf.device_ = runtime.resolve_device(device)
         clf.model_ = model.to(clf.device_).eval()
         clf.run_dir_ = run.path
-        clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "skipped", "seconds") if k in cfg}
+        clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "skipped", "seconds")
+                         if k in cfg}
         return clf
 
     # ---------------------------------------------------------------------- evaluate / predict
@@ -324,24 +325,31 @@ class ImageClassifier:
         {"path", "label", "probability", "top_k": [(label, probability), ...]}. Files that cannot be
         decoded are left out and listed in `self.skipped_`."""
         self._require_fitted()
-        if isinstance(inputs, (str, os.PathLike)) or not isinstance(inputs, (list, tuple)):
+        if _is_path(inputs) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        files, skipped = image_files([x for x in inputs if isinstance(x, (str, os.PathLike))])
-        probs, kept, bad = self._infer(files, Reporter(self.quiet))
+        groups: list[list[str] | None] = []  # per input: its image files, or None for an in-memory image
+        skipped: list[tuple[str, str]] = []
+        for x in inputs:
+            if _is_path(x):
+                files, missing = image_files([x])  # each folder is walked once
+                groups.append(files)
+                skipped += missing
+            else:
+                groups.append(None)
+        probs, kept, bad = self._infer([f for g in groups if g for f in g], Reporter(self.quiet))
         by_path = dict(zip(kept, probs))
-        images = [x for x in inputs if not isinstance(x, (str, os.PathLike))]
+        images = [x for x, g in zip(inputs, groups) if g is None]
         if images:
             tf = eval_transform(self.data_config_)
             batch = torch.stack([tf(_as_pil(im)) for im in images]).to(self.device_)
             with torch.inference_mode():
                 image_probs = iter(self.model_(batch).softmax(1).cpu().numpy())
         rows = []  # in the order given; a folder contributes its files in sorted order
-        for i, x in enumerate(inputs):
-            if isinstance(x, (str, os.PathLike)):
-                found, _ = image_files([x])
-                rows += [(f, by_path[f]) for f in found if f in by_path]
-            else:
+        for i, g in enumerate(groups):
+            if g is None:
                 rows.append((f"<image {i}>", next(image_probs)))
+            else:
+                rows += [(f, by_path[f]) for f in g if f in by_path]
         self.skipped_ = skipped + bad
         k = max(1, min(top_k, len(self.classes_)))
         out = []
@@ -371,6 +379,10 @@ class ImageClassifier:
             raise RunFolderError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
 
 
+def _is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
 def _check_same_settings(run: RunFolder, settings: dict) -> None:
     """A resumed run must train as the interrupted one did, or its checkpoints mean something else."""
     path = run.checkpoints / "settings.json"
@@ -378,7 +390,8 @@ def _check_same_settings(run: RunFolder, settings: dict) -> None:
         before = json.loads(path.read_text())
     except (OSError, ValueError):
         raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
-    diff = [k for k in settings if json.dumps(before.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)]
+    now = json.loads(json.dumps(settings))  # tuples become lists, as they were when saved
+    diff = [k for k in now if before.get(k) != now[k]]
     if diff:
         raise ConfigError(f"--resume: settings differ from the interrupted run ({', '.join(diff)}); "
                           "resume with the same flags, or start a new --out.")
