@@ -21,18 +21,19 @@ from torch.utils.data import DataLoader
 from . import __version__, metrics as metrics_lib, runtime
 from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
+from .calibration import fit_temperature, softmax
 from .config import HeadConfig, Recipe, get_recipe, with_overrides
 from .data.builtin import resolve as resolve_data
 from .data.datasets import ImageFiles
 from .data.images import to_rgb
 from .data.scan import Manifest, image_files, labelled_files, require_usable, scan
-from .data.transforms import DataConfig, eval_transform, train_transform
+from .data.transforms import DataConfig, TTAViews, eval_transform, train_transform
 from .errors import ConfigError, DataError, RunFolderError
 from .features import FeatureCache, default_cache_dir, extract_features, run_network
-from .heads import Classifier, make_head
+from .heads import Classifier, EachView, make_head
 from .progress import Reporter
 from .run import RunFolder, load_tensors_and_meta, save_tensors
-from .train import (StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
+from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
                     run_stage)
 
 
@@ -104,6 +105,10 @@ class ImageClassifier:
         rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
                 + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
         times["features"] = time.perf_counter() - t
+        balance = Balance.plan(np.bincount([it.label for it in manifest.split("train")],
+                                           minlength=len(manifest.classes)), recipe.balance)
+        if balance.weights is not None:
+            rep.say(f"Balance: {balance.describe()}.")
         row = {p: i for i, p in enumerate(paths)}
         split_feats = {s: (torch.from_numpy(feats[[row[it.path] for it in manifest.split(s)]]),
                            torch.tensor([it.label for it in manifest.split(s)], dtype=torch.long))
@@ -112,7 +117,7 @@ class ImageClassifier:
         # head on cached features
         t = time.perf_counter()
         head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
-                                              len(manifest.classes), run, rep, device)
+                                              len(manifest.classes), run, rep, device, balance)
         times["head"] = time.perf_counter() - t
         model = Classifier(backbone.model, head).to(device)
 
@@ -121,7 +126,7 @@ class ImageClassifier:
         ft_history: list[dict] = []
         if recipe.finetune.epochs > 0:
             ft_history = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep, device,
-                                              head_history)
+                                              head_history, balance)
         times["finetune"] = time.perf_counter() - t
 
         self.classes_ = list(manifest.classes)
@@ -132,27 +137,43 @@ class ImageClassifier:
         self.device_ = device
         self.history_ = head_history + ft_history
 
-        # evaluate on test (val when there is no test split)
-        t = time.perf_counter()
-        split = "test" if manifest.split("test") else "val"
-        if ft_history:
-            probs, y, _ = self._probs_for(manifest.split(split), rep)
-        else:  # the backbone is unchanged: its cached features are exact
-            x, y = split_feats[split]
+        def split_logits(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+            items = manifest.split(name)
+            if ft_history:
+                return self._logits_for(items, rep)
+            x, y = split_feats[name]  # the backbone is unchanged: its cached features are exact
             with torch.inference_mode():
-                probs = head.eval()(x.to(device)).softmax(1).cpu().numpy()
-            y = y.numpy()
-        self.metrics_ = {**metrics_lib.evaluate(y, probs, self.classes_), "split": split}
+                return head.eval()(x.to(device)).cpu().numpy(), y.numpy(), [it.path for it in items]
+
+        # calibrate on validation, then evaluate on test (val when there is no test split)
+        t = time.perf_counter()
+        val_logits, val_y, val_paths = split_logits("val")
+        self.temperature_ = fit_temperature(val_logits, val_y)
+        calibration = {"temperature": self.temperature_,
+                       "val_ece_before": metrics_lib.expected_calibration_error(val_y, softmax(val_logits)),
+                       "val_ece_after": metrics_lib.expected_calibration_error(
+                           val_y, softmax(val_logits, self.temperature_))}
+        rep.say(f"Calibration: temperature {self.temperature_:.3f}, validation ECE "
+                f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}.")
+        split = "test" if manifest.split("test") else "val"
+        logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
+        self.metrics_ = {**self._metrics(logits, y, kept), "split": split}
         times["evaluate"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - started
         self.fit_info_ = {"weights": backbone.weights_id, "recipe": recipe.to_dict(), "data": manifest.source,
                           "counts": manifest.counts(), "skipped": len(manifest.skipped),
+                          "class_counts": {c: int(n) for c, n in zip(manifest.classes, np.bincount(
+                              [it.label for it in manifest.items], minlength=len(manifest.classes)))},
+                          "balance": {"ratio": balance.ratio, "class_weights": balance.weights,
+                                      "selected_on": balance.select.removeprefix("val_"),
+                                      "description": balance.describe()},
+                          "calibration": calibration,
                           "seconds": {k: round(v, 2) for k, v in times.items()}}
         self.save(run.path)
         return self
 
     def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
-                    rep: Reporter, device) -> tuple[torch.nn.Module, list[dict]]:
+                    rep: Reporter, device, balance: Balance) -> tuple[torch.nn.Module, list[dict]]:
         torch.manual_seed(self.seed)  # the same head whether or not extraction drew random numbers
         head = make_head(cfg, n_features, n_classes).to(device)
         ckpt = run.checkpoints / "head.safetensors"
@@ -182,17 +203,19 @@ class ImageClassifier:
         state = run_stage("head", head, train_batches=train_batches, n_batches=n_batches, val_batches=val_batches,
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
-                          reporter=quiet_epochs)
+                          reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select)
         if state.history:
             best = state.history[state.best_epoch - 1]
-            rep.say(f"Head: {len(state.history)} epochs, best val accuracy {best['val_accuracy']:.4f} "
+            name = balance.select.removeprefix("val_").replace("_", " ")
+            rep.say(f"Head: {len(state.history)} epochs, best val {name} {best[balance.select]:.4f} "
                     f"(epoch {state.best_epoch}).")
         save_tensors(ckpt, head.state_dict(), {"history": state.history})
         run.write_history(state.history)
         return head, state.history
 
     def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
-                        run: RunFolder, rep: Reporter, device, head_history: list[dict]) -> list[dict]:
+                        run: RunFolder, rep: Reporter, device, head_history: list[dict],
+                        balance: Balance) -> list[dict]:
         cfg = recipe.finetune
         groups = param_groups(model.backbone)
         if not 1 <= cfg.unfreeze <= len(groups):
@@ -254,7 +277,8 @@ class ImageClassifier:
                           n_batches=n_batches, val_batches=lambda: batches(val_set, shuffle=False),
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
-                          state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True)
+                          state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
+                          class_weights=balance.tensor(device), select=balance.select)
         for p in model.parameters():
             p.requires_grad = False
         return state.history
@@ -268,7 +292,7 @@ class ImageClassifier:
         run.write_config({
             **getattr(self, "fit_info_", {}), "backbone": self.backbone, "classes": self.classes_,
             "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
-            "seed": self.seed, "versions": {"imgtune": __version__, "torch": torch.__version__,
+            "seed": self.seed, "temperature": self.temperature_, "versions": {"imgtune": __version__, "torch": torch.__version__,
                                             "timm": _timm_version(), "python": platform.python_version()}})
         if getattr(self, "metrics_", None):
             run.write_metrics(self.metrics_)
@@ -304,26 +328,50 @@ class ImageClassifier:
         clf.device_ = runtime.resolve_device(device)
         clf.model_ = model.to(clf.device_).eval()
         clf.run_dir_ = run.path
-        clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "skipped", "seconds")
-                         if k in cfg}
+        try:
+            clf.temperature_ = float(cfg.get("temperature", 1.0))
+        except (TypeError, ValueError):
+            clf.temperature_ = float("nan")
+        if not 0 < clf.temperature_ < float("inf"):
+            raise RunFolderError(f"{str(run.config)!r} has temperature {cfg.get('temperature')!r}: expected a "
+                                 "positive number.")
+        clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "class_counts", "skipped",
+                                             "balance", "calibration", "seconds") if k in cfg}
         return clf
 
     # ---------------------------------------------------------------------- evaluate / predict
-    def evaluate(self, data: str | os.PathLike) -> dict:
-        """metrics.json for every labelled image under `data` (its test split when it has one)."""
+    def evaluate(self, data: str | os.PathLike, *, tta: bool = False) -> dict:
+        """metrics.json for every labelled image under `data` (its test split when it has one). With `tta`,
+        each image's prediction averages flipped and zoomed views, and "tta" says what that gained."""
         self._require_fitted()
         manifest = labelled_files(data, self.classes_)
-        probs, y, bad = self._probs_for(manifest.items, Reporter(self.quiet))
+        bad: list[tuple[str, str]] = []
+        logits, y, kept = self._logits_for(manifest.items, Reporter(self.quiet), tta=tta, bad=bad)
         skipped = manifest.skipped + bad
         if not len(y):
             raise DataError(f"None of the {len(manifest.items)} images in {manifest.source!r} could be decoded.")
-        return {**metrics_lib.evaluate(y, probs, self.classes_), "source": manifest.source,
+        return {**self._metrics(logits, y, kept), "source": manifest.source,
                 "skipped": [{"path": p, "reason": r} for p, r in skipped]}
 
-    def predict(self, inputs, *, top_k: int = 5) -> list[dict]:
+    def _metrics(self, logits: np.ndarray, y: np.ndarray, paths: list[str]) -> dict:
+        probs, single = self._probabilities(logits)
+        views = logits if logits.ndim == 3 else logits[:, None]
+        return {**metrics_lib.evaluate(y, probs, self.classes_, paths=paths,
+                                       uncalibrated=softmax(views).mean(axis=1),
+                                       single_view=single if logits.ndim == 3 else None),
+                "temperature": self.temperature_}
+
+    def _probabilities(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [N, K] or per view [N, V, K] -> (calibrated probabilities averaged over the views,
+        those of the first, plain view alone)."""
+        views = logits if logits.ndim == 3 else logits[:, None]
+        p = softmax(views, self.temperature_)
+        return p.mean(axis=1), p[:, 0]
+
+    def predict(self, inputs, *, top_k: int = 5, tta: bool = False) -> list[dict]:
         """Paths (files or folders), PIL images or HxWxC uint8 arrays -> one dict per image:
-        {"path", "label", "probability", "top_k": [(label, probability), ...]}. Files that cannot be
-        decoded are left out and listed in `self.skipped_`."""
+        {"path", "label", "probability", "top_k": [(label, probability), ...]}, with calibrated
+        probabilities. Files that cannot be decoded are left out and listed in `self.skipped_`."""
         self._require_fitted()
         if _is_path(inputs) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
@@ -336,14 +384,14 @@ class ImageClassifier:
                 skipped += missing
             else:
                 groups.append(None)
-        probs, kept, bad = self._infer([f for g in groups if g for f in g], Reporter(self.quiet))
-        by_path = dict(zip(kept, probs))
+        logits, kept, bad = self._infer([f for g in groups if g for f in g], Reporter(self.quiet), tta=tta)
+        by_path = dict(zip(kept, self._probabilities(logits)[0]))
         images = [x for x, g in zip(inputs, groups) if g is None]
         if images:
-            tf = eval_transform(self.data_config_)
+            tf = TTAViews(self.data_config_) if tta else eval_transform(self.data_config_)
             batch = torch.stack([tf(_as_pil(im)) for im in images]).to(self.device_)
             with torch.inference_mode():
-                image_probs = iter(self.model_(batch).softmax(1).cpu().numpy())
+                image_probs = iter(self._probabilities(EachView(self.model_)(batch).cpu().numpy())[0])
         rows = []  # in the order given; a folder contributes its files in sorted order
         for i, g in enumerate(groups):
             if g is None:
@@ -359,20 +407,26 @@ class ImageClassifier:
                         "top_k": [(self.classes_[j], float(p[j])) for j in order]})
         return out
 
-    def _probs_for(self, items, rep: Reporter) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-        """Labelled items -> (probabilities, labels, skipped) for those that decoded."""
-        probs, kept, bad = self._infer([it.path for it in items], rep)
+    def _logits_for(self, items, rep: Reporter, *, tta: bool = False, bad: list | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Labelled items -> (logits, labels, paths) for those that decoded; the others are added to `bad`."""
+        logits, kept, failed = self._infer([it.path for it in items], rep, tta=tta)
+        if bad is not None:
+            bad += failed
         label = {it.path: it.label for it in items}
-        return probs, np.array([label[p] for p in kept], dtype=int), bad
+        return logits, np.array([label[p] for p in kept], dtype=int), kept
 
-    def _infer(self, paths: list[str], rep: Reporter) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-        """Image files -> (probabilities, the paths they belong to, [(bad path, reason)])."""
-        outputs, bad = run_network(self.model_, paths, eval_transform(self.data_config_),
-                                   self.data_config_.image_size, device=self.device_, reporter=rep,
-                                   description="Predicting")
+    def _infer(self, paths: list[str], rep: Reporter, *, tta: bool = False
+               ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """Image files -> (logits [N, K], or [N, V, K] with `tta`; the paths they belong to;
+        [(bad path, reason)])."""
+        transform = TTAViews(self.data_config_) if tta else eval_transform(self.data_config_)
+        outputs, bad = run_network(EachView(self.model_), paths, transform, self.data_config_.image_size,
+                                   device=self.device_, reporter=rep, description="Predicting")
         order = sorted(outputs)
-        logits = np.stack([outputs[i] for i in order]) if order else np.zeros((0, len(self.classes_)))
-        return torch.from_numpy(logits).softmax(1).numpy(), [paths[i] for i in order], sorted(bad.items())
+        shape = (0, len(TTAViews.names), len(self.classes_)) if tta else (0, len(self.classes_))
+        logits = np.stack([outputs[i] for i in order]) if order else np.zeros(shape)
+        return logits, [paths[i] for i in order], sorted(bad.items())
 
     def _require_fitted(self) -> None:
         if not hasattr(self, "model_"):

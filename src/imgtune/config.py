@@ -56,13 +56,21 @@ class Recipe:
     name: str
     head: HeadConfig = field(default_factory=HeadConfig)
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    # Class imbalance: "auto" compensates when the largest training class has 1.5x or more images than the
+    # smallest (class-weighted loss, checkpoints chosen on balanced accuracy); "on" always, "off" never.
+    balance: str = "auto"
+
+    def __post_init__(self):
+        if self.balance not in ("auto", "on", "off"):
+            raise ConfigError(f"Unknown balance setting {self.balance!r}: expected auto, on or off.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**d["finetune"]))
+        return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**d["finetune"]),
+                   balance=d.get("balance", "auto"))
 
 
 # The recipe imgtune grew from: a Dense-256 top model on VGG16 bottleneck features (RMSprop, 50 epochs,
@@ -74,11 +82,12 @@ SEED = Recipe(
     finetune=FineTuneConfig(unfreeze=1, optimizer="sgd", lr=1e-4, head_lr=1e-4, weight_decay=0.0,
                             momentum=0.9, epochs=50, batch_size=16, patience=None, label_smoothing=0.0,
                             schedule="constant", augment="seed", bn_train=True),
+    balance="off",
 )
 
 # Ours: a linear head early-stopped on validation, then the last two block groups with AdamW (3x the LR on
 # the head), warm-up and cosine decay, label smoothing, frozen BatchNorm statistics, and light augmentation
-# that keeps the object in view.
+# that keeps the object in view; imbalanced classes are weighted and checkpoints chosen on balanced accuracy.
 DEFAULT = Recipe(name="default")
 
 RECIPES = {r.name: r for r in (DEFAULT, SEED)}

@@ -29,3 +29,18 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.backbone(x))
+
+
+class EachView(nn.Module):
+    """Runs a model on [B, C, H, W] as it is, and on [B, V, C, H, W] (several views of each image, for
+    test-time augmentation) view by view -> [B, V, K]. Holds no weights of its own."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        if x.dim() == 5:
+            b, v = x.shape[:2]
+            return self.model(x.flatten(0, 1)).view(b, v, -1)
+        return self.model(x)

@@ -30,21 +30,55 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(top == np.asarray(y_true)[:, None], axis=1)))
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
+def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict[str, list]:
+    """Equal-width confidence bins: how many predictions fell in each, their mean confidence and how many
+    were right (the reliability diagram's data). Empty bins hold None."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(y_true)
     bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
+    count = np.bincount(bins, minlength=n_bins)
+    out: dict[str, list] = {"count": count.tolist(), "confidence": [], "accuracy": []}
     for b in range(n_bins):
         m = bins == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+        out["confidence"].append(float(conf[m].mean()) if m.any() else None)
+        out["accuracy"].append(float(correct[m].mean()) if m.any() else None)
+    return out
 
 
-def evaluate(y_true, probs, classes: list[str], ks=(1, 5)) -> dict:
-    """The metrics.json document (see DESIGN.md)."""
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    r = reliability(y_true, probs, n_bins)
+    n = max(1, sum(r["count"]))
+    return float(sum(c / n * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c))
+
+
+def most_confused(cm: np.ndarray, classes: list[str], n: int = 10) -> list[dict]:
+    """The largest off-diagonal cells: which true class is most often taken for which other class."""
+    support = cm.sum(axis=1)
+    cells = [(int(cm[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes))
+             if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": classes[i], "predicted": classes[j], "count": c, "share_of_true": c / int(support[i])}
+            for c, i, j in cells[:n]]
+
+
+def misclassified(y_true: np.ndarray, probs: np.ndarray, paths: list[str], classes: list[str],
+                  n: int = 48) -> list[dict]:
+    """The wrong predictions, worst first: lowest probability given to the true class."""
+    y_true = np.asarray(y_true, int)
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    p_true = probs[np.arange(len(y_true)), y_true]
+    wrong = wrong[np.argsort(p_true[wrong], kind="stable")][:n]
+    return [{"path": paths[i], "true": classes[y_true[i]], "predicted": classes[pred[i]],
+             "probability": float(probs[i, pred[i]]), "probability_true": float(p_true[i])} for i in wrong]
+
+
+def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] | None = None,
+             uncalibrated=None, single_view=None) -> dict:
+    """The metrics.json document (see DESIGN.md). Optional extras: with `paths`, the worst misclassified
+    files; with `uncalibrated` (probabilities before temperature scaling), ECE before calibration; with
+    `single_view` (probabilities without test-time augmentation), the accuracy TTA gained."""
     y_true = np.asarray(y_true, int)
     probs = np.asarray(probs, float)
     n = len(classes)
@@ -52,7 +86,7 @@ def evaluate(y_true, probs, classes: list[str], ks=(1, 5)) -> dict:
     cm = confusion_matrix(y_true, y_pred, n)
     pc = per_class(cm)
     present = pc["support"] > 0
-    return {
+    doc = {
         "classes": list(classes),
         "n_images": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else 0.0,
@@ -62,6 +96,19 @@ def evaluate(y_true, probs, classes: list[str], ks=(1, 5)) -> dict:
         "per_class": {c: {"accuracy": float(pc["recall"][i]), "precision": float(pc["precision"][i]),
                           "recall": float(pc["recall"][i]), "f1": float(pc["f1"][i]),
                           "support": int(pc["support"][i])} for i, c in enumerate(classes)},
+        "balanced_accuracy": float(pc["recall"][present].mean()) if present.any() else 0.0,
         "confusion_matrix": cm.tolist(),
+        "most_confused": most_confused(cm, list(classes)),
         "ece": expected_calibration_error(y_true, probs),
+        "reliability": reliability(y_true, probs),
     }
+    if uncalibrated is not None:
+        doc["ece_uncalibrated"] = expected_calibration_error(y_true, np.asarray(uncalibrated, float))
+        doc["reliability_uncalibrated"] = reliability(y_true, np.asarray(uncalibrated, float))
+    if single_view is not None:
+        without = float(np.mean(np.asarray(single_view).argmax(axis=1) == y_true)) if len(y_true) else 0.0
+        doc["tta"] = {"accuracy": doc["accuracy"], "accuracy_without": without,
+                      "gain": doc["accuracy"] - without}
+    if paths is not None:
+        doc["misclassified"] = misclassified(y_true, probs, list(paths), list(classes))
+    return doc

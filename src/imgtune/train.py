@@ -18,7 +18,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .metrics import confusion_matrix, per_class
 from .progress import Reporter
+
+IMBALANCE_RATIO = 1.5  # largest / smallest training class at which "auto" starts compensating
+
+
+@dataclass(frozen=True)
+class Balance:
+    """How a run treats its class sizes: the loss weights (None: plain) and the validation score it keeps."""
+
+    ratio: float  # largest / smallest training class
+    weights: tuple[float, ...] | None
+    select: str  # "val_accuracy" or "val_balanced_accuracy"
+
+    @classmethod
+    def plan(cls, train_counts, setting: str) -> "Balance":
+        counts = [int(n) for n in train_counts]
+        ratio = max(counts) / max(1, min(counts))
+        if setting == "on" or (setting == "auto" and ratio >= IMBALANCE_RATIO):
+            total, k = sum(counts), len(counts)
+            # inverse frequency, normalised so that the average image weighs 1 (the loss keeps its scale)
+            return cls(ratio, tuple(total / (k * max(n, 1)) for n in counts), "val_balanced_accuracy")
+        return cls(ratio, None, "val_accuracy")
+
+    def describe(self) -> str:
+        if self.weights is None:
+            return f"classes balanced enough (largest/smallest {self.ratio:.1f}): plain loss, best on accuracy"
+        return (f"classes imbalanced (largest/smallest {self.ratio:.1f}): class-weighted loss, best on "
+                "balanced accuracy")
+
+    def tensor(self, device) -> torch.Tensor | None:
+        return None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=device)
 
 
 def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_decay: float):
@@ -63,7 +94,7 @@ class StageState:
     """Where a stage stands: enough, with the model and optimizer, to continue it exactly."""
 
     epoch: int = 0  # next epoch to run
-    best_score: tuple[float, float] | None = None  # (val accuracy, -val loss)
+    best_score: tuple[float, float] | None = None  # (the selected val score, -val loss)
     best_epoch: int = -1
     bad_epochs: int = 0
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -81,15 +112,25 @@ class StageState:
 
 @torch.inference_mode()
 def validate(model: nn.Module, batches: Iterable, device: torch.device) -> dict:
+    """Loss, accuracy, balanced accuracy (mean per-class recall) and macro-F1 on the validation batches."""
     model.eval()
-    loss, correct, n = 0.0, 0, 0
+    loss, n, truth, preds, k = 0.0, 0, [], [], 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        truth.append(y.cpu())
+        preds.append(logits.argmax(1).cpu())
         n += len(y)
-    return {"val_loss": loss / max(n, 1), "val_accuracy": correct / max(n, 1)}
+        k = logits.shape[1]
+    if not n:
+        return {"val_loss": 0.0, "val_accuracy": 0.0, "val_balanced_accuracy": 0.0, "val_macro_f1": 0.0}
+    y_true, y_pred = torch.cat(truth).numpy(), torch.cat(preds).numpy()
+    pc = per_class(confusion_matrix(y_true, y_pred, k))
+    present = pc["support"] > 0
+    return {"val_loss": loss / n, "val_accuracy": float((y_true == y_pred).mean()),
+            "val_balanced_accuracy": float(pc["recall"][present].mean()),
+            "val_macro_f1": float(pc["f1"][present].mean())}
 
 
 def run_stage(stage: str, model: nn.Module, *,
@@ -97,9 +138,10 @@ def run_stage(stage: str, model: nn.Module, *,
               optimizer, scheduler, epochs: int, patience: int | None, label_smoothing: float, seed: int,
               device: torch.device, reporter: Reporter, state: StageState | None = None,
               on_epoch: Callable[[StageState], None] | None = None, bn_train: bool = True,
-              baseline: bool = False) -> StageState:
+              baseline: bool = False, class_weights: torch.Tensor | None = None,
+              select: str = "val_accuracy") -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
-    validation, weights and BatchNorm statistics alike, and restore it at the end.
+    validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
 
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
     never leaves the model worse on validation than it found it.
@@ -109,10 +151,10 @@ def run_stage(stage: str, model: nn.Module, *,
         if baseline:
             record = {"stage": stage, "epoch": 0, "loss": None, **validate(model, val_batches(), device),
                       "lr": 0.0, "seconds": 0.0}
-            state.best_score, state.best_epoch = (record["val_accuracy"], -record["val_loss"]), 0
+            state.best_score, state.best_epoch = (record[select], -record["val_loss"]), 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             state.history.append(record)
-            reporter.say(f"{stage} epoch 0 (before training): val accuracy {record['val_accuracy']:.4f}")
+            reporter.say(f"{stage} epoch 0 (before training): {_scores(record, select)}")
     while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
         epoch = state.epoch
         torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
@@ -122,7 +164,7 @@ def run_stage(stage: str, model: nn.Module, *,
         with reporter.bar(f"{stage} epoch {epoch + 1}/{epochs}", n_batches) as advance:
             for x, y in train_batches(epoch):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                loss = F.cross_entropy(model(x), y, weight=class_weights, label_smoothing=label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -133,7 +175,7 @@ def run_stage(stage: str, model: nn.Module, *,
         record = {"stage": stage, "epoch": epoch + 1, "loss": total / max(seen, 1),
                   **validate(model, val_batches(), device), "lr": optimizer.param_groups[0]["lr"]}
         record["seconds"] = round(time.perf_counter() - started, 3)
-        score = (record["val_accuracy"], -record["val_loss"])
+        score = (record[select], -record["val_loss"])
         if state.best_score is None or score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -141,14 +183,20 @@ def run_stage(stage: str, model: nn.Module, *,
             state.bad_epochs += 1
         state.history.append(record)
         state.epoch = epoch + 1
-        reporter.say(f"{stage} epoch {epoch + 1}: loss {record['loss']:.4f}, val accuracy "
-                     f"{record['val_accuracy']:.4f}, {record['seconds']:.1f}s"
-                     + (" (best)" if state.best_epoch == epoch + 1 else ""))
+        reporter.say(f"{stage} epoch {epoch + 1}: loss {record['loss']:.4f}, {_scores(record, select)}, "
+                     f"{record['seconds']:.1f}s" + (" (best)" if state.best_epoch == epoch + 1 else ""))
         if on_epoch:
             on_epoch(state)
     if state.best_weights:
         model.load_state_dict(state.best_weights)
     return state
+
+
+def _scores(record: dict, select: str) -> str:
+    text = f"val accuracy {record['val_accuracy']:.4f}"
+    if select != "val_accuracy":
+        text += f", {select.removeprefix('val_').replace('_', ' ')} {record[select]:.4f}"
+    return text
 
 
 def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:

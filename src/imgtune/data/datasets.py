@@ -4,6 +4,7 @@ bad file never stops a batch; the caller drops it and reports it."""
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import BadImage, decode_rgb, read_bytes
@@ -15,6 +16,13 @@ class ImageFiles(Dataset):
         self.labels = labels
         self.transform = transform
         self.image_size = image_size
+        self._blank = None  # what a bad file yields: zeros shaped like the transform's output
+
+    def blank(self) -> torch.Tensor:
+        if self._blank is None:
+            s = self.image_size
+            self._blank = torch.zeros_like(self.transform(Image.new("RGB", (s, s))))
+        return self._blank
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -25,4 +33,4 @@ class ImageFiles(Dataset):
             img = decode_rgb(read_bytes(self.paths[i]), draft_size=self.image_size)
             return self.transform(img), label, i, ""
         except BadImage as e:
-            return torch.zeros(3, self.image_size, self.image_size), label, i, str(e)
+            return self.blank(), label, i, str(e)

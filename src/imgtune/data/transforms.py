@@ -75,3 +75,20 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
                            shear=math.degrees(0.2), interpolation=InterpolationMode.BILINEAR),
             T.CenterCrop(s), T.RandomHorizontalFlip(), *_to_tensor(cfg)])
     raise ConfigError(f"Unknown augmentation {augment!r}: expected light, seed or none.")
+
+
+class TTAViews:
+    """Test-time augmentation: one image -> a [V, C, H, W] stack of views whose predictions are averaged.
+    View 0 is the plain eval view, so the single-view prediction comes for free."""
+
+    names = ("centre", "centre flipped", "zoom 1.15", "zoom 1.15 flipped")
+
+    def __init__(self, cfg: DataConfig):
+        s = cfg.image_size
+        self.plain = eval_transform(cfg)
+        self.zoom = T.Compose([T.Resize(round(s * 1.15), interpolation=_interp(cfg)), T.CenterCrop(s),
+                               *_to_tensor(cfg)])
+
+    def __call__(self, img) -> torch.Tensor:
+        a, b = self.plain(img), self.zoom(img)
+        return torch.stack([a, a.flip(-1), b, b.flip(-1)])

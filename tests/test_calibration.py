@@ -1,0 +1,78 @@
+"""Calibration and test-time augmentation: the probabilities a user reads mean what they say."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imgtune import ImageClassifier, RunFolderError
+from imgtune.calibration import fit_temperature, softmax
+from imgtune.data.transforms import eval_transform
+from imgtune.metrics import expected_calibration_error
+
+from conftest import make_image
+
+
+def _logits(n: int, scale: float, seed: int):
+    """A 5-class model that is right about 70% of the time, its logits multiplied by `scale`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, n)
+    z = rng.normal(size=(n, 5))
+    z[np.arange(n), y] += 1.5
+    return z * scale, y
+
+
+@pytest.mark.parametrize("scale", [8.0, 0.25])  # over-confident, under-confident
+def test_temperature_lowers_the_ece_of_a_miscalibrated_model(scale):
+    val_z, val_y = _logits(3000, scale, seed=0)
+    test_z, test_y = _logits(3000, scale, seed=1)
+    t = fit_temperature(val_z, val_y)
+    assert (t > 1) if scale > 1 else (t < 1)
+    before = expected_calibration_error(test_y, softmax(test_z))
+    after = expected_calibration_error(test_y, softmax(test_z, t))
+    assert before > 0.1 and after < before / 3
+    assert np.array_equal(softmax(test_z, t).argmax(1), test_z.argmax(1))  # predictions are unchanged
+
+
+def test_trained_run_is_calibrated_and_predict_uses_the_temperature(trained_run):
+    run, _, _ = trained_run
+    config = json.loads((run / "config.json").read_text())
+    t = config["temperature"]
+    assert t > 0 and config["calibration"]["temperature"] == t
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"ece", "ece_uncalibrated", "reliability", "misclassified"} <= set(metrics)
+
+    clf = ImageClassifier.load(run, quiet=True)
+    image = make_image("square", np.random.default_rng(3))
+    with torch.inference_mode():
+        z = clf.model_(eval_transform(clf.data_config_)(image)[None]).numpy()
+    expected = softmax(z, t)[0]
+    got = clf.predict(image, top_k=3)[0]
+    assert got["probability"] == pytest.approx(expected.max(), abs=1e-5)
+    assert got["label"] == clf.classes_[int(expected.argmax())]
+
+
+def test_tta_averages_views_and_reports_its_gain(trained_run):
+    run, data, _ = trained_run
+    clf = ImageClassifier.load(run, quiet=True)
+    plain = clf.evaluate(data)
+    tta = clf.evaluate(data, tta=True)
+    assert "tta" not in plain
+    assert tta["tta"]["accuracy_without"] == pytest.approx(plain["accuracy"])
+    assert tta["tta"]["gain"] == pytest.approx(tta["accuracy"] - plain["accuracy"])
+    one = clf.predict(str(data / "circle" / "circle_000.png"), tta=True)[0]
+    assert 0 < one["probability"] <= 1 and abs(sum(p for _, p in one["top_k"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("value", [-1, 0, "hot", None])
+def test_a_tampered_temperature_is_refused(trained_run, tmp_path, value):
+    run, _, _ = trained_run
+    dst = tmp_path / "run"
+    dst.mkdir()
+    (dst / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    config = json.loads((run / "config.json").read_text())
+    config["temperature"] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFolderError, match="temperature"):
+        ImageClassifier.load(dst, quiet=True)
