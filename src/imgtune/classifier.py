@@ -32,6 +32,7 @@ from .errors import ConfigError, DataError, RunFolderError
 from .features import FeatureCache, default_cache_dir, extract_features, run_network
 from .heads import Classifier, EachView, make_head
 from .progress import Reporter
+from .report_page import write_report
 from .run import RunFolder, load_tensors_and_meta, save_tensors
 from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
                     run_stage)
@@ -170,6 +171,7 @@ class ImageClassifier:
                           "calibration": calibration,
                           "seconds": {k: round(v, 2) for k, v in times.items()}}
         self.save(run.path)
+        write_report(run.path, self.metrics_, run.report)
         return self
 
     def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,

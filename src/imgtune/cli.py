@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="per-class accuracy of a run on labelled images")
     e.add_argument("run", metavar="RUN")
     e.add_argument("data", metavar="DATA")
-    e.add_argument("--json", metavar="FILE", help="write metrics here instead of RUN/metrics.json")
+    e.add_argument("--json", metavar="FILE", help="write metrics here instead of RUN/metrics.json (and the "
+                                                  "report beside it, as FILE.html, instead of RUN/report.html)")
+    e.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--quiet", action="store_true")
 
@@ -60,8 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("paths", metavar="PATH", nargs="+")
     r.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K")
     r.add_argument("--output", metavar="FILE.csv|FILE.json", help="default: CSV on stdout")
+    r.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true")
+
+    i = sub.add_parser("inspect", help="audit a data set without changing it: counts, bad, odd, tiny and "
+                                       "duplicate images, leakage between splits, likely label errors")
+    i.add_argument("data", metavar="DATA")
+    i.add_argument("--run", metavar="RUN", help="a trained run: adds likely label errors, and its split")
+    i.add_argument("--out", metavar="DIR", help="where inspect.json and inspect.html go (default: RUN with "
+                                                "--run, else the current folder)")
+    i.add_argument("--min-side", type=_int_at_least(1), default=32, metavar="PX",
+                   help="images with a shorter side are reported as tiny (default 32)")
+    i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    i.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .classifier import ImageClassifier
     from .report import print_metrics
+    from .run import RunFolder
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size, seed=args.seed,
@@ -92,26 +107,34 @@ def _train(args) -> int:
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
                            f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
-    print(f"Run folder: {clf.run_dir_}")
+    print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
     return 0
 
 
 def _evaluate(args) -> int:
+    from pathlib import Path
+
     from .atomic import write_json_atomic
     from .classifier import ImageClassifier
     from .report import print_metrics
+    from .report_page import write_report
     from .run import RunFolder
 
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
-    m = clf.evaluate(args.data)
+    m = clf.evaluate(args.data, tta=args.tta)
     if m["skipped"]:
         print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
               file=sys.stderr)
-    out = args.json or RunFolder(args.run).metrics
+    run = RunFolder(args.run)
+    out = Path(args.json) if args.json else run.metrics
     write_json_atomic(out, m)
+    report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
     print_metrics(m, title=f"{m['source']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
                            f"({m['n_images']:,} images)")
-    print(f"Metrics: {out}")
+    if "tta" in m:
+        print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
+              f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
+    print(f"Metrics: {out}\nReport: {report}")
     return 0
 
 
@@ -122,7 +145,7 @@ def _predict(args) -> int:
     if args.output:
         check_output(args.output)
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
-    rows = clf.predict(args.paths, top_k=args.top_k)
+    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta)
     for path, reason in clf.skipped_:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not rows:
@@ -138,4 +161,28 @@ def _predict(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict}
+def _inspect(args) -> int:
+    from pathlib import Path
+
+    from .atomic import write_json_atomic, write_text_atomic
+    from .audit import audit
+    from .inspect_page import build_inspect_page, summary_lines
+    from .progress import Reporter
+    from .run import RunFolder
+
+    clf = None
+    if args.run:
+        from .classifier import ImageClassifier
+
+        clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    out = Path(args.out or args.run or ".")
+    doc = audit(args.data, classifier=clf, run_split=RunFolder(args.run).split if args.run else None,
+                min_side=args.min_side, reporter=Reporter(args.quiet))
+    write_json_atomic(out / "inspect.json", doc)
+    write_text_atomic(out / "inspect.html", build_inspect_page(doc))
+    print("\n".join(summary_lines(doc)))
+    print(f"Details: {out / 'inspect.json'}\nPage: {out / 'inspect.html'}")
+    return 0
+
+
+_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "inspect": _inspect}

@@ -27,6 +27,7 @@ class RunFolder:
     weights = property(lambda self: self.path / "model.safetensors")
     metrics = property(lambda self: self.path / "metrics.json")
     history = property(lambda self: self.path / "history.jsonl")
+    report = property(lambda self: self.path / "report.html")
     skipped = property(lambda self: self.path / "skipped.csv")
     split = property(lambda self: self.path / "split.csv")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -59,6 +60,22 @@ class RunFolder:
 
     def write_history(self, records: list[dict]) -> None:
         write_text_atomic(self.history, "".join(json.dumps(r) + "\n" for r in records))
+
+    def read_history(self) -> list[dict]:
+        """The epochs recorded so far; unreadable lines (a hand-edited file) are left out."""
+        try:
+            lines = self.history.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        records = []
+        for line in lines:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and {"stage", "epoch", "val_accuracy", "val_loss"} <= set(r):
+                records.append(r)
+        return records
 
     def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
         buf = io.StringIO()

@@ -36,6 +36,7 @@ class Manifest:
     items: list[Item]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     source: str = ""
+    splits_given: bool = False  # True when the data named its splits (folders or a CSV column)
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -48,7 +49,7 @@ class Manifest:
         if not bad:
             return self
         keep = [it for it in self.items if it.path not in bad]
-        return Manifest(self.classes, keep, self.skipped + sorted(bad.items()), self.source)
+        return Manifest(self.classes, keep, self.skipped + sorted(bad.items()), self.source, self.splits_given)
 
     def summary(self) -> str:
         n_skip = len(self.skipped)
@@ -74,7 +75,16 @@ def is_image_name(name: str) -> bool:
 
 def scan(source: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
          test_fraction: float = 0.1) -> Manifest:
-    """Find the images and labels under `source` and assign every file to a split."""
+    """Find the images and labels under `source` and assign every file to a split; refuse data that
+    cannot train a classifier (fewer than 2 classes, a class without training images)."""
+    m = find_images(source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    require_usable(m)
+    return m
+
+
+def find_images(source: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
+                test_fraction: float = 0.1) -> Manifest:
+    """As `scan`, without judging whether the data can train anything (the data audit looks at any data)."""
     root = Path(source)
     if not root.exists():
         raise DataError(f"Data path {str(root)!r} does not exist: expected a folder of class folders "
@@ -90,7 +100,7 @@ def scan(source: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
         return _scan_splits(root, split_dirs, seed, val_fraction)
     classes, files, skipped = _scan_class_folders(root)
     items = _stratified_split(files, seed, val_fraction, test_fraction)
-    return _checked(Manifest(classes, items, skipped, str(root)))
+    return Manifest(classes, items, skipped, str(root))
 
 
 def _scan_class_folders(root: Path, classes: list[str] | None = None):
@@ -139,7 +149,7 @@ def _scan_splits(root: Path, split_dirs: dict[str, Path], seed: int, val_fractio
             _, files, more = _scan_class_folders(split_dirs[split], classes)
             items += [Item(p, y, split) for p, y in files]
             skipped += more
-    return _checked(Manifest(classes, items, skipped, str(root)))
+    return Manifest(classes, items, skipped, str(root), splits_given=True)
 
 
 def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) -> Manifest:
@@ -161,14 +171,15 @@ def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) 
     if not files:
         raise DataError(f"CSV {str(path)!r} lists {len(rows)} rows but none is an existing, labelled file "
                         f"(paths are relative to {str(base)!r}).")
-    if all(given_split):
+    splits_given = all(given_split)
+    if splits_given:
         items = [Item(p, y, s) for (p, y), s in zip(files, given_split)]
         if not any(it.split == "val" for it in items):
             train = [(it.path, it.label) for it in items if it.split == "train"]
             items = _stratified_split(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
     else:
         items = _stratified_split(files, seed, val_fraction, test_fraction)
-    return _checked(Manifest(classes, items, skipped, str(path)))
+    return Manifest(classes, items, skipped, str(path), splits_given)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -203,11 +214,6 @@ def _stratified_split(files: list[tuple[str, int]], seed: int, val_fraction: flo
             items.append(Item(paths[i], y, split))
     items.sort(key=lambda it: (SPLITS.index(it.split), it.label, it.path))
     return items
-
-
-def _checked(m: Manifest) -> Manifest:
-    require_usable(m)
-    return m
 
 
 def require_usable(m: Manifest) -> None:

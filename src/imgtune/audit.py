@@ -1,0 +1,234 @@
+"""The data audit behind `imgtune inspect`: what is in a data set and what is wrong with it, found by
+reading every file once. Nothing here writes, moves or changes an input file.
+
+Looks for: images per class and split, class imbalance, unreadable files (with the reason), odd files
+(wrong extension, unusual modes, animations, extreme shapes), tiny images, exact duplicates (SHA-256 of
+the bytes) and near duplicates (perceptual hash) within and across splits (leakage between train and
+test), and, given a trained run, images whose label the model finds unlikely while it is confident of
+another class.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from .data.images import MAX_PIXELS, BadImage, decode_rgb, read_bytes
+from .data.scan import Manifest, find_images
+from .progress import Reporter
+
+NEAR_DISTANCE = 4  # of 64 perceptual-hash bits: re-encoded, resized or lightly edited copies
+ASPECT_LIMIT = 5.0  # width/height beyond which an image is mostly crop or padding at a square input
+_EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
+                      ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
+
+
+@dataclass
+class FileFacts:
+    path: str
+    label: str
+    split: str
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    problem: str = ""  # why the file cannot be used; "" when it can
+    odd: tuple[str, ...] = ()
+    phash: int | None = None
+
+
+def audit(source: str | os.PathLike, *, classifier=None, run_split: str | os.PathLike | None = None,
+          min_side: int = 32, near_distance: int = NEAR_DISTANCE, reporter: Reporter | None = None) -> dict:
+    """Everything `inspect` reports, as one JSON-able document.
+
+    `classifier` (a fitted ImageClassifier) adds likely label errors; `run_split` (a run's split.csv)
+    tells which split each file was in when the data did not name its splits.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    manifest = find_images(source)
+    splits = _splits(manifest, run_split)
+    facts = []
+    with reporter.bar("Checking files", len(manifest.items)) as advance:
+        for it in manifest.items:
+            facts.append(_look_at(it.path, manifest.classes[it.label], splits.get(it.path, "all")))
+            advance()
+    usable = [f for f in facts if not f.problem]
+    counts: dict[str, dict[str, int]] = {}
+    for f in usable:
+        counts.setdefault(f.split, {c: 0 for c in manifest.classes})[f.label] += 1
+    reference = counts.get("train") or {c: sum(per.get(c, 0) for per in counts.values()) for c in manifest.classes}
+    doc = {
+        "source": manifest.source,
+        "classes": manifest.classes,
+        "n_files": len(manifest.items) + len(manifest.skipped),
+        "n_usable": len(usable),
+        "splits_from": ("the data's own split folders or CSV column" if manifest.splits_given
+                        else "the run's split.csv" if splits else "none: the whole data set is one split"),
+        "counts": {s: counts[s] for s in sorted(counts, key=_split_order)},
+        "imbalance_ratio": (max(reference.values()) / min(reference.values())
+                            if reference and min(reference.values()) > 0 else None),
+        "empty_classes": [c for c in manifest.classes if not any(per.get(c) for per in counts.values())],
+        "unreadable": [{"path": f.path, "reason": f.problem} for f in facts if f.problem]
+                      + [{"path": p, "reason": r} for p, r in manifest.skipped],
+        "odd": [{"path": f.path, "reasons": list(f.odd)} for f in usable if f.odd],
+        "tiny": [{"path": f.path, "width": f.width, "height": f.height} for f in usable
+                 if min(f.width, f.height) < min_side],
+        "min_side": min_side,
+        "exact_duplicates": _describe(_exact_groups(usable), usable),
+        "near_duplicates": _describe(_near_groups(usable, near_distance), usable),
+        "near_distance": near_distance,
+    }
+    # leakage: the same picture in train and in val or test, where it flatters the score
+    doc["leakage"] = {kind: sum("train" in g["splits"] and len(set(g["splits"])) > 1 for g in doc[kind])
+                      for kind in ("exact_duplicates", "near_duplicates")}
+    if classifier is not None:
+        doc["label_issues"] = _label_issues(classifier, usable)
+    return doc
+
+
+def _split_order(split: str) -> int:
+    return ("train", "val", "test", "all").index(split) if split in ("train", "val", "test", "all") else 9
+
+
+def _splits(manifest: Manifest, run_split) -> dict[str, str]:
+    if manifest.splits_given:
+        return {it.path: it.split for it in manifest.items}
+    if run_split and Path(run_split).is_file():
+        with open(run_split, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            given = {row["path"]: row["split"] for row in csv.DictReader(f)}
+        if any(it.path in given for it in manifest.items):
+            return {it.path: given[it.path] for it in manifest.items if it.path in given}
+    return {}
+
+
+def _look_at(path: str, label: str, split: str) -> FileFacts:
+    f = FileFacts(path, label, split)
+    try:
+        data = read_bytes(path)
+        f.sha256 = hashlib.sha256(data).hexdigest()
+        rgb = decode_rgb(data, draft_size=256)  # every check decode_rgb makes, on the whole file
+    except BadImage as e:
+        f.problem = str(e)
+        return f
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = Image.open(io.BytesIO(data))  # the file's own header: size, mode, format, frames
+        f.width, f.height = img.size
+        f.odd = tuple(_oddities(path, img))
+    f.phash = _phash_int(rgb)
+    return f
+
+
+def _oddities(path: str, img: Image.Image) -> list[str]:
+    out = []
+    expected = _EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower())
+    if expected and img.format and img.format != expected and not (expected == "PPM" and img.format == "PPM"):
+        out.append(f"named {os.path.splitext(path)[1]} but is a {img.format} file")
+    if img.mode not in ("RGB", "L"):
+        detail = {"CMYK": "CMYK colours (print)", "I;16": "16-bit greys", "I": "32-bit integers",
+                  "F": "floating-point pixels", "P": "a palette", "1": "1-bit black and white",
+                  "RGBA": "an alpha channel", "LA": "an alpha channel"}.get(img.mode, img.mode)
+        out.append(f"mode {img.mode} ({detail})")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        out.append(f"animated or multi-page ({frames} frames; the first is used)")
+    w, h = img.size
+    if max(w, h) / max(1, min(w, h)) > ASPECT_LIMIT:
+        out.append(f"extreme shape {w}x{h} (the centre crop sees little of it)")
+    if w * h > MAX_PIXELS // 4:
+        out.append(f"very large ({w}x{h}); decoded at reduced size")
+    return out
+
+
+def _phash_int(img: Image.Image) -> int:
+    bits = imagehash.phash(img).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def _exact_groups(files: list[FileFacts]) -> list[list[int]]:
+    by_hash: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        by_hash.setdefault(f.sha256, []).append(i)
+    return [g for g in by_hash.values() if len(g) > 1]
+
+
+def _near_groups(files: list[FileFacts], max_distance: int) -> list[list[int]]:
+    """Groups of images within `max_distance` bits of each other's perceptual hash, exact copies excluded.
+
+    Pigeonhole: two 64-bit hashes that differ in at most d bits agree exactly on at least one of d + 1
+    bands, so only images sharing a band are compared (fast on hundreds of thousands of images)."""
+    idx = [i for i, f in enumerate(files) if f.phash is not None]
+    if len(idx) < 2:
+        return []
+    hashes = np.array([files[i].phash for i in idx], dtype=np.uint64)
+    n_bands = max_distance + 1
+    edges = np.linspace(0, 64, n_bands + 1).astype(int)
+    parent = list(range(len(idx)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(band, kind="stable")
+        starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(order)]):
+            if e - s < 2:
+                continue
+            members = order[s:e]
+            sub = hashes[members]
+            for k, a in enumerate(members[:-1]):
+                near = members[k + 1:][_popcount(sub[k + 1:] ^ sub[k]) <= max_distance]
+                for b in near:
+                    if files[idx[a]].sha256 != files[idx[b]].sha256:
+                        parent[find(int(a))] = find(int(b))
+    groups: dict[int, list[int]] = {}
+    for k in range(len(idx)):
+        groups.setdefault(find(k), []).append(idx[k])
+    return [g for g in groups.values() if len({files[i].sha256 for i in g}) > 1]
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def _describe(groups: list[list[int]], files: list[FileFacts]) -> list[dict]:
+    out = []
+    for g in sorted(groups, key=lambda g: (-len(g), files[g[0]].path)):
+        labels = [files[i].label for i in g]
+        splits = [files[i].split for i in g]
+        out.append({"paths": [files[i].path for i in g], "labels": labels, "splits": splits,
+                    "conflicting_labels": len(set(labels)) > 1, "across_splits": len(set(splits)) > 1})
+    return out
+
+
+def _label_issues(classifier, files: list[FileFacts], *, given_below: float = 0.2,
+                  other_above: float = 0.6) -> list[dict]:
+    """Images whose given label gets probability < `given_below` while another class gets > `other_above`,
+    least likely label first. Images the run was trained on are judged by a model that has seen them, so
+    only the clearest cases show there; the val and test splits are the fairer test."""
+    known = [f for f in files if f.label in classifier.classes_]
+    rows = classifier.predict([f.path for f in known], top_k=len(classifier.classes_))
+    by_path = {r["path"]: dict(r["top_k"]) for r in rows}
+    issues = []
+    for f in known:
+        probs = by_path.get(f.path)
+        if probs is None:
+            continue
+        best, p_best = max(probs.items(), key=lambda kv: kv[1])
+        if best != f.label and probs[f.label] < given_below and p_best > other_above:
+            issues.append({"path": f.path, "split": f.split, "label": f.label,
+                           "probability_label": probs[f.label], "predicted": best, "probability": p_best})
+    issues.sort(key=lambda r: r["probability_label"])
+    return issues

@@ -1,0 +1,144 @@
+"""RUN/report.html: what a run learned and where it goes wrong, on one self-contained page.
+
+Built only from the run folder's files (config.json, history.jsonl) and a metrics document, so it can be
+written again at any time, and by `evaluate` for other data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import plots
+from .atomic import write_text_atomic
+from .htmlpage import cards, figure, gallery, page, section, table, tile
+from .run import RunFolder
+
+
+def write_report(run_dir: str | os.PathLike, metrics: dict, out: str | os.PathLike) -> Path:
+    run = RunFolder(run_dir)
+    write_text_atomic(Path(out), build_report(run.read_config(), run.read_history(), metrics))
+    return Path(out)
+
+
+def build_report(config: dict, history: list[dict], metrics: dict) -> str:
+    where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
+    body = [_headline(metrics), _summary(config, metrics)]
+    if history:
+        body.append(section("Training", figure(plots.training_curves(history), "training curves"),
+                            note=_training_note(config, history)))
+    body.append(_per_class(metrics))
+    body.append(section("Confusion matrix", "<div class=\"row\">",
+                        figure(plots.confusion(metrics["confusion_matrix"], metrics["classes"], normalise=False),
+                               "confusion matrix, counts"),
+                        figure(plots.confusion(metrics["confusion_matrix"], metrics["classes"], normalise=True),
+                               "confusion matrix, row-normalised"), "</div>",
+                        note="Rows are the true class, columns the predicted one."))
+    body.append(_confused_pairs(metrics))
+    body.append(_misclassified(metrics))
+    body.append(_calibration(config, metrics))
+    title = f"imgtune report: {config.get('backbone', '?')} on {Path(str(config.get('data', ''))).name or 'data'}"
+    return page(title, f"Evaluated on {where}: {metrics['n_images']:,} images, {len(metrics['classes'])} classes.",
+                "\n".join(body))
+
+
+def _headline(m: dict) -> str:
+    items = [(f"{m['accuracy']:.4f}", "accuracy", ""), (f"{m['macro_f1']:.4f}", "macro-F1", "")]
+    if "balanced_accuracy" in m:
+        items.append((f"{m['balanced_accuracy']:.4f}", "balanced accuracy", ""))
+    if "5" in m.get("top_k_accuracy", {}):
+        items.append((f"{m['top_k_accuracy']['5']:.4f}", "top-5 accuracy", ""))
+    worst = min(m["per_class"].items(), key=lambda kv: kv[1]["accuracy"])
+    items.append((f"{worst[1]['accuracy']:.3f}", f"worst class: {worst[0]}", "bad"))
+    items.append((f"{m['ece']:.4f}", "ECE (calibrated)", ""))
+    if "tta" in m:
+        gain = m["tta"]["gain"]
+        items.append((f"{gain * 100:+.2f} pts", f"test-time augmentation (without: {m['tta']['accuracy_without']:.4f})",
+                      "good" if gain > 0 else "bad" if gain < 0 else ""))
+    return cards(items)
+
+
+def _summary(config: dict, m: dict) -> str:
+    recipe = config.get("recipe", {})
+    head, ft = recipe.get("head", {}), recipe.get("finetune", {})
+    dc = config.get("data_config", {})
+    counts = config.get("counts", {})
+    seconds = config.get("seconds", {})
+    balance = config.get("balance", {})
+    rows = [
+        ["data", config.get("data", "?")],
+        ["images", ", ".join(f"{n:,} {s}" for s, n in counts.items() if n) or "?"],
+        ["files skipped", config.get("skipped", 0)],
+        ["classes", f"{len(config.get('classes', []))}: {', '.join(config.get('classes', []))}"],
+        ["backbone", f"{config.get('backbone')} ({config.get('weights', '?')})"],
+        ["image size", f"{dc.get('image_size')} px, {dc.get('interpolation', '')}"],
+        ["recipe", recipe.get("name", "?")],
+        ["head", f"{head.get('kind')} head, {head.get('optimizer')} lr {head.get('lr')}, up to "
+                 f"{head.get('epochs')} epochs, batch {head.get('batch_size')}"],
+        ["fine-tune", f"last {ft.get('unfreeze')} block group(s), {ft.get('optimizer')} lr {ft.get('lr')} "
+                      f"(head {ft.get('head_lr')}), {ft.get('epochs')} epochs, batch {ft.get('batch_size')}, "
+                      f"{ft.get('augment')} augmentation" if ft.get("epochs") else "none (head only)"],
+        ["class balance", balance.get("description", "not recorded")],
+        ["temperature", f"{config.get('temperature', 1.0):.3f}"],
+        ["times", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) or "?"],
+        ["versions", ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())],
+    ]
+    return section("Run", table([], rows))
+
+
+def _training_note(config: dict, history: list[dict]) -> str:
+    selected = config.get("balance", {}).get("selected_on", "accuracy").replace("_", " ")
+    parts = []
+    for stage in ("head", "fine-tune"):
+        rows = [r for r in history if r.get("stage") == stage]
+        if rows:
+            key = "val_" + selected.replace(" ", "_")
+            best = max(rows, key=lambda r: (r.get(key, r["val_accuracy"]), -r["val_loss"]))
+            parts.append(f"{stage}: {len(rows)} epochs, best val {selected} "
+                         f"{best.get(key, best['val_accuracy']):.4f} at epoch {best['epoch']}")
+    return ("; ".join(parts) + f". The checkpoint kept is the best on validation {selected}."
+            " Fine-tune epoch 0 is the model before fine-tuning.")
+
+
+def _per_class(m: dict) -> str:
+    pcs = m["per_class"]
+    worst = min(pcs, key=lambda c: pcs[c]["accuracy"])
+    rows = [[c, f"{v['accuracy']:.3f}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
+             f"{v['support']:,}"] for c, v in pcs.items()]
+    rows.append(["overall", f"{m['accuracy']:.3f}", "", "", f"{m['macro_f1']:.3f} (macro)", f"{m['n_images']:,}"])
+    return section("Per class", "<div class=\"row\">",
+                   table(["class", "accuracy", "precision", "recall", "F1", "images"], rows,
+                         highlight={list(pcs).index(worst)}),
+                   figure(plots.per_class_bars(m), "per-class accuracy, precision and F1"), "</div>",
+                   note="Per-class accuracy is the share of that class's images predicted correctly (its "
+                        "recall). The worst class is highlighted.")
+
+
+def _confused_pairs(m: dict) -> str:
+    pairs = m.get("most_confused", [])
+    if not pairs:
+        return section("Most confused pairs", "<p>No confusions: every image was predicted correctly.</p>")
+    rows = [[p["true"], p["predicted"], p["count"], f"{p['share_of_true']:.1%}"] for p in pairs]
+    return section("Most confused pairs", table(["true class", "predicted as", "images", "share of true class"],
+                                                rows))
+
+
+def _misclassified(m: dict) -> str:
+    wrong = m.get("misclassified", [])
+    if not wrong:
+        return section("Misclassified images", "<p>None.</p>")
+    tiles = [tile(w["path"], [(f"true: {w['true']} ({w['probability_true']:.2f})", "t"),
+                              (f"predicted: {w['predicted']} ({w['probability']:.2f})", "w")]) for w in wrong]
+    n_wrong = m["n_images"] - round(m["accuracy"] * m["n_images"])
+    return section("Misclassified images", gallery(tiles),
+                   note=f"The {len(wrong)} worst of {n_wrong} wrong predictions, lowest probability on the "
+                        "true class first. Look for wrong labels, unusual images, and classes that overlap.")
+
+
+def _calibration(config: dict, m: dict) -> str:
+    t = m.get("temperature", config.get("temperature", 1.0))
+    note = (f"Temperature {t:.3f}, fitted on the validation split after training. "
+            + (f"ECE on these images: {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after. "
+               if "ece_uncalibrated" in m else "")
+            + "A calibrated model's 0.8-confidence predictions are right 80% of the time.")
+    return section("Calibration", figure(plots.reliability(m), "reliability diagram"), note=note)
+
