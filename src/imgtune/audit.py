@@ -26,7 +26,7 @@ from .data.images import MAX_PIXELS, BadImage, decode_rgb, read_bytes
 from .data.scan import Manifest, find_images
 from .progress import Reporter
 
-NEAR_DISTANCE = 4  # of 64 perceptual-hash bits: re-encoded, resized or lightly edited copies
+NEAR_DISTANCE = 2  # of 64 perceptual-hash bits (always even for pHash): resized or re-encoded copies
 ASPECT_LIMIT = 5.0  # width/height beyond which an image is mostly crop or padding at a square input
 _EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
                       ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
@@ -161,42 +161,41 @@ def _exact_groups(files: list[FileFacts]) -> list[list[int]]:
 
 
 def _near_groups(files: list[FileFacts], max_distance: int) -> list[list[int]]:
-    """Groups of images within `max_distance` bits of each other's perceptual hash, exact copies excluded.
+    """Groups of images within `max_distance` bits of the perceptual hash of the group's first image,
+    exact copies of one another excluded.
 
-    Pigeonhole: two 64-bit hashes that differ in at most d bits agree exactly on at least one of d + 1
-    bands, so only images sharing a band are compared (fast on hundreds of thousands of images)."""
+    Pairs are found by the pigeonhole principle: two 64-bit hashes that differ in at most d bits agree
+    exactly on at least one of d + 1 bands, so only images sharing a band are compared (fast on hundreds
+    of thousands of images). Groups form around a leader rather than by chaining, so a run of similar
+    pictures (A near B near C ...) does not merge into one long group of things that do not look alike."""
     idx = [i for i, f in enumerate(files) if f.phash is not None]
     if len(idx) < 2:
         return []
     hashes = np.array([files[i].phash for i in idx], dtype=np.uint64)
-    n_bands = max_distance + 1
-    edges = np.linspace(0, 64, n_bands + 1).astype(int)
-    parent = list(range(len(idx)))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
+    edges = np.linspace(0, 64, max_distance + 2).astype(int)
+    neighbours: dict[int, set[int]] = {}
     for lo, hi in zip(edges[:-1], edges[1:]):
         band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
         order = np.argsort(band, kind="stable")
         starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
         for s, e in zip(starts, np.r_[starts[1:], len(order)]):
-            if e - s < 2:
-                continue
             members = order[s:e]
-            sub = hashes[members]
             for k, a in enumerate(members[:-1]):
-                near = members[k + 1:][_popcount(sub[k + 1:] ^ sub[k]) <= max_distance]
-                for b in near:
+                rest = members[k + 1:]
+                for b in rest[_popcount(hashes[rest] ^ hashes[a]) <= max_distance]:
                     if files[idx[a]].sha256 != files[idx[b]].sha256:
-                        parent[find(int(a))] = find(int(b))
-    groups: dict[int, list[int]] = {}
-    for k in range(len(idx)):
-        groups.setdefault(find(k), []).append(idx[k])
-    return [g for g in groups.values() if len({files[i].sha256 for i in g}) > 1]
+                        neighbours.setdefault(int(a), set()).add(int(b))
+                        neighbours.setdefault(int(b), set()).add(int(a))
+    taken: set[int] = set()
+    groups = []
+    for a in sorted(neighbours, key=lambda k: (-len(neighbours[k]), k)):  # best-connected leaders first
+        if a in taken:
+            continue
+        members = [a] + sorted(b for b in neighbours[a] if b not in taken)
+        if len(members) > 1:
+            taken.update(members)
+            groups.append([idx[k] for k in members])
+    return groups
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

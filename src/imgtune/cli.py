@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "--run, else the current folder)")
     i.add_argument("--min-side", type=_int_at_least(1), default=32, metavar="PX",
                    help="images with a shorter side are reported as tiny (default 32)")
+    i.add_argument("--near-bits", type=_int_at_least(0), default=2, metavar="N",
+                   help="perceptual hashes this many of 64 bits apart or closer are near duplicates (default 2)")
     i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     i.add_argument("--quiet", action="store_true")
     return p
@@ -177,7 +179,7 @@ def _inspect(args) -> int:
         clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
     out = Path(args.out or args.run or ".")
     doc = audit(args.data, classifier=clf, run_split=RunFolder(args.run).split if args.run else None,
-                min_side=args.min_side, reporter=Reporter(args.quiet))
+                min_side=args.min_side, near_distance=args.near_bits, reporter=Reporter(args.quiet))
     write_json_atomic(out / "inspect.json", doc)
     write_text_atomic(out / "inspect.html", build_inspect_page(doc))
     print("\n".join(summary_lines(doc)))

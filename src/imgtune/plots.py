@@ -111,8 +111,8 @@ def reliability(metrics: dict) -> bytes:
         conf = [c if c is not None else 0 for c in r["confidence"]]
         ax.bar(edges[:-1], acc, width=1 / n_bins, align="edge", color="#4c72b0", edgecolor="white",
                label="accuracy")
-        ax.bar(edges[:-1], np.array(conf) - np.array(acc), bottom=acc, width=1 / n_bins, align="edge",
-               color="#c44e52", alpha=0.35, label="gap to confidence")
+        shown = [c if n else np.nan for c, n in zip(conf, r["count"])]
+        ax.step(edges, [*shown, shown[-1]], where="post", color="#c44e52", lw=1.2, label="mean confidence")
         ax.plot([0, 1], [0, 1], color="black", lw=0.8, ls="--", label="perfectly calibrated")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
