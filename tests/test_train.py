@@ -35,8 +35,10 @@ def test_overrides_refuse_impossible_values():
 
 
 def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    data = photos.relative_to(tmp_path)
     settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True)
-    ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
+    ImageClassifier(**settings).fit(data, out="full")
 
     real = classifier.run_stage
 
@@ -51,14 +53,14 @@ def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_pat
             kw["on_epoch"] = on_epoch
         return real(stage, model, **kw)
 
-    monkeypatch.setattr(classifier, "run_stage", interrupted_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
+    with monkeypatch.context() as patch:
+        patch.setattr(classifier, "run_stage", interrupted_after_one_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            ImageClassifier(**settings).fit(data, out="cut")
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    monkeypatch.undo()
     with pytest.raises(ConfigError, match="settings differ from the interrupted run"):
-        ImageClassifier(**{**settings, "epochs": 3}).fit(photos, out=tmp_path / "cut", resume=True)
-    ImageClassifier(**settings).fit(photos, out=tmp_path / "cut", resume=True)
+        ImageClassifier(**{**settings, "epochs": 3}).fit(data, out="cut", resume=True)
+    ImageClassifier(**settings).fit(data, out="cut", resume=True)
 
     full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
     assert full.keys() == cut.keys()

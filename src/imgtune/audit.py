@@ -104,8 +104,9 @@ def _splits(manifest: Manifest, run_split) -> dict[str, str]:
     if run_split and Path(run_split).is_file():
         with open(run_split, newline="", encoding="utf-8", errors="surrogateescape") as f:
             given = {row["path"]: row["split"] for row in csv.DictReader(f)}
-        if any(it.path in given for it in manifest.items):
-            return {it.path: given[it.path] for it in manifest.items if it.path in given}
+        found = {it.path: given.get(os.path.abspath(it.path), given.get(it.path)) for it in manifest.items}
+        if any(found.values()):
+            return {p: split for p, split in found.items() if split}
     return {}
 
 

@@ -58,8 +58,10 @@ class Manifest:
         return (f"Found {len(self.items):,} images in {len(self.classes)} classes{skipped}: {parts}.")
 
     def write_csv(self, path: Path) -> None:
+        """path,label,split with absolute paths, so the file means the same from any working folder."""
         rows = ["path,label,split"] + [
-            ",".join(_csv_field(v) for v in (it.path, self.classes[it.label], it.split)) for it in self.items]
+            ",".join(_csv_field(v) for v in (os.path.abspath(it.path), self.classes[it.label], it.split))
+            for it in self.items]
         write_text_atomic(path, "\n".join(rows) + "\n")
 
 

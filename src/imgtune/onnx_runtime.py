@@ -1,0 +1,81 @@
+"""Running an exported model with ONNX Runtime, behind the same interface as the PyTorch model: a module
+that takes a normalised image batch and returns logits, so predict, evaluate and TTA work unchanged.
+
+An ONNX file is checked before ONNX Runtime opens it: tensors stored as external data must live in the
+model's own folder (a crafted `location` such as ../../etc/passwd is refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import RunFolderError
+
+METADATA_KEY = "imgtune"
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise RunFolderError("ONNX support needs the onnx and onnxruntime packages: "
+                             "pip install 'imgtune[onnx]'.") from None
+    return onnx, onnxruntime
+
+
+def read_checked(path: str | os.PathLike):
+    """Load an ONNX file's graph (without external tensors) and refuse external data outside its folder."""
+    onnx, _ = _require_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{str(path)!r} is missing: run `imgtune export RUN` first.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError; any failure means "not a model"
+        raise RunFolderError(f"{str(path)!r} is not a valid ONNX file ({type(e).__name__}); it may be "
+                             "truncated or tampered with. Export it again.") from None
+    folder = path.resolve().parent
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            target = (folder / location).resolve()
+            if os.path.isabs(location) or folder not in target.parents:
+                raise RunFolderError(f"{str(path)!r} stores tensor {tensor.name!r} in {location!r}, outside its "
+                                     "own folder: refused.")
+    return model
+
+
+def metadata(model) -> dict:
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return json.loads(props[METADATA_KEY])
+    except (KeyError, ValueError):
+        return {}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session as a module: [B, 3, H, W] float tensor -> [B, K] logits."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+        super().__init__()
+        model = read_checked(path)
+        self.metadata = metadata(model)
+        _, ort = _require_onnx()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise RunFolderError(f"ONNX Runtime cannot open {str(path)!r}: {str(e).splitlines()[0][:300]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        return torch.from_numpy(out[0])
