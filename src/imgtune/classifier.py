@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import __version__, metrics as metrics_lib, runtime
+from . import __version__, metrics as metrics_lib, runtime as rt
 from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
 from .calibration import fit_temperature, softmax
@@ -33,9 +33,13 @@ from .features import FeatureCache, default_cache_dir, extract_features, run_net
 from .heads import Classifier, EachView, make_head
 from .progress import Reporter
 from .report_page import write_report
+from .tensorboard_log import TensorBoardLog
 from .run import RunFolder, load_tensors_and_meta, save_tensors
 from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
                     run_stage)
+
+
+UNKNOWN = "unknown"  # the label of an image below --min-confidence
 
 
 class ImageClassifier:
@@ -64,15 +68,17 @@ class ImageClassifier:
 
     # ------------------------------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
-            resume: bool = False) -> "ImageClassifier":
+            resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
+        """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
+        `tensorboard` writes per-epoch scalars to out/tensorboard/."""
         started = time.perf_counter()
         times: dict[str, float] = {}
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
                                 batch_size=self.batch_size)
         if self.image_size is not None:
             DataConfig(self.image_size, (0, 0, 0), (1, 1, 1))  # validates the value before any work
-        device = runtime.resolve_device(self.device)
-        runtime.setup(self.seed)
+        device = rt.resolve_device(self.device)
+        rt.setup(self.seed)
         rep = Reporter(self.quiet)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         if resume and not run.split.exists():
@@ -117,8 +123,10 @@ class ImageClassifier:
 
         # head on cached features
         t = time.perf_counter()
+        tb = TensorBoardLog(run.path / "tensorboard") if tensorboard else None
+        log_epoch = tb.epoch if tb else (lambda record, step: None)
         head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
-                                              len(manifest.classes), run, rep, device, balance)
+                                              len(manifest.classes), run, rep, device, balance, log_epoch)
         times["head"] = time.perf_counter() - t
         model = Classifier(backbone.model, head).to(device)
 
@@ -127,7 +135,9 @@ class ImageClassifier:
         ft_history: list[dict] = []
         if recipe.finetune.epochs > 0:
             ft_history = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep, device,
-                                              head_history, balance)
+                                              head_history, balance, log_epoch)
+        if tb:
+            tb.close()
         times["finetune"] = time.perf_counter() - t
 
         self.classes_ = list(manifest.classes)
@@ -153,7 +163,8 @@ class ImageClassifier:
         calibration = {"temperature": self.temperature_,
                        "val_ece_before": metrics_lib.expected_calibration_error(val_y, softmax(val_logits)),
                        "val_ece_after": metrics_lib.expected_calibration_error(
-                           val_y, softmax(val_logits, self.temperature_))}
+                           val_y, softmax(val_logits, self.temperature_)),
+                       "val_rejection": metrics_lib.rejection_table(val_y, softmax(val_logits, self.temperature_))}
         rep.say(f"Calibration: temperature {self.temperature_:.3f}, validation ECE "
                 f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}.")
         split = "test" if manifest.split("test") else "val"
@@ -175,7 +186,7 @@ class ImageClassifier:
         return self
 
     def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
-                    rep: Reporter, device, balance: Balance) -> tuple[torch.nn.Module, list[dict]]:
+                    rep: Reporter, device, balance: Balance, log_epoch) -> tuple[torch.nn.Module, list[dict]]:
         torch.manual_seed(self.seed)  # the same head whether or not extraction drew random numbers
         head = make_head(cfg, n_features, n_classes).to(device)
         ckpt = run.checkpoints / "head.safetensors"
@@ -190,7 +201,7 @@ class ImageClassifier:
         n_batches = (len(y) + bs - 1) // bs
 
         def train_batches(epoch: int):
-            order = torch.randperm(len(y), generator=runtime.generator(self.seed * 1000 + epoch))
+            order = torch.randperm(len(y), generator=rt.generator(self.seed * 1000 + epoch))
             for i in range(0, len(y), bs):
                 idx = order[i:i + bs]
                 yield x[idx], y[idx]
@@ -205,7 +216,8 @@ class ImageClassifier:
         state = run_stage("head", head, train_batches=train_batches, n_batches=n_batches, val_batches=val_batches,
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
-                          reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select)
+                          reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select,
+                          on_epoch=lambda st: log_epoch(st.history[-1], st.epoch))
         if state.history:
             best = state.history[state.best_epoch - 1]
             name = balance.select.removeprefix("val_").replace("_", " ")
@@ -217,7 +229,7 @@ class ImageClassifier:
 
     def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
                         run: RunFolder, rep: Reporter, device, head_history: list[dict],
-                        balance: Balance) -> list[dict]:
+                        balance: Balance, log_epoch) -> list[dict]:
         cfg = recipe.finetune
         groups = param_groups(model.backbone)
         if not 1 <= cfg.unfreeze <= len(groups):
@@ -236,7 +248,7 @@ class ImageClassifier:
         bs = cfg.batch_size
         n_batches = (len(train_items) + bs - 1) // bs
         scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
-        workers = runtime.loader_workers()
+        workers = rt.loader_workers()
         train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
                                train_transform(data_config, cfg.augment), data_config.image_size)
         val_set = ImageFiles([it.path for it in val_items], [it.label for it in val_items],
@@ -244,7 +256,7 @@ class ImageClassifier:
 
         def batches(dataset, *, shuffle: bool, epoch: int = 0):
             loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle, num_workers=workers,
-                                generator=runtime.generator(self.seed * 1000 + epoch),
+                                generator=rt.generator(self.seed * 1000 + epoch),
                                 pin_memory=device.type == "cuda")
             for x, y, _, reasons in loader:
                 if any(reasons):  # the file changed since it was checked; leave it out of this batch
@@ -271,6 +283,7 @@ class ImageClassifier:
             save_tensors(ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
                                          "scheduler": scheduler.state_dict()})
             run.write_history(head_history + st.history)
+            log_epoch(st.history[-1], len(head_history) + st.epoch)
 
         n_body = sum(p.numel() for p in body)
         rep.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
@@ -289,6 +302,9 @@ class ImageClassifier:
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
         self._require_fitted()
+        if getattr(self, "runtime_", "torch") != "torch":
+            raise RunFolderError("A classifier loaded with an ONNX runtime cannot be saved as a run; load it "
+                                 "with the torch runtime.")
         run = RunFolder(path)
         run.save_weights(self.model_.state_dict())
         run.write_config({
@@ -303,8 +319,10 @@ class ImageClassifier:
         return run.path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto", quiet: bool = False) -> "ImageClassifier":
-        """A run folder -> a ready classifier. Only JSON and safetensors are read; nothing is unpickled."""
+    def load(cls, path: str | os.PathLike, *, device: str = "auto", quiet: bool = False,
+             runtime: str = "torch") -> "ImageClassifier":
+        """A run folder -> a ready classifier. Only JSON, safetensors and (with runtime="onnx" or
+        "onnx-int8") ONNX are read; nothing is unpickled."""
         run = RunFolder(path)
         cfg = run.read_config()
         try:
@@ -314,20 +332,18 @@ class ImageClassifier:
             name = cfg["backbone"]
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise RunFolderError(f"{str(run.config)!r} is incomplete or malformed ({type(e).__name__}: {e}).") from None
-        body = architecture(name)
-        model = Classifier(body, make_head(head_cfg, body.num_features, len(classes)))
-        state = run.load_weights()
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise RunFolderError(f"{str(run.weights)!r} does not match config.json (backbone {name!r}, "
-                                 f"{len(classes)} classes): {' '.join(first[:2])[:300]}") from None
+        if runtime == "torch":
+            model = _torch_model(run, name, head_cfg, len(classes))
+        elif runtime in ("onnx", "onnx-int8"):
+            model = _onnx_model(run, runtime, classes)
+            device = "cpu"
+        else:
+            raise ConfigError(f"Unknown runtime {runtime!r}: expected torch, onnx or onnx-int8.")
         clf = cls(name, seed=int(cfg.get("seed", 0)), device=device, quiet=quiet)
         clf.classes_ = classes
         clf.data_config_ = data_config
         clf.head_config_ = head_cfg
-        clf.device_ = runtime.resolve_device(device)
+        clf.device_ = rt.resolve_device(device)
         clf.model_ = model.to(clf.device_).eval()
         clf.run_dir_ = run.path
         try:
@@ -339,6 +355,7 @@ class ImageClassifier:
                                  "positive number.")
         clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "class_counts", "skipped",
                                              "balance", "calibration", "seconds") if k in cfg}
+        clf.runtime_ = runtime
         return clf
 
     # ---------------------------------------------------------------------- evaluate / predict
@@ -370,10 +387,15 @@ class ImageClassifier:
         p = softmax(views, self.temperature_)
         return p.mean(axis=1), p[:, 0]
 
-    def predict(self, inputs, *, top_k: int = 5, tta: bool = False) -> list[dict]:
+    def predict(self, inputs, *, top_k: int = 5, tta: bool = False,
+                min_confidence: float | None = None) -> list[dict]:
         """Paths (files or folders), PIL images or HxWxC uint8 arrays -> one dict per image:
         {"path", "label", "probability", "top_k": [(label, probability), ...]}, with calibrated
-        probabilities. Files that cannot be decoded are left out and listed in `self.skipped_`."""
+        probabilities. With `min_confidence`, an image whose top probability is below it is labelled
+        "unknown" (its top_k still lists the classes). Files that cannot be decoded are left out and
+        listed in `self.skipped_`."""
+        if min_confidence is not None and not 0 <= min_confidence <= 1:
+            raise ConfigError(f"--min-confidence must be from 0 to 1; received {min_confidence}.")
         self._require_fitted()
         if _is_path(inputs) or not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
@@ -405,7 +427,9 @@ class ImageClassifier:
         out = []
         for path, p in rows:
             order = np.argsort(-p, kind="stable")[:k]
-            out.append({"path": path, "label": self.classes_[order[0]], "probability": float(p[order[0]]),
+            unknown = min_confidence is not None and p[order[0]] < min_confidence
+            out.append({"path": path, "label": UNKNOWN if unknown else self.classes_[order[0]],
+                        "probability": float(p[order[0]]),
                         "top_k": [(self.classes_[j], float(p[j])) for j in order]})
         return out
 
@@ -433,6 +457,33 @@ class ImageClassifier:
     def _require_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RunFolderError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
+
+
+def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, n_classes: int) -> Classifier:
+    body = architecture(name)
+    model = Classifier(body, make_head(head_cfg, body.num_features, n_classes))
+    state = run.load_weights()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise RunFolderError(f"{str(run.weights)!r} does not match config.json (backbone {name!r}, "
+                             f"{n_classes} classes): {' '.join(first[:2])[:300]}") from None
+    return model
+
+
+def _onnx_model(run: RunFolder, kind: str, classes: list[str]):
+    from .onnx_runtime import OnnxModule
+
+    path = run.path / ("model.int8.onnx" if kind == "onnx-int8" else "model.onnx")
+    if not path.is_file():
+        flag = " --quantize int8" if kind == "onnx-int8" else ""
+        raise RunFolderError(f"{str(path)!r} is missing: run `imgtune export {run.path}{flag}` first.")
+    model = OnnxModule(path)
+    if model.metadata.get("classes") != classes:
+        raise RunFolderError(f"{str(path)!r} was exported for other classes than config.json lists; export "
+                             "it again.")
+    return model
 
 
 def _is_path(x) -> bool:

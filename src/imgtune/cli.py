@@ -26,6 +26,19 @@ def _int_at_least(lo: int):
     return parse
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, received {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, received {value}")
+    return value
+
+
+RUNTIMES = ["torch", "onnx", "onnx-int8"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="imgtune", description="A folder of labelled images in, an image classifier out.")
     p.add_argument("--version", action="version", version=f"imgtune {__version__}")
@@ -46,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
     t.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("evaluate", help="per-class accuracy of a run on labelled images")
@@ -54,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE", help="write metrics here instead of RUN/metrics.json (and the "
                                                   "report beside it, as FILE.html, instead of RUN/report.html)")
     e.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
+    e.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="onnx: RUN/model.onnx with ONNX Runtime (see export); onnx-int8: RUN/model.int8.onnx")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--quiet", action="store_true")
 
@@ -63,8 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K")
     r.add_argument("--output", metavar="FILE.csv|FILE.json", help="default: CSV on stdout")
     r.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
+    r.add_argument("--min-confidence", type=_probability, metavar="P",
+                   help="label an image 'unknown' when its calibrated top probability is below P")
+    r.add_argument("--runtime", default="torch", choices=RUNTIMES,
+                   help="onnx: RUN/model.onnx with ONNX Runtime (see export); onnx-int8: RUN/model.int8.onnx")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true")
+
+    x = sub.add_parser("export", help="the model as ONNX, checked against PyTorch on the validation images")
+    x.add_argument("run", metavar="RUN")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--output", metavar="FILE", help="default RUN/model.onnx")
+    x.add_argument("--quantize", choices=["int8"], help="also write an int8 copy (FILE.int8.onnx), with its "
+                                                        "accuracy and speed against fp32 on validation")
+    x.add_argument("--quiet", action="store_true")
+
+    v = sub.add_parser("serve", help="an HTTP API for a run: POST /predict, GET /health, /metadata, /docs")
+    v.add_argument("run", metavar="RUN")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=_int_at_least(1), default=8000)
+    v.add_argument("--workers", type=_int_at_least(1), default=1)
+    v.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K")
+    v.add_argument("--min-confidence", type=_probability, metavar="P",
+                   help="label an image 'unknown' when its calibrated top probability is below P")
+    v.add_argument("--tta", action="store_true")
+    v.add_argument("--max-upload-mb", type=_int_at_least(1), default=25, metavar="MB",
+                   help="larger uploads are refused with 413 (default 25)")
+    v.add_argument("--runtime", default="torch", choices=RUNTIMES)
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     i = sub.add_parser("inspect", help="audit a data set without changing it: counts, bad, odd, tiny and "
                                        "duplicate images, leakage between splits, likely label errors")
@@ -105,7 +147,7 @@ def _train(args) -> int:
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet)
-    clf.fit(args.data, out=args.out, resume=args.resume)
+    clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
                            f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
@@ -122,7 +164,7 @@ def _evaluate(args) -> int:
     from .report_page import write_report
     from .run import RunFolder
 
-    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     m = clf.evaluate(args.data, tta=args.tta)
     if m["skipped"]:
         print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
@@ -146,8 +188,8 @@ def _predict(args) -> int:
 
     if args.output:
         check_output(args.output)
-    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
-    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta)
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
+    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
     for path, reason in clf.skipped_:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not rows:
@@ -160,6 +202,37 @@ def _predict(args) -> int:
             print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(format_predictions(rows, "stdout.csv"))
+    return 0
+
+
+def _export(args) -> int:
+    from .classifier import ImageClassifier
+    from .export import export_onnx
+    from .progress import Reporter
+
+    clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
+    r = export_onnx(clf, args.output, quantize=args.quantize, reporter=Reporter(args.quiet))
+    print(f"Wrote {r['output']}: parity with PyTorch on {r['parity_images']:,} validation images: top-1 "
+          f"agreement {r['top1_agreement']:.2%}, max |logit difference| {r['max_abs_logit_diff']:.2e}.")
+    q = r.get("int8")
+    if q:
+        line = f"Wrote {q['output']} ({q['bytes']['int8'] / 2**20:.1f} MiB against {q['bytes']['fp32'] / 2**20:.1f})"
+        if q.get("accuracy_drop") is not None:
+            line += (f": validation accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
+                     f"({q['accuracy_drop'] * 100:+.2f} points lost), {q['speedup']:.2f}x the fp32 speed.")
+        print(line)
+        if q.get("within_limit") is False:
+            print("warning: int8 loses more than 1 point of validation accuracy; prefer the fp32 model.",
+                  file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, workers=args.workers, device=args.device,
+          runtime=args.runtime, top_k=args.top_k, min_confidence=args.min_confidence, tta=args.tta,
+          max_bytes=args.max_upload_mb * 2**20)
     return 0
 
 
@@ -187,4 +260,5 @@ def _inspect(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "inspect": _inspect}
+_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "serve": _serve,
+             "inspect": _inspect}

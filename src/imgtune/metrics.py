@@ -74,6 +74,19 @@ def misclassified(y_true: np.ndarray, probs: np.ndarray, paths: list[str], class
              "probability": float(probs[i, pred[i]]), "probability_true": float(p_true[i])} for i in wrong]
 
 
+def rejection_table(y_true, probs, thresholds=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -> list[dict]:
+    """For each minimum confidence P: the share of images whose top probability is below P (labelled
+    "unknown" by predict --min-confidence P) and the accuracy on the images that are kept."""
+    y_true = np.asarray(y_true, int)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    rows = []
+    for p in thresholds:
+        kept = conf >= p
+        rows.append({"min_confidence": p, "rejected": float(1 - kept.mean()) if len(kept) else 0.0,
+                     "accuracy_kept": float(np.mean(pred[kept] == y_true[kept])) if kept.any() else None})
+    return rows
+
+
 def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] | None = None,
              uncalibrated=None, single_view=None) -> dict:
     """The metrics.json document (see DESIGN.md). Optional extras: with `paths`, the worst misclassified

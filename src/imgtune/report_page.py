@@ -140,5 +140,14 @@ def _calibration(config: dict, m: dict) -> str:
             + (f"ECE on these images: {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after. "
                if "ece_uncalibrated" in m else "")
             + "A calibrated model's 0.8-confidence predictions are right 80% of the time.")
-    return section("Calibration", figure(plots.reliability(m), "reliability diagram"), note=note)
+    parts = [figure(plots.reliability(m), "reliability diagram")]
+    rejection = config.get("calibration", {}).get("val_rejection")
+    if rejection:
+        rows = [[f"{r['min_confidence']:.2f}", f"{r['rejected']:.1%}",
+                 "—" if r["accuracy_kept"] is None else f"{r['accuracy_kept']:.4f}"] for r in rejection]
+        parts.append("<p class=\"note\">Rejecting unknown images: with <code>--min-confidence P</code>, predict "
+                     "and serve label an image <code>unknown</code> when its calibrated top probability is below "
+                     "P. On the validation split:</p>"
+                     + table(["P", "labelled unknown", "accuracy of the rest"], rows))
+    return section("Calibration", *parts, note=note)
 

@@ -1,0 +1,136 @@
+"""`imgtune serve`: a trained run behind an HTTP API (FastAPI + uvicorn).
+
+    POST /predict   multipart form, field `file` (repeat it for several images) -> top-k labels as JSON
+    GET  /health    {"status": "ok"}
+    GET  /metadata  classes, backbone, image size, temperature, runtime, the run's test metrics
+    GET  /docs      the OpenAPI page
+
+Bad uploads (empty, not an image, too large, a decompression bomb) get a 4xx JSON answer that says
+why; the server keeps serving. Decoding uses the same code, with the same limits, as training."""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time.
+
+import json
+import os
+
+from .data.images import BadImage, decode_rgb
+from .errors import ConfigError
+
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
+MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request, refused from its Content-Length before it is read
+MAX_FILES = 64
+
+
+def _require():
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("imgtune serve needs FastAPI, uvicorn and python-multipart: "
+                          "pip install 'imgtune[serve]'.") from None
+
+
+def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta: bool = False,
+               max_bytes: int = MAX_UPLOAD_BYTES):
+    """A FastAPI app around a loaded ImageClassifier."""
+    _require()
+    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="imgtune", version=str(getattr(clf, "fit_info_", {}).get("weights", "")) or "1",
+                  description=f"Image classifier over {len(clf.classes_)} classes: {', '.join(clf.classes_)}.")
+    summary = _metrics_summary(clf)
+
+    @app.middleware("http")
+    async def refuse_huge_requests(request, call_next):
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            return JSONResponse(status_code=413, content={
+                "error": f"request of {int(length):,} bytes is over the limit of {MAX_REQUEST_BYTES:,}"})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc):  # a missing or misnamed form field
+        return JSONResponse(status_code=422, content={
+            "error": "expected a multipart form with one or more images in the field 'file'",
+            "detail": json.loads(json.dumps(exc.errors(), default=str))})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    def meta() -> dict:
+        return {"classes": clf.classes_, "backbone": clf.backbone, "image_size": clf.data_config_.image_size,
+                "temperature": clf.temperature_, "runtime": getattr(clf, "runtime_", "torch"),
+                "top_k": top_k, "min_confidence": min_confidence, "tta": tta, "max_upload_bytes": max_bytes,
+                "metrics": summary}
+
+    @app.post("/predict")
+    def predict(file: list[UploadFile] = File(..., description="one or more image files")) -> dict:
+        if len(file) > MAX_FILES:
+            raise HTTPException(413, {"error": f"at most {MAX_FILES} images per request; received {len(file)}"})
+        images = []
+        for upload in file:
+            data = upload.file.read(max_bytes + 1)
+            name = upload.filename or "upload"
+            if len(data) > max_bytes:
+                raise HTTPException(413, {"error": f"{name}: larger than the limit of {max_bytes:,} bytes",
+                                          "file": name})
+            try:
+                images.append(decode_rgb(data, draft_size=clf.data_config_.image_size))
+            except BadImage as e:
+                status = 400 if not data else 415 if "not a recognised" in str(e) else 422
+                raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
+        rows = clf.predict(images, top_k=top_k, tta=tta, min_confidence=min_confidence)
+        return {"predictions": [
+            {"file": upload.filename, "label": r["label"], "probability": r["probability"],
+             "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
+            for upload, r in zip(file, rows)]}
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):  # {"error": ...} at the top level, not under "detail"
+        body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
+        return JSONResponse(status_code=exc.status_code, content=body)
+
+    return app
+
+
+def _metrics_summary(clf) -> dict | None:
+    path = os.path.join(str(getattr(clf, "run_dir_", "")), "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+        return {k: m.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "n_images", "split")}
+    except (OSError, ValueError):
+        return None
+
+
+def app_from_environment():
+    """uvicorn's factory for --workers N: each worker process loads the run named in the environment."""
+    from .classifier import ImageClassifier
+
+    settings = json.loads(os.environ["IMGTUNE_SERVE"])
+    clf = ImageClassifier.load(settings["run"], device=settings["device"], quiet=True, runtime=settings["runtime"])
+    return create_app(clf, top_k=settings["top_k"], min_confidence=settings["min_confidence"], tta=settings["tta"],
+                      max_bytes=settings["max_bytes"])
+
+
+def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime: str, top_k: int,
+          min_confidence: float | None, tta: bool, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    _require()
+    import uvicorn
+
+    settings = {"run": run, "device": device, "runtime": runtime, "top_k": top_k,
+                "min_confidence": min_confidence, "tta": tta, "max_bytes": max_bytes}
+    os.environ["IMGTUNE_SERVE"] = json.dumps(settings)
+    app = app_from_environment()  # loaded here first, so a bad run folder fails before the server starts
+    print(f"Serving {run} on http://{host}:{port} (API page: http://{host}:{port}/docs); Ctrl-C stops.",
+          flush=True)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    else:  # each worker process builds its own app from the environment
+        uvicorn.run("imgtune.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning")

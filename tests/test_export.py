@@ -1,0 +1,84 @@
+"""ONNX export: parity with PyTorch, the same predictions through ONNX Runtime, int8, hostile files."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx.external_data_helper import set_external_data
+
+from imgtune import ImageClassifier, RunFolderError
+from imgtune.cli import main
+from imgtune.onnx_runtime import metadata
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    run, data, _ = trained_run
+    copy = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(run, copy)
+    assert main(["export", str(copy), "--quantize", "int8", "--quiet"]) == 0
+    return copy, data
+
+
+def test_export_checks_parity_and_carries_what_a_consumer_needs(exported, capsys):
+    run, _ = exported
+    model = onnx.load(str(run / "model.onnx"))
+    meta = metadata(model)
+    config = json.loads((run / "config.json").read_text())
+    assert meta["classes"] == config["classes"] and meta["image_size"] == 32
+    assert meta["temperature"] == pytest.approx(config["temperature"])
+    assert meta["mean"] == config["data_config"]["mean"] and meta["std"] == config["data_config"]["std"]
+    assert (run / "model.int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size / 2
+
+
+def test_export_prints_its_parity_and_int8_figures(trained_run, tmp_path, capsys):
+    run, _, _ = trained_run
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--output", str(out), "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert "top-1 agreement 100.00%" in line and "max |logit difference|" in line
+    assert float(line.split("max |logit difference| ")[1].split(".\n")[0].rstrip(".")) <= 1e-4
+    assert not (run / "model.onnx").exists()  # --output was honoured
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_onnx_runtime_predicts_like_pytorch(exported, runtime):
+    run, data = exported
+    torch_rows = ImageClassifier.load(run, quiet=True).predict(str(data), top_k=3)
+    onnx_rows = ImageClassifier.load(run, quiet=True, runtime=runtime).predict(str(data), top_k=3)
+    assert [r["path"] for r in torch_rows] == [r["path"] for r in onnx_rows]
+    same = np.mean([a["label"] == b["label"] for a, b in zip(torch_rows, onnx_rows)])
+    diff = max(abs(a["probability"] - b["probability"]) for a, b in zip(torch_rows, onnx_rows))
+    if runtime == "onnx":
+        assert same == 1 and diff < 1e-4
+    else:
+        assert same >= 0.9
+
+
+def test_onnx_with_external_data_outside_its_folder_is_refused(exported, tmp_path):
+    run, _ = exported
+    model = onnx.load(str(run / "model.onnx"))
+    tensor = model.graph.initializer[0]
+    set_external_data(tensor, location="../../outside.bin")
+    tensor.ClearField("raw_data")
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    onnx.save(model, str(bad / "model.onnx"))
+    with pytest.raises(RunFolderError, match="outside its own folder"):
+        ImageClassifier.load(bad, quiet=True, runtime="onnx")
+
+
+def test_truncated_or_missing_onnx_is_one_clear_line(exported, tmp_path, capsys):
+    run, data = exported
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    blob = (bad / "model.onnx").read_bytes()
+    (bad / "model.onnx").write_bytes(blob[: len(blob) // 3])
+    assert main(["predict", str(bad), str(data), "--runtime", "onnx"]) == 2
+    (bad / "model.int8.onnx").unlink()
+    assert main(["predict", str(bad), str(data), "--runtime", "onnx-int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not a valid ONNX file" in err[0] and "imgtune export" in err[-1] and "--quantize int8" in err[-1]
+    assert not any("Traceback" in line for line in err)

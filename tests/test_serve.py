@@ -1,0 +1,145 @@
+"""`imgtune serve`: the real server on a loopback port answers good uploads, refuses bad ones with 4xx
+JSON and keeps serving. Also --min-confidence and TensorBoard logs."""
+
+import io
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+
+from imgtune import ImageClassifier
+from imgtune.cli import main
+
+from conftest import make_image
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, files=(), field: str = "file"):
+    """POST files as multipart (or GET without files) -> (status, JSON body)."""
+    if files:
+        boundary = uuid.uuid4().hex
+        body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+                        f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+                        for name, data in files) + f"--{boundary}--\r\n".encode()
+        req = urllib.request.Request(url, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    else:
+        req = urllib.request.Request(url)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    """A 30000x30000 PNG header in a few hundred bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    run, _, _ = trained_run
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "imgtune", "serve", str(run), "--port", str(port),
+                             "--max-upload-mb", "1", "--top-k", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if _request(url + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.25)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_predict_endpoint_labels_uploaded_images(server):
+    rng = np.random.default_rng(11)
+    status, body = _request(server + "/predict", [("a.png", _png(make_image("circle", rng))),
+                                                  ("b.png", _png(make_image("square", rng)))])
+    assert status == 200
+    labels = [p["label"] for p in body["predictions"]]
+    assert labels == ["circle", "square"] and [p["file"] for p in body["predictions"]] == ["a.png", "b.png"]
+    assert all(abs(sum(t["probability"] for t in p["top_k"]) - 1) < 1e-4 for p in body["predictions"])
+
+
+@pytest.mark.parametrize("name,data,status", [
+    ("notes.jpg", b"<html>not an image</html>", 415),
+    ("empty.png", b"", 400),
+    ("bomb.png", _bomb(), 422),
+    ("half.png", _png(make_image("circle", np.random.default_rng(1), size=64))[:300], 422),
+    ("huge.png", b"\x89PNG" + b"\0" * (1_100_000), 413),
+])
+def test_bad_uploads_get_a_4xx_reason_and_the_server_keeps_serving(server, name, data, status):
+    code, body = _request(server + "/predict", [(name, data)])
+    assert code == status and name in body["error"]
+    assert _request(server + "/health") == (200, {"status": "ok"})
+
+
+def test_missing_field_metadata_and_openapi(server):
+    code, body = _request(server + "/predict", [("a.png", b"x")], field="image")
+    assert code == 422 and "'file'" in body["error"]
+    code, meta = _request(server + "/metadata")
+    assert code == 200 and meta["classes"] == ["circle", "square", "triangle"] and meta["metrics"]["accuracy"] > 0.5
+    code, spec = _request(server + "/openapi.json")
+    assert code == 200 and "/predict" in spec["paths"]
+
+
+def test_min_confidence_labels_doubtful_images_unknown(trained_run, capsys):
+    run, data, _ = trained_run
+    clf = ImageClassifier.load(run, quiet=True)
+    image = make_image("triangle", np.random.default_rng(4))
+    p = clf.predict(image)[0]["probability"]
+    assert clf.predict(image, min_confidence=p - 1e-9)[0]["label"] == "triangle"
+    assert clf.predict(image, min_confidence=min(1.0, p + 1e-9))[0]["label"] == "unknown"
+    with pytest.raises(SystemExit) as bad_flag:
+        main(["predict", str(run), str(data / "circle"), "--min-confidence", "1.5"])
+    assert bad_flag.value.code == 2
+    assert "from 0 to 1" in capsys.readouterr().err
+    assert "Rejecting unknown images" in (run / "report.html").read_text()
+
+
+def test_tensorboard_scalars_can_be_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "photos", 8, seed=5)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "1", "--head-epochs", "5",
+                 "--cache-dir", str(tmp_path / "cache"), "--tensorboard", "--quiet"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"head/loss", "head/val_accuracy", "head/lr", "fine-tune/loss", "fine-tune/val_accuracy"} <= tags
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    head_acc = [r["val_accuracy"] for r in history if r["stage"] == "head"]
+    assert [round(e.value, 5) for e in events.Scalars("head/val_accuracy")] == [round(v, 5) for v in head_acc]
+    assert [e.step for e in events.Scalars("fine-tune/loss")] == [len(head_acc) + 1]
