@@ -97,3 +97,17 @@ def test_tampered_or_mismatched_files_are_refused(trained_run, tmp_path):
     (arch / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match="does not match config.json"):
         ImageClassifier.load(arch)
+
+
+def test_the_library_never_unpickles():
+    """No pickle import, and every torch.load says weights_only=True."""
+    import re
+    from pathlib import Path
+
+    import imgtune
+
+    for path in Path(imgtune.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|joblib)\b", text, re.M), path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)

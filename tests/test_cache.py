@@ -41,7 +41,10 @@ def test_torn_entry_is_recomputed_and_bad_files_reported(tmp_path):
     cache = FeatureCache(tmp_path / "cache", b)
     feats, bad, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
     assert bad == {str(root / "circle" / "zero.png"): "empty file (0 bytes)"}
-    entry = next(cache.dir.rglob("*.npy"))
-    entry.write_bytes(entry.read_bytes()[:40])
+    entries = sorted(cache.dir.rglob("*.f32"))
+    entries[0].write_bytes(entries[0].read_bytes()[:40])  # torn
+    flipped = bytearray(entries[1].read_bytes())
+    flipped[100] ^= 0x01  # one bit of one value: still the right length, fails the checksum
+    entries[1].write_bytes(bytes(flipped))
     again, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
-    assert n == 1 and np.allclose(np.nan_to_num(feats), np.nan_to_num(again), atol=1e-5)
+    assert n == 2 and np.allclose(np.nan_to_num(feats), np.nan_to_num(again), atol=1e-5)

@@ -76,8 +76,16 @@ def _bad_cases(tmp_path, trained):
         p.write_bytes(b"garbage")
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.jpg").write_bytes(b"x")
+    splits = tmp_path / "splits"
+    write_class_folders(splits / "train", 3, classes=("circle", "square"))
+    write_class_folders(splits / "test", 2, classes=("circle", "triangle"))
+    (tmp_path / "columns.csv").write_text("file,class\na.png,circle\n")
+    (tmp_path / "gone.csv").write_text("path,label\nnope/a.png,circle\nnope/b.png,square\n")
     run, data, _ = trained
     return {
+        "test classes differ from train": (["train", splits, "--out", tmp_path / "r10"], "'triangle'"),
+        "CSV without path,label": (["train", tmp_path / "columns.csv", "--out", tmp_path / "r11"], "needs columns"),
+        "CSV of missing files": (["train", tmp_path / "gone.csv", "--out", tmp_path / "r12"], "none is an existing"),
         "missing path": (["train", tmp_path / "nope", "--out", tmp_path / "r1"], "does not exist"),
         "a file": (["train", tmp_path / "file.jpg", "--out", tmp_path / "r2"], "is a file"),
         "empty folder": (["train", tmp_path / "empty", "--out", tmp_path / "r3"], "Found 0 images"),

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision.transforms import v2 as T
 
@@ -67,6 +68,36 @@ def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_pat
     assert all(torch.equal(full[k], cut[k]) for k in full)
     history = [json.loads(x) for x in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history if h["stage"] == "fine-tune"] == [0, 1, 2]
+
+
+def test_interrupted_mid_epoch_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
+    # batches of 8: four per epoch; checkpoint after every batch, stop after batch 2 of epoch 2
+    settings = dict(image_size=32, epochs=2, batch_size=8, cache_dir=str(cache_dir), quiet=True,
+                    checkpoint_every=0.0)
+    ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
+    real = classifier.run_stage
+
+    def interrupted_mid_epoch(stage, model, **kw):
+        if stage == "fine-tune":
+            inner = kw["on_batch"]
+
+            def on_batch(state):
+                inner(state)
+                if (state.epoch, state.batch) == (1, 2):
+                    raise KeyboardInterrupt
+            kw["on_batch"] = on_batch
+        return real(stage, model, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(classifier, "run_stage", interrupted_mid_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
+    meta = json.loads(safe_open(str(tmp_path / "cut" / "checkpoints" / "finetune.safetensors"), "pt")
+                      .metadata()["imgtune"])
+    assert (meta["state"]["epoch"], meta["state"]["batch"]) == (1, 2)
+    ImageClassifier(**settings).fit(photos, out=tmp_path / "cut", resume=True)
+    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
 def test_the_kept_weights_are_the_best_epoch_on_validation(trained_run, tmp_path):

@@ -53,7 +53,7 @@ class ImageClassifier:
     def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
                  image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
                  batch_size: int | None = None, seed: int = 0, device: str = "auto", weights: str | None = None,
-                 cache_dir: str | None = None, quiet: bool = False):
+                 cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0):
         self.backbone = backbone
         self.recipe = recipe
         self.image_size = image_size
@@ -65,6 +65,7 @@ class ImageClassifier:
         self.weights = weights
         self.cache_dir = cache_dir
         self.quiet = quiet
+        self.checkpoint_every = checkpoint_every  # seconds between checkpoints inside a fine-tune epoch
 
     # ------------------------------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -273,15 +274,20 @@ class ImageClassifier:
             load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
             scheduler.load_state_dict(meta["scheduler"])
             state = StageState.from_meta(meta["state"], {k[5:]: v for k, v in tensors.items()
-                                                         if k.startswith("best.")})
-            rep.say(f"Fine-tune: continuing after epoch {state.epoch} of the interrupted run.")
+                                                         if k.startswith("best.")}, tensors.get("rng"))
+            where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"epoch {state.epoch}"
+            rep.say(f"Fine-tune: continuing after {where} of the interrupted run.")
 
-        def checkpoint(st: StageState) -> None:
+        def save_checkpoint(st: StageState) -> None:
             opt_tensors, opt_meta = optimizer_tensors(optimizer)
             tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                       **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors}
+                       **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
+                       **({"rng": st.rng} if st.batch and st.rng is not None else {})}
             save_tensors(ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
                                          "scheduler": scheduler.state_dict()})
+
+        def checkpoint(st: StageState) -> None:
+            save_checkpoint(st)
             run.write_history(head_history + st.history)
             log_epoch(st.history[-1], len(head_history) + st.epoch)
 
@@ -293,7 +299,8 @@ class ImageClassifier:
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
                           state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
-                          class_weights=balance.tensor(device), select=balance.select)
+                          class_weights=balance.tensor(device), select=balance.select,
+                          on_batch=save_checkpoint, checkpoint_every=self.checkpoint_every)
         for p in model.parameters():
             p.requires_grad = False
         return state.history

@@ -36,6 +36,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, received {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, received {value}")
+    return value
+
+
 RUNTIMES = ["torch", "onnx", "onnx-int8"]
 
 
@@ -59,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="also checkpoint inside fine-tune epochs this often (default 60), so --resume loses little")
     t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
     t.add_argument("--quiet", action="store_true")
 
@@ -146,7 +158,8 @@ def _train(args) -> int:
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size, seed=args.seed,
-                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet)
+                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
+                          checkpoint_every=args.checkpoint_every)
     clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "

@@ -8,7 +8,6 @@ ones, and nothing else is recomputed.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -72,7 +71,12 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
 
 
 class FeatureCache:
-    """One .npy file per image under ROOT/features/<key>/<hash[:2]>/<hash>.npy, written atomically."""
+    """One file per image under ROOT/features/<key>/<hash[:2]>/<hash>.f32, written atomically.
+
+    An entry is b"ITF1", the vector length (uint32), the float32 values, then the first 16 bytes of the
+    SHA-256 of all that: a torn, truncated or altered entry fails the check and is recomputed."""
+
+    MAGIC = b"ITF1"
 
     def __init__(self, root: str | os.PathLike, backbone: Backbone):
         self.key_info = {"backbone": backbone.name, "weights": backbone.weights_id,
@@ -81,23 +85,27 @@ class FeatureCache:
         self.dir = Path(root) / "features" / key
 
     def _path(self, digest: str) -> Path:
-        return self.dir / digest[:2] / f"{digest}.npy"
+        return self.dir / digest[:2] / f"{digest}.f32"
 
     def get(self, digest: str) -> np.ndarray | None:
-        p = self._path(digest)
-        if not p.exists():
-            return None
         try:
-            return np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError):  # a torn entry: recompute it
+            blob = self._path(digest).read_bytes()
+        except OSError:
             return None
+        body, check = blob[:-16], blob[-16:]
+        if len(blob) < 24 or body[:4] != self.MAGIC or hashlib.sha256(body).digest()[:16] != check:
+            return None  # torn or altered: recompute it
+        n = int.from_bytes(body[4:8], "little")
+        if len(body) != 8 + 4 * n:
+            return None
+        return np.frombuffer(body, dtype="<f4", offset=8).copy()
 
     def put(self, digest: str, vector: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        v = np.ascontiguousarray(vector, dtype="<f4")
+        body = self.MAGIC + len(v).to_bytes(4, "little") + v.tobytes()
         if not (self.dir / "key.json").exists():
             write_json_atomic(self.dir / "key.json", self.key_info)
-        write_bytes_atomic(self._path(digest), buf.getvalue())
+        write_bytes_atomic(self._path(digest), body + hashlib.sha256(body).digest()[:16])
 
 
 def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, *, device: torch.device,

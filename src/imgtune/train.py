@@ -93,21 +93,29 @@ def set_train_mode(model: nn.Module, *, bn_train: bool = True) -> None:
 class StageState:
     """Where a stage stands: enough, with the model and optimizer, to continue it exactly."""
 
-    epoch: int = 0  # next epoch to run
+    epoch: int = 0  # next epoch to run (or the one under way, when batch > 0)
     best_score: tuple[float, float] | None = None  # (the selected val score, -val loss)
     best_epoch: int = -1
     bad_epochs: int = 0
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    # inside an epoch: batches done, their summed loss and images, and the CPU random state after them
+    batch: int = 0
+    loss_total: float = 0.0
+    seen: int = 0
+    rng: torch.Tensor | None = None
 
     def meta(self) -> dict:
         return {"epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "history": self.history}
+                "bad_epochs": self.bad_epochs, "history": self.history, "batch": self.batch,
+                "loss_total": self.loss_total, "seen": self.seen}
 
     @classmethod
-    def from_meta(cls, meta: dict, best_weights: dict) -> "StageState":
+    def from_meta(cls, meta: dict, best_weights: dict, rng: torch.Tensor | None = None) -> "StageState":
         score = tuple(meta["best_score"]) if meta.get("best_score") is not None else None
-        return cls(meta["epoch"], score, meta["best_epoch"], meta["bad_epochs"], best_weights, meta["history"])
+        return cls(meta["epoch"], score, meta["best_epoch"], meta["bad_epochs"], best_weights, meta["history"],
+                   meta.get("batch", 0), meta.get("loss_total", 0.0), meta.get("seen", 0),
+                   rng if meta.get("batch", 0) else None)
 
 
 @torch.inference_mode()
@@ -139,9 +147,15 @@ def run_stage(stage: str, model: nn.Module, *,
               device: torch.device, reporter: Reporter, state: StageState | None = None,
               on_epoch: Callable[[StageState], None] | None = None, bn_train: bool = True,
               baseline: bool = False, class_weights: torch.Tensor | None = None,
-              select: str = "val_accuracy") -> StageState:
+              select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
+              checkpoint_every: float | None = None) -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
     validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
+
+    `on_epoch(state)` follows every epoch. `on_batch(state)` follows a batch when `checkpoint_every`
+    seconds have passed since the last call, with `state.batch` and `state.rng` saying where the epoch
+    stands; a state with batch > 0 continues that epoch exactly: its batches so far are drawn again
+    (same order, same augmentation) without training, then the random state is restored.
 
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
     never leaves the model worse on validation than it found it.
@@ -157,12 +171,18 @@ def run_stage(stage: str, model: nn.Module, *,
             reporter.say(f"{stage} epoch 0 (before training): {_scores(record, select)}")
     while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
         epoch = state.epoch
+        skip, saved_rng = state.batch, state.rng
         torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
-        started = time.perf_counter()
+        started = last_save = time.perf_counter()
         set_train_mode(model, bn_train=bn_train)
-        total, seen = 0.0, 0
+        total, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
         with reporter.bar(f"{stage} epoch {epoch + 1}/{epochs}", n_batches) as advance:
-            for x, y in train_batches(epoch):
+            for i, (x, y) in enumerate(train_batches(epoch)):
+                if i < skip:  # done before the interruption: drawn again so that what follows is the same
+                    if i == skip - 1 and saved_rng is not None:
+                        torch.set_rng_state(saved_rng)
+                    advance(1)
+                    continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 loss = F.cross_entropy(model(x), y, weight=class_weights, label_smoothing=label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -172,7 +192,13 @@ def run_stage(stage: str, model: nn.Module, *,
                 total += loss.item() * len(y)
                 seen += len(y)
                 advance(1, info=f"loss {total / seen:.3f}")
-        record = {"stage": stage, "epoch": epoch + 1, "loss": total / max(seen, 1),
+                if on_batch and checkpoint_every is not None and time.perf_counter() - last_save >= checkpoint_every:
+                    state.batch, state.loss_total, state.seen = i + 1, total, seen
+                    state.rng = torch.get_rng_state()
+                    on_batch(state)
+                    last_save = time.perf_counter()
+        state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
+        record = {"stage": stage, "epoch": epoch + 1, "loss": total / max(seen, 1), "images": seen,
                   **validate(model, val_batches(), device), "lr": optimizer.param_groups[0]["lr"]}
         record["seconds"] = round(time.perf_counter() - started, 3)
         score = (record[select], -record["val_loss"])

@@ -53,11 +53,24 @@ def decode_rgb(data: bytes, *, draft_size: int | None = None, max_pixels: int = 
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not a recognised image format") from None
+        kind = _claimed_format(data)
+        raise BadImage(f"corrupt {kind} file (its header cannot be read)" if kind
+                       else "not a recognised image format") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"decompression bomb guard: {e}") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError) as e:
         raise BadImage(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The format a file's first bytes claim, when Pillow could not open it anyway."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def load_rgb(path: str | os.PathLike, **kw) -> Image.Image:

@@ -1,0 +1,142 @@
+"""Nothing is lost: kill -9 in the middle of fine-tuning, a full disk during a checkpoint write."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import imgtune.atomic as atomic
+from imgtune.cli import main
+from imgtune.run import load_tensors_and_meta
+
+from conftest import write_class_folders
+
+ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Data, a cache and the weights of an uninterrupted run."""
+    base = tmp_path_factory.mktemp("reliability")
+    data = write_class_folders(base / "photos", 12, seed=3)
+    cache = base / "cache"
+    assert main(["train", str(data), "--out", str(base / "full"), "--cache-dir", str(cache), *ARGS]) == 0
+    return data, cache, load_file(base / "full" / "model.safetensors")
+
+
+def _same(weights, run):
+    other = load_file(run / "model.safetensors")
+    return weights.keys() == other.keys() and all(torch.equal(weights[k], other[k]) for k in weights)
+
+
+def _position(ckpt):
+    try:
+        with safe_open(str(ckpt), "pt") as f:
+            state = json.loads(f.metadata()["imgtune"])["state"]
+        return state["epoch"], state["batch"]
+    except Exception:  # not written yet
+        return None
+
+
+def test_kill_9_mid_epoch_then_resume_gives_identical_weights(reference, tmp_path):
+    data, cache, weights = reference
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while (_position(run / "checkpoints" / "finetune.safetensors") or (0, 0)) < (0, 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "model.safetensors").exists()
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert _same(weights, run)
+
+
+def test_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(reference, tmp_path, monkeypatch, capsys):
+    data, cache, weights = reference
+    run = tmp_path / "run"
+    real = atomic.write_atomic
+    writes = []
+
+    def disk_fills(path, write):
+        if str(path).endswith("finetune.safetensors"):
+            writes.append(path)
+            if len(writes) == 3:  # the third checkpoint: half written, then the disk is full
+                def half_then_full(tmp):
+                    write(tmp)
+                    with open(tmp, "r+b") as f:
+                        f.truncate(os.path.getsize(tmp) // 2)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                return real(path, half_then_full)
+        return real(path, write)
+
+    monkeypatch.setattr(atomic, "write_atomic", disk_fills)
+    assert main(["train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "finetune.safetensors" in err[0]
+    monkeypatch.undo()
+    ckpt = run / "checkpoints" / "finetune.safetensors"
+    _, meta = load_tensors_and_meta(ckpt)  # the last good checkpoint is whole
+    assert (meta["state"]["epoch"], meta["state"]["batch"]) == (0, 2)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS, "--resume"]) == 0
+    assert _same(weights, run)
+
+
+def _digests(root):
+    import hashlib
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not os.access(p, os.R_OK):
+                out[p] = "unreadable"
+            else:
+                out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def test_a_corpus_of_odd_and_broken_files_trains_and_every_bad_file_is_listed(tmp_path):
+    import csv
+    from corpus import write_corpus
+
+    root = write_class_folders(tmp_path / "photos", 10, seed=8)
+    good, bad = [], {}
+    for cls in ("circle", "square"):
+        g, b = write_corpus(root / cls, cls, seed=len(cls))
+        good += g
+        bad.update(b)
+    assert len(bad) >= 7 * 2 and len(good) >= 15 * 2  # 18 kinds of odd or broken file per class
+    before = _digests(root)
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    assert main(["train", str(root), "--out", str(run), "--image-size", "32", "--epochs", "1",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert _digests(root) == before  # no input file changed
+
+    with open(run / "skipped.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        skipped = {row["path"]: row["reason"] for row in csv.DictReader(f)}
+    assert set(skipped) == set(bad)
+    for path, reason in bad.items():
+        assert reason in skipped[path], (path, skipped[path])
+    with open(run / "split.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        train = [row["path"] for row in csv.DictReader(f) if row["split"] == "train"]
+    usable_train = [p for p in train if p not in skipped]
+    assert len(usable_train) == len(set(usable_train))
+    assert {p for p in good if p in train} <= set(usable_train)
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    fine_tune = [h for h in history if h["stage"] == "fine-tune" and h["epoch"] > 0]
+    assert [h["images"] for h in fine_tune] == [len(usable_train)]  # each usable image once per epoch
+    assert time.perf_counter() - started < 120  # the bomb did not stall it
