@@ -17,17 +17,18 @@ import json
 import os
 import random
 import socket
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from corpus import bomb_png  # noqa: E402  (the tests' decompression bomb)
 
 
 def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -54,11 +55,7 @@ def post(url: str, name: str, data: bytes, timeout: float) -> tuple[int, float]:
 
 
 def bad_uploads(good: bytes) -> list[tuple[str, bytes]]:
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
-    return [("notes.jpg", b"<html>not an image</html>"), ("empty.png", b""), ("bomb.png", bomb),
+    return [("notes.jpg", b"<html>not an image</html>"), ("empty.png", b""), ("bomb.png", bomb_png()),
             ("truncated.png", good[: len(good) // 2]), ("random.jpg", os.urandom(4096))]
 
 

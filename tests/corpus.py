@@ -23,7 +23,8 @@ def _encode(img, fmt, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _bomb() -> bytes:
+def bomb_png() -> bytes:
+    """A 30000x30000 PNG header in a few hundred bytes."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
@@ -57,7 +58,7 @@ def write_corpus(folder, cls: str, seed: int = 0) -> tuple[list[str], dict[str, 
     bad["truncated.png"] = (png[: len(png) // 2], "truncated")
     bad["bad_crc.png"] = (_png_with_bad_crc(base), "corrupt")
     bad["page.jpg"] = (b"<!DOCTYPE html><html><body>404</body></html>", "not a recognised image format")
-    bad["bomb.png"] = (_bomb(), "bomb")
+    bad["bomb.png"] = (bomb_png(), "bomb")
     paths = []
     for name, data in good.items():
         with open(os.path.join(folder, name), "wb") as f:

@@ -4,14 +4,12 @@ JSON and keeps serving. Also --min-confidence and TensorBoard logs."""
 import io
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from imgtune import ImageClassifier
 from imgtune.cli import main
 
 from conftest import make_image
+from corpus import bomb_png
 
 
 def _free_port() -> int:
@@ -49,14 +48,6 @@ def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
-
-
-def _bomb() -> bytes:
-    """A 30000x30000 PNG header in a few hundred bytes."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +84,7 @@ def test_predict_endpoint_labels_uploaded_images(server):
 @pytest.mark.parametrize("name,data,status", [
     ("notes.jpg", b"<html>not an image</html>", 415),
     ("empty.png", b"", 400),
-    ("bomb.png", _bomb(), 422),
+    ("bomb.png", bomb_png(), 422),
     ("half.png", _png(make_image("circle", np.random.default_rng(1), size=64))[:300], 422),
     ("huge.png", b"\x89PNG" + b"\0" * (1_100_000), 413),
 ])

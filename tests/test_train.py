@@ -35,27 +35,32 @@ def test_overrides_refuse_impossible_values():
         get_recipe("fast")
 
 
+def _interrupting(hook: str, when):
+    """run_stage whose fine-tune `hook` (on_epoch or on_batch) raises KeyboardInterrupt, as Ctrl-C would,
+    right after the checkpoint for which `when(state)` holds."""
+    real = classifier.run_stage
+
+    def run_stage(stage, model, **kw):
+        if stage == "fine-tune":
+            inner = kw[hook]
+
+            def hooked(state):
+                inner(state)
+                if when(state):
+                    raise KeyboardInterrupt
+            kw[hook] = hooked
+        return real(stage, model, **kw)
+    return run_stage
+
+
 def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
     data = photos.relative_to(tmp_path)
     settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True)
     ImageClassifier(**settings).fit(data, out="full")
 
-    real = classifier.run_stage
-
-    def interrupted_after_one_epoch(stage, model, **kw):
-        if stage == "fine-tune":
-            inner = kw["on_epoch"]
-
-            def on_epoch(state):
-                inner(state)
-                if state.epoch == 1:
-                    raise KeyboardInterrupt
-            kw["on_epoch"] = on_epoch
-        return real(stage, model, **kw)
-
     with monkeypatch.context() as patch:
-        patch.setattr(classifier, "run_stage", interrupted_after_one_epoch)
+        patch.setattr(classifier, "run_stage", _interrupting("on_epoch", lambda st: st.epoch == 1))
         with pytest.raises(KeyboardInterrupt):
             ImageClassifier(**settings).fit(data, out="cut")
     assert not (tmp_path / "cut" / "model.safetensors").exists()
@@ -75,21 +80,8 @@ def test_interrupted_mid_epoch_resumes_to_identical_weights(photos, cache_dir, t
     settings = dict(image_size=32, epochs=2, batch_size=8, cache_dir=str(cache_dir), quiet=True,
                     checkpoint_every=0.0)
     ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
-    real = classifier.run_stage
-
-    def interrupted_mid_epoch(stage, model, **kw):
-        if stage == "fine-tune":
-            inner = kw["on_batch"]
-
-            def on_batch(state):
-                inner(state)
-                if (state.epoch, state.batch) == (1, 2):
-                    raise KeyboardInterrupt
-            kw["on_batch"] = on_batch
-        return real(stage, model, **kw)
-
     with monkeypatch.context() as patch:
-        patch.setattr(classifier, "run_stage", interrupted_mid_epoch)
+        patch.setattr(classifier, "run_stage", _interrupting("on_batch", lambda st: (st.epoch, st.batch) == (1, 2)))
         with pytest.raises(KeyboardInterrupt):
             ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
     meta = json.loads(safe_open(str(tmp_path / "cut" / "checkpoints" / "finetune.safetensors"), "pt")
