@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__, metrics as metrics_lib, runtime as rt
+from . import __version__, distributed, metrics as metrics_lib, runtime as rt
 from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
 from .calibration import fit_temperature, softmax
@@ -78,9 +78,10 @@ class ImageClassifier:
                                 batch_size=self.batch_size)
         if self.image_size is not None:
             DataConfig(self.image_size, (0, 0, 0), (1, 1, 1))  # validates the value before any work
-        device = rt.resolve_device(self.device)
+        ranks, device = distributed.start(self.device)  # one process, or this rank's under torchrun
+        self.ranks_ = ranks
         rt.setup(self.seed)
-        rep = Reporter(self.quiet)
+        rep = Reporter(self.quiet or not ranks.main)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         if resume and not run.split.exists():
             raise RunFolderError(f"--resume: {str(run.path)!r} holds no run to continue (no split.csv); "
@@ -96,9 +97,10 @@ class ImageClassifier:
 
         # scan: the split is written once and reused on resume, so a continued run sees the same files
         manifest = scan(run.split if resume else resolve_data(str(data), cache_root), seed=self.seed)
-        if not resume:
+        if not resume and ranks.main:
             manifest.write_csv(run.split)
             write_json_atomic(run.checkpoints / "settings.json", settings)
+        ranks.barrier()
         backbone = create_backbone(self.backbone, weights=self.weights, image_size=self.image_size)
         rep.say(manifest.summary())
 
@@ -106,9 +108,10 @@ class ImageClassifier:
         t = time.perf_counter()
         paths = [it.path for it in manifest.items]
         feats, bad, n_new = extract_features(backbone, paths, FeatureCache(cache_root, backbone), device=device,
-                                             reporter=rep)
+                                             reporter=rep, ranks=ranks)
         manifest = manifest.without(bad)
-        run.write_skipped(manifest.skipped)
+        if ranks.main:
+            run.write_skipped(manifest.skipped)
         require_usable(manifest)
         rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
                 + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
@@ -124,12 +127,12 @@ class ImageClassifier:
 
         # head on cached features
         t = time.perf_counter()
-        tb = TensorBoardLog(run.path / "tensorboard") if tensorboard else None
+        tb = TensorBoardLog(run.path / "tensorboard") if tensorboard and ranks.main else None
         log_epoch = tb.epoch if tb else (lambda record, step: None)
         head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
                                               len(manifest.classes), run, rep, device, balance, log_epoch)
         times["head"] = time.perf_counter() - t
-        model = Classifier(backbone.model, head).to(device)
+        model = rt.prepare(Classifier(backbone.model, head), device)
 
         # fine-tune the last blocks on images
         t = time.perf_counter()
@@ -140,6 +143,8 @@ class ImageClassifier:
         if tb:
             tb.close()
         times["finetune"] = time.perf_counter() - t
+        if not ranks.main:  # rank 0 alone calibrates, evaluates and writes the run
+            return self
 
         self.classes_ = list(manifest.classes)
         self.model_ = model.eval()
@@ -200,11 +205,17 @@ class ImageClassifier:
         xv, yv = split_feats["val"]
         bs = cfg.batch_size
         n_batches = (len(y) + bs - 1) // bs
+        ranks = self.ranks_
+        if ranks.active:  # each rank trains on its share of every batch, the batch size rounded to a multiple
+            bs = max(ranks.world, bs - bs % ranks.world)
+            n_batches = (len(y) + bs - 1) // bs
 
         def train_batches(epoch: int):
             order = torch.randperm(len(y), generator=rt.generator(self.seed * 1000 + epoch))
-            for i in range(0, len(y), bs):
-                idx = order[i:i + bs]
+            if ranks.active:  # padded with the first images so that every rank has as many as the others
+                order = torch.cat([order, order[:(-len(order)) % ranks.world]])
+            for i in range(0, len(order), bs):
+                idx = order[i:i + bs][ranks.rank::ranks.world]
                 yield x[idx], y[idx]
 
         def val_batches():
@@ -215,6 +226,7 @@ class ImageClassifier:
         scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
         quiet_epochs = Reporter(quiet=True)  # head epochs take milliseconds: one summary line instead
         state = run_stage("head", head, train_batches=train_batches, n_batches=n_batches, val_batches=val_batches,
+                          trainer=distributed.wrap(head, ranks, device), total=ranks.total,
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
                           reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select,
@@ -224,8 +236,9 @@ class ImageClassifier:
             name = balance.select.removeprefix("val_").replace("_", " ")
             rep.say(f"Head: {len(state.history)} epochs, best val {name} {best[balance.select]:.4f} "
                     f"(epoch {state.best_epoch}).")
-        save_tensors(ckpt, head.state_dict(), {"history": state.history})
-        run.write_history(state.history)
+        if ranks.main:
+            save_tensors(ckpt, head.state_dict(), {"history": state.history})
+            run.write_history(state.history)
         return head, state.history
 
     def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
@@ -246,8 +259,13 @@ class ImageClassifier:
                                                    {"params": list(model.head.parameters()), "lr": cfg.head_lr}],
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         train_items, val_items = manifest.split("train"), manifest.split("val")
-        bs = cfg.batch_size
-        n_batches = (len(train_items) + bs - 1) // bs
+        ranks = self.ranks_
+        bs = max(1, cfg.batch_size // ranks.world)  # per rank: the global batch stays what the recipe says
+        per_rank = -(-len(train_items) // ranks.world)  # DistributedSampler pads the last share
+        n_batches = (per_rank + bs - 1) // bs
+        if ranks.active and per_rank * ranks.world > len(train_items):
+            rep.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; DistributedSampler "
+                    f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
         scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
         workers = rt.loader_workers()
         train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
@@ -256,8 +274,12 @@ class ImageClassifier:
                              eval_transform(data_config), data_config.image_size)
 
         def batches(dataset, *, shuffle: bool, epoch: int = 0):
-            loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle, num_workers=workers,
-                                generator=rt.generator(self.seed * 1000 + epoch),
+            sampler = None
+            if shuffle and ranks.active:  # each rank its share of one seeded permutation per epoch
+                sampler = DistributedSampler(dataset, ranks.world, ranks.rank, shuffle=True, seed=self.seed)
+                sampler.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle and sampler is None, sampler=sampler,
+                                num_workers=workers, generator=rt.generator(self.seed * 1000 + epoch),
                                 pin_memory=device.type == "cuda")
             for x, y, _, reasons in loader:
                 if any(reasons):  # the file changed since it was checked; leave it out of this batch
@@ -287,9 +309,10 @@ class ImageClassifier:
                                          "scheduler": scheduler.state_dict()})
 
         def checkpoint(st: StageState) -> None:
-            save_checkpoint(st)
-            run.write_history(head_history + st.history)
-            log_epoch(st.history[-1], len(head_history) + st.epoch)
+            if ranks.main:
+                save_checkpoint(st)
+                run.write_history(head_history + st.history)
+                log_epoch(st.history[-1], len(head_history) + st.epoch)
 
         n_body = sum(p.numel() for p in body)
         rep.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
@@ -300,7 +323,8 @@ class ImageClassifier:
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
                           state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
                           class_weights=balance.tensor(device), select=balance.select,
-                          on_batch=save_checkpoint, checkpoint_every=self.checkpoint_every)
+                          on_batch=None if ranks.active else save_checkpoint, checkpoint_every=self.checkpoint_every,
+                          trainer=distributed.wrap(model, ranks, device), total=ranks.total)
         for p in model.parameters():
             p.requires_grad = False
         return state.history

@@ -157,6 +157,8 @@ def _train(args) -> int:
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
                           checkpoint_every=args.checkpoint_every)
     clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
+    if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
+        return 0
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
                            f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")

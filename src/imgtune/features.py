@@ -22,6 +22,7 @@ from .backbones import Backbone
 from .data.datasets import ImageFiles
 from .data.images import BadImage, read_bytes
 from .data.transforms import eval_transform
+from .distributed import Ranks
 from .progress import Reporter
 from .runtime import loader_workers
 
@@ -109,9 +110,12 @@ class FeatureCache:
 
 
 def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, *, device: torch.device,
-                     batch_size: int = 32, reporter: Reporter | None = None):
+                     batch_size: int = 32, reporter: Reporter | None = None, ranks: Ranks = Ranks()):
     """Features for every path, from the cache where possible -> (features [N, D] float32 with NaN rows
-    for bad files, {bad path: reason}, number of images that went through the backbone)."""
+    for bad files, {bad path: reason}, number of images that went through the backbone).
+
+    Under torchrun each rank extracts every world-th missing image and writes it to the cache; the
+    vectors are then gathered so that every rank holds them all."""
     reporter = reporter or Reporter(quiet=True)
     digests: list[str | None] = []
     bad: dict[str, str] = {}
@@ -133,18 +137,24 @@ def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, 
             else:
                 feats[i] = v
             advance()
-    if misses:
-        miss_paths = [paths[i] for i in misses]
+    if not misses:
+        return feats, bad, 0
+    mine = misses[ranks.rank::ranks.world]
+    done: dict[int, np.ndarray] = {}
 
-        def store(ids: list[int], out: np.ndarray) -> None:
-            for j, row in zip(ids, out):
-                i = misses[j]
-                feats[i] = row
-                cache.put(digests[i], row)
+    def store(ids: list[int], out: np.ndarray) -> None:
+        for j, row in zip(ids, out):
+            i = mine[j]
+            done[i] = row
+            cache.put(digests[i], row)
 
-        _, more_bad = run_network(backbone.model.to(device), miss_paths, eval_transform(backbone.data_config),
-                                  backbone.data_config.image_size, device=device, batch_size=batch_size,
-                                  reporter=reporter, description="Extracting features", on_batch=store)
-        bad.update(more_bad)
-        return feats, bad, len(misses) - len(more_bad)
-    return feats, bad, 0
+    _, more_bad = run_network(backbone.model.to(device), [paths[i] for i in mine],
+                              eval_transform(backbone.data_config), backbone.data_config.image_size, device=device,
+                              batch_size=batch_size, reporter=reporter, description="Extracting features",
+                              on_batch=store)
+    for rows, failed in ranks.gather((done, more_bad)):
+        for i, row in rows.items():
+            feats[i] = row
+        bad.update(failed)
+    n_failed = sum(1 for i in misses if paths[i] in bad)
+    return feats, bad, len(misses) - n_failed

@@ -43,3 +43,41 @@ def generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+class Precision:
+    """How a training step runs on this device: on CUDA, mixed precision (bf16 where the GPU has it, else
+    fp16 with a gradient scaler); elsewhere plain fp32. The training loop calls `autocast()` and `step()`
+    and never asks which device it is on."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None = None):
+        if dtype is None and device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.device_type = device.type
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def step(self, loss: torch.Tensor, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch onto the device: asynchronous from pinned memory, channels-last images on CUDA."""
+    if device.type == "cuda" and x.dim() == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return x.to(device, non_blocking=True)
+
+
+def prepare(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
+    """The model on its device: channels-last weights on CUDA (faster convolutions with tensor cores),
+    optionally compiled with torch.compile."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model

@@ -20,6 +20,7 @@ from torch import nn
 from .errors import ConfigError
 from .metrics import confusion_matrix, per_class
 from .progress import Reporter
+from .runtime import Precision, to_device
 
 IMBALANCE_RATIO = 1.5  # largest / smallest training class at which "auto" starts compensating
 
@@ -148,7 +149,8 @@ def run_stage(stage: str, model: nn.Module, *,
               on_epoch: Callable[[StageState], None] | None = None, bn_train: bool = True,
               baseline: bool = False, class_weights: torch.Tensor | None = None,
               select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
-              checkpoint_every: float | None = None) -> StageState:
+              checkpoint_every: float | None = None, trainer: nn.Module | None = None,
+              total: Callable[[float], float] = float, precision: Precision | None = None) -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
     validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
 
@@ -156,6 +158,9 @@ def run_stage(stage: str, model: nn.Module, *,
     seconds have passed since the last call, with `state.batch` and `state.rng` saying where the epoch
     stands; a state with batch > 0 continues that epoch exactly: its batches so far are drawn again
     (same order, same augmentation) without training, then the random state is restored.
+
+    Under torchrun, `trainer` is the DistributedDataParallel wrapper the training batches go through
+    (each rank sees its share), and `total` sums a number over the ranks for the epoch's record.
 
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
     never leaves the model worse on validation than it found it.
@@ -175,7 +180,9 @@ def run_stage(stage: str, model: nn.Module, *,
         torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
         started = last_save = time.perf_counter()
         set_train_mode(model, bn_train=bn_train)
-        total, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
+        loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
+        net = trainer or model
+        precision = precision or Precision(device)
         with reporter.bar(f"{stage} epoch {epoch + 1}/{epochs}", n_batches) as advance:
             for i, (x, y) in enumerate(train_batches(epoch)):
                 if i < skip:  # done before the interruption: drawn again so that what follows is the same
@@ -183,22 +190,22 @@ def run_stage(stage: str, model: nn.Module, *,
                         torch.set_rng_state(saved_rng)
                     advance(1)
                     continue
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = F.cross_entropy(model(x), y, weight=class_weights, label_smoothing=label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                x, y = to_device(x, device), to_device(y, device)
+                with precision.autocast():
+                    loss = F.cross_entropy(net(x).float(), y, weight=class_weights, label_smoothing=label_smoothing)
+                precision.step(loss, optimizer)
                 scheduler.step()
-                total += loss.item() * len(y)
+                loss_sum += loss.item() * len(y)
                 seen += len(y)
-                advance(1, info=f"loss {total / seen:.3f}")
+                advance(1, info=f"loss {loss_sum / seen:.3f}")
                 if on_batch and checkpoint_every is not None and time.perf_counter() - last_save >= checkpoint_every:
-                    state.batch, state.loss_total, state.seen = i + 1, total, seen
+                    state.batch, state.loss_total, state.seen = i + 1, loss_sum, seen
                     state.rng = torch.get_rng_state()
                     on_batch(state)
                     last_save = time.perf_counter()
         state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
-        record = {"stage": stage, "epoch": epoch + 1, "loss": total / max(seen, 1), "images": seen,
+        images = int(total(seen))
+        record = {"stage": stage, "epoch": epoch + 1, "loss": total(loss_sum) / max(images, 1), "images": images,
                   **validate(model, val_batches(), device), "lr": optimizer.param_groups[0]["lr"]}
         record["seconds"] = round(time.perf_counter() - started, 3)
         score = (record[select], -record["val_loss"])

@@ -1,0 +1,42 @@
+"""torchrun: two processes on CPU (gloo) train the same run as one process does."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_class_folders
+
+
+def _train(cmd_prefix, data, run, cache):
+    r = subprocess.run([*cmd_prefix, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "32",
+                        "--epochs", "2", "--cache-dir", str(cache), "--seed", "3"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_two_processes_match_one(tmp_path):
+    data = write_class_folders(tmp_path / "photos", 25, seed=4)  # 75 images: an odd number to share out
+    one = _train([sys.executable], data, tmp_path / "one", tmp_path / "cache-one")
+    two = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                 data, tmp_path / "two", tmp_path / "cache-two")
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert abs(m1["accuracy"] - m2["accuracy"]) <= 0.005
+    # every image extracted once, into the one cache, by one rank or the other
+    assert len(list((tmp_path / "cache-two").rglob("*.f32"))) == 75
+    assert "Features: 75 extracted" in two.stderr
+    # every training image seen once per epoch; DistributedSampler's padding is said and counted
+    with open(tmp_path / "two" / "split.csv", newline="") as f:
+        n_train = sum(row["split"] == "train" for row in csv.DictReader(f))
+    padding = (-n_train) % 2
+    history = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    ft = [h for h in history if h["stage"] == "fine-tune" and h["epoch"] > 0]
+    assert [h["images"] for h in ft] == [n_train + padding] * 2
+    if padding:
+        assert f"repeats {padding} image(s) per epoch" in two.stderr
+    # rank 0 alone wrote the run and printed the table
+    assert two.stdout.count("Run folder:") == 1 and (tmp_path / "two" / "report.html").exists()
+    assert one.stdout.count("Test split:") == two.stdout.count("Test split:") == 1

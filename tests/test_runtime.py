@@ -1,0 +1,44 @@
+"""The device layer: plain fp32 on CPU, and the mixed-precision path (exercised here with CPU bf16)."""
+
+import torch
+
+from imgtune.runtime import Precision, prepare, to_device
+
+
+def _one_step(precision):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
+    model(x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with precision.autocast():
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    precision.step(loss, opt)
+    return loss, model
+
+
+def test_cpu_runs_plain_fp32_steps():
+    p = Precision(torch.device("cpu"))
+    assert p.dtype is None and not p.scaler.is_enabled()
+    loss, model = _one_step(p)
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
+    ref(x)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def test_mixed_precision_path_trains():
+    p = Precision(torch.device("cpu"), dtype=torch.bfloat16)
+    loss, model = _one_step(p)
+    assert torch.isfinite(loss) and all(w.dtype == torch.float32 for w in model.parameters())
+
+
+def test_cpu_batches_and_models_stay_as_they_are():
+    x = torch.randn(2, 3, 8, 8)
+    assert to_device(x, torch.device("cpu")).is_contiguous()
+    m = torch.nn.Conv2d(3, 4, 3)
+    assert prepare(m, torch.device("cpu")) is m
