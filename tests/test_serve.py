@@ -134,3 +134,11 @@ def test_tensorboard_scalars_can_be_read_back(tmp_path):
     head_acc = [r["val_accuracy"] for r in history if r["stage"] == "head"]
     assert [round(e.value, 5) for e in events.Scalars("head/val_accuracy")] == [round(v, 5) for v in head_acc]
     assert [e.step for e in events.Scalars("fine-tune/loss")] == [len(head_acc) + 1]
+
+
+def test_a_port_in_use_is_one_line(trained_run, capsys):
+    run, _, _ = trained_run
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    assert "Address already in use" in capsys.readouterr().err

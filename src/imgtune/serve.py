@@ -118,6 +118,17 @@ def app_from_environment():
                       max_bytes=settings["max_bytes"])
 
 
+def _check_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e}); choose "
+                          "another --port or --host.") from None
+
+
 def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime: str, top_k: int,
           min_confidence: float | None, tta: bool, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
     _require()
@@ -127,6 +138,7 @@ def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime:
                 "min_confidence": min_confidence, "tta": tta, "max_bytes": max_bytes}
     os.environ["IMGTUNE_SERVE"] = json.dumps(settings)
     app = app_from_environment()  # loaded here first, so a bad run folder fails before the server starts
+    _check_free(host, port)
     print(f"Serving {run} on http://{host}:{port} (API page: http://{host}:{port}/docs); Ctrl-C stops.",
           flush=True)
     if workers == 1:
