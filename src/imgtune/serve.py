@@ -24,7 +24,7 @@ MAX_FILES = 64
 def _require():
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError("imgtune serve needs FastAPI, uvicorn and python-multipart: "
