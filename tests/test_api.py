@@ -7,8 +7,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from imgtune import ImageClassifier, RunFolderError
 

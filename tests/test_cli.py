@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from safetensors import safe_open
 
 from imgtune.cli import main

@@ -341,8 +341,9 @@ class ImageClassifier:
         run.write_config({
             **getattr(self, "fit_info_", {}), "backbone": self.backbone, "classes": self.classes_,
             "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
-            "seed": self.seed, "temperature": self.temperature_, "versions": {"imgtune": __version__, "torch": torch.__version__,
-                                            "timm": _timm_version(), "python": platform.python_version()}})
+            "seed": self.seed, "temperature": self.temperature_,
+            "versions": {"imgtune": __version__, "torch": torch.__version__, "timm": _timm_version(),
+                         "python": platform.python_version()}})
         if getattr(self, "metrics_", None):
             run.write_metrics(self.metrics_)
         if getattr(self, "history_", None):

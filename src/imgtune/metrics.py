@@ -24,6 +24,15 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def macro_scores(pc: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(balanced accuracy, macro-F1): means over the classes present, as scikit-learn does with
+    labels=present; 0 when no class is."""
+    present = pc["support"] > 0
+    if not present.any():
+        return 0.0, 0.0
+    return float(pc["recall"][present].mean()), float(pc["f1"][present].mean())
+
+
 def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     k = min(k, probs.shape[1])
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -98,18 +107,17 @@ def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] |
     y_pred = probs.argmax(axis=1)
     cm = confusion_matrix(y_true, y_pred, n)
     pc = per_class(cm)
-    present = pc["support"] > 0
+    balanced_accuracy, macro_f1 = macro_scores(pc)
     doc = {
         "classes": list(classes),
         "n_images": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else 0.0,
-        # macro over the classes present in this split, as scikit-learn does with labels=present
-        "macro_f1": float(pc["f1"][present].mean()) if present.any() else 0.0,
+        "macro_f1": macro_f1,
         "top_k_accuracy": {str(k): top_k_accuracy(y_true, probs, k) for k in ks if k <= n},
         "per_class": {c: {"accuracy": float(pc["recall"][i]), "precision": float(pc["precision"][i]),
                           "recall": float(pc["recall"][i]), "f1": float(pc["f1"][i]),
                           "support": int(pc["support"][i])} for i, c in enumerate(classes)},
-        "balanced_accuracy": float(pc["recall"][present].mean()) if present.any() else 0.0,
+        "balanced_accuracy": balanced_accuracy,
         "confusion_matrix": cm.tolist(),
         "most_confused": most_confused(cm, list(classes)),
         "ece": expected_calibration_error(y_true, probs),

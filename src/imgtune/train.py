@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .metrics import confusion_matrix, per_class
+from .metrics import confusion_matrix, macro_scores, per_class
 from .progress import Reporter
 from .runtime import Precision, to_device
 
@@ -135,11 +135,9 @@ def validate(model: nn.Module, batches: Iterable, device: torch.device) -> dict:
     if not n:
         return {"val_loss": 0.0, "val_accuracy": 0.0, "val_balanced_accuracy": 0.0, "val_macro_f1": 0.0}
     y_true, y_pred = torch.cat(truth).numpy(), torch.cat(preds).numpy()
-    pc = per_class(confusion_matrix(y_true, y_pred, k))
-    present = pc["support"] > 0
+    balanced_accuracy, macro_f1 = macro_scores(per_class(confusion_matrix(y_true, y_pred, k)))
     return {"val_loss": loss / n, "val_accuracy": float((y_true == y_pred).mean()),
-            "val_balanced_accuracy": float(pc["recall"][present].mean()),
-            "val_macro_f1": float(pc["f1"][present].mean())}
+            "val_balanced_accuracy": balanced_accuracy, "val_macro_f1": macro_f1}
 
 
 def run_stage(stage: str, model: nn.Module, *,
