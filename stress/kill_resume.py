@@ -29,6 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from imgtune.store import ShardStore
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_class_folders  # noqa: E402  (the tests' generated shapes)
 
@@ -57,7 +59,8 @@ def where(run: Path, cache: Path, n_images: int) -> str:
     elif (ckpt / "head.safetensors").exists():
         phase = "fine-tune start"
     elif (run / "split.csv").exists():
-        n = sum(1 for _ in cache.rglob("*.f32")) if cache.exists() else 0
+        features = cache / "features"
+        n = sum(len(ShardStore(d, {}).index()) for d in features.iterdir()) if features.exists() else 0
         phase = f"features ({n}/{n_images} cached)" if n < n_images else "head"
     else:
         phase = "start-up or scan"

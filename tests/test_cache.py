@@ -19,32 +19,47 @@ def test_second_extraction_is_all_hits_and_edits_invalidate_only_themselves(tmp_
     paths = _paths(root)
     b = create_backbone(image_size=32)
     cache = FeatureCache(tmp_path / "cache", b)
-    first, bad, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    first, bad, n, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
     assert n == len(paths) and not bad and not np.isnan(first).any()
-    again, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    again, _, n, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
     assert n == 0 and np.array_equal(first, again)
 
     Image.new("RGB", (40, 40), (255, 255, 0)).save(paths[0])  # edit one file
-    _, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
+    _, _, n, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
     assert n == 1
 
     other = create_backbone(image_size=48)  # another transform: a cache of its own
-    _, _, n = extract_features(other, paths, FeatureCache(tmp_path / "cache", other), device=torch.device("cpu"))
+    _, _, n, _ = extract_features(other, paths, FeatureCache(tmp_path / "cache", other),
+                                  device=torch.device("cpu"))
     assert n == len(paths)
 
 
-def test_torn_entry_is_recomputed_and_bad_files_reported(tmp_path):
+def test_torn_or_altered_shards_are_recomputed_and_bad_files_reported(tmp_path):
     root = write_class_folders(tmp_path / "p", 2)
     (root / "circle" / "zero.png").write_bytes(b"")
     paths = _paths(root)
     b = create_backbone(image_size=32)
-    cache = FeatureCache(tmp_path / "cache", b)
-    feats, bad, _ = extract_features(b, paths, cache, device=torch.device("cpu"))
+    feats, bad, _, _ = extract_features(b, paths, FeatureCache(tmp_path / "cache", b), device=torch.device("cpu"),
+                                        batch_size=2)
     assert bad == {str(root / "circle" / "zero.png"): "empty file (0 bytes)"}
-    entries = sorted(cache.dir.rglob("*.f32"))
-    entries[0].write_bytes(entries[0].read_bytes()[:40])  # torn
-    flipped = bytearray(entries[1].read_bytes())
-    flipped[100] ^= 0x01  # one bit of one value: still the right length, fails the checksum
-    entries[1].write_bytes(bytes(flipped))
-    again, _, n = extract_features(b, paths, cache, device=torch.device("cpu"))
-    assert n == 2 and np.allclose(np.nan_to_num(feats), np.nan_to_num(again), atol=1e-5)
+    index = FeatureCache(tmp_path / "cache", b).store.index()
+    shards = sorted({shard for shard, _ in index.values()})
+    assert len(shards) >= 3  # batches of 2: one shard per batch
+    damaged = sum(1 for shard, _ in index.values() if shard in shards[:2])
+    shards[0].write_bytes(shards[0].read_bytes()[:40])  # torn
+    flipped = bytearray(shards[1].read_bytes())
+    flipped[-100] ^= 0x01  # one bit of one value: still the right length, fails the checksum
+    shards[1].write_bytes(bytes(flipped))
+    again, _, n, _ = extract_features(b, paths, FeatureCache(tmp_path / "cache", b), device=torch.device("cpu"))
+    assert n == damaged and np.allclose(np.nan_to_num(feats), np.nan_to_num(again), atol=1e-5)
+    assert not shards[1].exists()  # the damaged shard is gone, its rows written again
+
+
+def test_cache_on_disk_is_close_to_the_raw_feature_bytes(tmp_path):
+    root = write_class_folders(tmp_path / "p", 3)
+    paths = _paths(root)
+    b = create_backbone(image_size=32)
+    cache = FeatureCache(tmp_path / "cache", b)
+    extract_features(b, paths, cache, device=torch.device("cpu"))
+    raw = len(paths) * b.num_features * 4
+    assert cache.store.disk_bytes() <= 1.2 * raw

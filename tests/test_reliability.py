@@ -69,7 +69,7 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(reference, 
     real = atomic.write_atomic
     writes = []
 
-    def disk_fills(path, write):
+    def disk_fills(path, write, **kw):
         if str(path).endswith("finetune.safetensors"):
             writes.append(path)
             if len(writes) == 3:  # the third checkpoint: half written, then the disk is full
@@ -78,8 +78,8 @@ def test_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(reference, 
                     with open(tmp, "r+b") as f:
                         f.truncate(os.path.getsize(tmp) // 2)
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-                return real(path, half_then_full)
-        return real(path, write)
+                return real(path, half_then_full, **kw)
+        return real(path, write, **kw)
 
     monkeypatch.setattr(atomic, "write_atomic", disk_fills)
     assert main(["train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS]) == 1

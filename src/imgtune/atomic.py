@@ -13,8 +13,10 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` to produce the content, then move it into place atomically."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, durable: bool = True) -> None:
+    """Call `write(tmp_path)` to produce the content, then move it into place atomically. `durable=False`
+    skips the fsyncs: still all-or-nothing for a killed process, but a power cut may leave an empty
+    file, which only a self-checking cache entry may accept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,22 +24,24 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would have given it
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
 
-    write_atomic(path, write)
+    write_atomic(path, write, durable=durable)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -11,8 +11,10 @@ from .images import BadImage, decode_rgb, read_bytes
 
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: list[str], labels: list[int] | None, transform, image_size: int):
+    def __init__(self, paths: list[str], labels: list[int] | None, transform, image_size: int,
+                 seeds: list[int] | None = None):
         self.paths = paths
+        self.seeds = seeds  # per image: the random draws of its transform, the same in any worker
         self.labels = labels
         self.transform = transform
         self.image_size = image_size
@@ -31,6 +33,10 @@ class ImageFiles(Dataset):
         label = self.labels[i] if self.labels is not None else -1
         try:
             img = decode_rgb(read_bytes(self.paths[i]), draft_size=self.image_size)
-            return self.transform(img), label, i, ""
+            if self.seeds is None:
+                return self.transform(img), label, i, ""
+            with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+                torch.manual_seed(self.seeds[i])
+                return self.transform(img), label, i, ""
         except BadImage as e:
             return self.blank(), label, i, str(e)
