@@ -7,6 +7,7 @@ run folder up to date after every step, so an interrupted `fit` continues with `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__, distributed, metrics as metrics_lib, runtime as rt
+from . import __version__, budget as budget_lib, distributed, metrics as metrics_lib, runtime as rt
 from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
 from .calibration import fit_temperature, softmax
@@ -30,6 +31,7 @@ from .data.scan import Manifest, image_files, labelled_files, require_usable, sc
 from .data.transforms import DataConfig, TTAViews, eval_transform, train_transform
 from .errors import ConfigError, DataError, RunFolderError
 from .features import FeatureCache, default_cache_dir, extract_features, run_network
+from .frozen import fast_frozen
 from .heads import Classifier, EachView, make_head
 from .progress import Reporter
 from .report_page import write_report
@@ -37,6 +39,7 @@ from .tensorboard_log import TensorBoardLog
 from .run import RunFolder, load_tensors_and_meta, save_tensors
 from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
                     run_stage)
+from .trunk import Tail, TrunkViews, split_stage
 
 
 UNKNOWN = "unknown"  # the label of an image below --min-confidence
@@ -52,34 +55,40 @@ class ImageClassifier:
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
                  image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
-                 batch_size: int | None = None, seed: int = 0, device: str = "auto", weights: str | None = None,
-                 cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0):
+                 batch_size: int | None = None, cached_views: int | None = None, seed: int = 0,
+                 device: str = "auto", weights: str | None = None,
+                 cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0,
+                 time_limit: float | None = None):
         self.backbone = backbone
         self.recipe = recipe
         self.image_size = image_size
         self.epochs = epochs
         self.head_epochs = head_epochs
         self.batch_size = batch_size
+        self.cached_views = cached_views
         self.seed = seed
         self.device = device
         self.weights = weights
         self.cache_dir = cache_dir
         self.quiet = quiet
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints inside a fine-tune epoch
+        self.time_limit = time_limit  # seconds the whole fit may take; epochs are planned to fit in it
 
     # ------------------------------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
             resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
         `tensorboard` writes per-epoch scalars to out/tensorboard/."""
-        started = time.perf_counter()
+        started, started_age = time.perf_counter(), budget_lib.process_age()
         times: dict[str, float] = {}
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
-                                batch_size=self.batch_size)
+                                batch_size=self.batch_size, cached_views=self.cached_views)
         if self.image_size is not None:
             DataConfig(self.image_size, (0, 0, 0), (1, 1, 1))  # validates the value before any work
         ranks, device = distributed.start(self.device)  # one process, or this rank's under torchrun
         self.ranks_ = ranks
+        if self.time_limit is not None and ranks.active:
+            raise ConfigError("--time-limit is for one process; under torchrun give --epochs instead.")
         rt.setup(self.seed)
         rep = Reporter(self.quiet or not ranks.main)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
@@ -90,7 +99,7 @@ class ImageClassifier:
             raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
                                  "choose another --out.")
         settings = {"backbone": self.backbone, "recipe": recipe.to_dict(), "image_size": self.image_size,
-                    "seed": self.seed, "weights": self.weights}
+                    "seed": self.seed, "weights": self.weights, "time_limit": self.time_limit}
         if resume:
             _check_same_settings(run, settings)
         cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -107,8 +116,21 @@ class ImageClassifier:
         # features
         t = time.perf_counter()
         paths = [it.path for it in manifest.items]
-        feats, bad, n_new = extract_features(backbone, paths, FeatureCache(cache_root, backbone), device=device,
-                                             reporter=rep, ranks=ranks)
+        views = self._trunk_views(recipe, backbone, cache_root, ranks)
+        cache = FeatureCache(cache_root, backbone)
+
+        def fast(net: torch.nn.Module, part: str):  # built the first time an image needs it
+            return functools.cache(lambda: fast_frozen(net, backbone.data_config.image_size, device=device,
+                                                       cache_root=cache_root, key_info={**cache.key_info,
+                                                                                        "part": part}))
+
+        hooks = {"network": fast(backbone.model, "features")}
+        if views:  # one pass fills both caches; the augmented views run the trunk alone
+            hooks = {"network": fast(views.extractor, f"trunk{views.stage}+features"), "keep": views.keep_features}
+            views.runner = fast(views.trunk, f"trunk{views.stage}")
+        feats, bad, n_new, digests = extract_features(backbone, paths, cache, device=device, reporter=rep,
+                                                      ranks=ranks, **hooks)
+        del hooks  # the extraction network and its memory
         manifest = manifest.without(bad)
         if ranks.main:
             run.write_skipped(manifest.skipped)
@@ -116,6 +138,9 @@ class ImageClassifier:
         rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
                 + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
         times["features"] = time.perf_counter() - t
+        # the limit counts from the start of the process: its imports are part of the wait
+        deadline = None if self.time_limit is None else started - started_age + self.time_limit
+        extract_rate = n_new / times["features"] if n_new >= 64 else None  # images/s, decoding included
         balance = Balance.plan(np.bincount([it.label for it in manifest.split("train")],
                                            minlength=len(manifest.classes)), recipe.balance)
         if balance.weights is not None:
@@ -129,8 +154,10 @@ class ImageClassifier:
         t = time.perf_counter()
         tb = TensorBoardLog(run.path / "tensorboard") if tensorboard and ranks.main else None
         log_epoch = tb.epoch if tb else (lambda record, step: None)
+        head_stop = None if deadline is None else t + 0.1 * (deadline - t)  # the head gets a tenth at most
         head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
-                                              len(manifest.classes), run, rep, device, balance, log_epoch)
+                                              len(manifest.classes), run, rep, device, balance, log_epoch,
+                                              head_stop)
         times["head"] = time.perf_counter() - t
         model = rt.prepare(Classifier(backbone.model, head), device)
 
@@ -138,8 +165,10 @@ class ImageClassifier:
         t = time.perf_counter()
         ft_history: list[dict] = []
         if recipe.finetune.epochs > 0:
+            digest_of = dict(zip(paths, digests))
+            budget = None if deadline is None else (deadline, extract_rate)
             ft_history = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep, device,
-                                              head_history, balance, log_epoch)
+                                              head_history, balance, log_epoch, views, digest_of, budget)
         if tb:
             tb.close()
         times["finetune"] = time.perf_counter() - t
@@ -154,10 +183,15 @@ class ImageClassifier:
         self.device_ = device
         self.history_ = head_history + ft_history
 
+        evaluator = model  # the frozen trunk is unchanged by fine-tuning: its fast copy serves evaluation
+        if views is not None and ft_history:
+            evaluator = Classifier(torch.nn.Sequential(views.runner(), Tail(model.backbone, views.stage)),
+                                   model.head).eval()
+
         def split_logits(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
             items = manifest.split(name)
             if ft_history:
-                return self._logits_for(items, rep)
+                return self._logits_for(items, rep, network=evaluator)
             x, y = split_feats[name]  # the backbone is unchanged: its cached features are exact
             with torch.inference_mode():
                 return head.eval()(x.to(device)).cpu().numpy(), y.numpy(), [it.path for it in items]
@@ -192,7 +226,8 @@ class ImageClassifier:
         return self
 
     def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
-                    rep: Reporter, device, balance: Balance, log_epoch) -> tuple[torch.nn.Module, list[dict]]:
+                    rep: Reporter, device, balance: Balance, log_epoch, stop_at: float | None = None
+                    ) -> tuple[torch.nn.Module, list[dict]]:
         torch.manual_seed(self.seed)  # the same head whether or not extraction drew random numbers
         head = make_head(cfg, n_features, n_classes).to(device)
         ckpt = run.checkpoints / "head.safetensors"
@@ -230,7 +265,7 @@ class ImageClassifier:
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
                           reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select,
-                          on_epoch=lambda st: log_epoch(st.history[-1], st.epoch))
+                          on_epoch=lambda st: log_epoch(st.history[-1], st.epoch), stop_at=stop_at)
         if state.history:
             best = state.history[state.best_epoch - 1]
             name = balance.select.removeprefix("val_").replace("_", " ")
@@ -241,14 +276,24 @@ class ImageClassifier:
             run.write_history(state.history)
         return head, state.history
 
+    def _trunk_views(self, recipe: Recipe, backbone, cache_root: Path, ranks) -> TrunkViews | None:
+        """The cache of frozen-trunk outputs fine-tuning will train from, when the recipe asks for it and
+        the backbone splits there."""
+        cfg = recipe.finetune
+        if cfg.epochs == 0 or cfg.cached_views == 0:
+            return None
+        stage = split_stage(backbone.model, _unfrozen(backbone.model, cfg.unfreeze, self.backbone))
+        if stage is None:
+            return None
+        return TrunkViews(cache_root, backbone, stage, augment=cfg.augment, seed=self.seed)
+
     def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
                         run: RunFolder, rep: Reporter, device, head_history: list[dict],
-                        balance: Balance, log_epoch) -> list[dict]:
+                        balance: Balance, log_epoch, views: TrunkViews | None = None,
+                        digest_of: dict[str, str] | None = None,
+                        budget: tuple[float, float | None] | None = None) -> list[dict]:
         cfg = recipe.finetune
-        groups = param_groups(model.backbone)
-        if not 1 <= cfg.unfreeze <= len(groups):
-            raise ConfigError(f"unfreeze must be 1 to {len(groups)} for {self.backbone}; received {cfg.unfreeze}.")
-        unfrozen = {n for g in groups[-cfg.unfreeze:] for n in g}
+        unfrozen = _unfrozen(model.backbone, cfg.unfreeze, self.backbone)
         for n, p in model.backbone.named_parameters():
             p.requires_grad = n in unfrozen
         for p in model.head.parameters():
@@ -264,8 +309,14 @@ class ImageClassifier:
         per_rank = -(-len(train_items) // ranks.world)  # DistributedSampler pads the last share
         n_batches = (per_rank + bs - 1) // bs
         if ranks.active and per_rank * ranks.world > len(train_items):
-            rep.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; DistributedSampler "
+            rep.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
                     f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
+        stop_at = None
+        if budget is not None:
+            cfg, stop_at = self._plan(cfg, budget, run, model, views, manifest, digest_of, bs, data_config, rep)
+            if cfg.epochs == 0:
+                rep.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
+                return []
         scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
         workers = rt.loader_workers()
         train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
@@ -288,6 +339,13 @@ class ImageClassifier:
                 if len(y):
                     yield x, y
 
+        trained = model  # what the epochs run: the whole classifier on images, or its tail on cached views
+        train_batches = lambda e: batches(train_set, shuffle=True, epoch=e)
+        val_batches = lambda: batches(val_set, shuffle=False)
+        if views is not None:
+            trained = Classifier(Tail(model.backbone, views.stage), model.head)
+            train_batches, val_batches = self._cached_batches(views, cfg, train_items, val_items, digest_of, bs,
+                                                              device, rep)
         ckpt = run.checkpoints / "finetune.safetensors"
         state = None
         if ckpt.exists():
@@ -315,19 +373,86 @@ class ImageClassifier:
                 log_epoch(st.history[-1], len(head_history) + st.epoch)
 
         n_body = sum(p.numel() for p in body)
+        how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
+               if views is not None else f"{cfg.augment} augmentation")
         rep.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
-                f"head on {len(train_items):,} images, {cfg.augment} augmentation, up to {cfg.epochs} epochs.")
-        state = run_stage("fine-tune", model, train_batches=lambda e: batches(train_set, shuffle=True, epoch=e),
-                          n_batches=n_batches, val_batches=lambda: batches(val_set, shuffle=False),
+                f"head on {len(train_items):,} images, {how}, up to {cfg.epochs} epochs.")
+        state = run_stage("fine-tune", trained, train_batches=train_batches,
+                          n_batches=n_batches, val_batches=val_batches,
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
                           state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
                           class_weights=balance.tensor(device), select=balance.select,
                           on_batch=None if ranks.active else save_checkpoint, checkpoint_every=self.checkpoint_every,
-                          trainer=distributed.wrap(model, ranks, device), total=ranks.total)
+                          trainer=distributed.wrap(trained, ranks, device), total=ranks.total, stop_at=stop_at)
         for p in model.parameters():
             p.requires_grad = False
         return state.history
+
+    def _plan(self, cfg, budget, run: RunFolder, model: Classifier, views: TrunkViews | None, manifest: Manifest,
+              digest_of, bs: int, data_config: DataConfig, rep: Reporter):
+        """--time-limit: (the fine-tune settings with the epochs that fit, the time to stop starting epochs).
+        The plan is kept in checkpoints/plan.json, so a resumed run trains the epochs it planned."""
+        deadline, rate = budget
+        train, val = manifest.split("train"), manifest.split("val")
+        n_eval = len(val) + len(manifest.split("test"))
+        stored = run.checkpoints / "plan.json"
+        if stored.exists():
+            plan = budget_lib.Plan(**json.loads(stored.read_text()))
+        else:
+            size = data_config.image_size
+            if views is not None:
+                probe, example = Classifier(Tail(model.backbone, views.stage), model.head), (bs, *views.shape)
+                todo = len(views.missing([digest_of[it.path] for it in train], range(cfg.cached_views + 1)))
+                todo += len(views.missing([digest_of[it.path] for it in val], range(1)))
+                fast = views.runner()
+            else:
+                probe, example, todo, fast = model, (bs, 3, size, size), 0, model
+            device = next(model.parameters()).device
+            rate = rate or budget_lib.forward_rate(fast, torch.zeros(32, 3, size, size, device=device))
+            step = budget_lib.step_rate(probe, torch.zeros(example, device=device), model.head[-1].out_features)
+            plan = budget_lib.plan_epochs(deadline - time.perf_counter(), n_train=len(train), n_val=len(val),
+                                          n_eval=n_eval, views_to_compute=todo, forward_rate=rate, step_rate=step)
+            write_json_atomic(stored, dataclasses.asdict(plan))
+        rep.say(plan.describe())
+        return dataclasses.replace(cfg, epochs=plan.epochs), deadline - plan.evaluate_seconds
+
+    def _cached_batches(self, views: TrunkViews, cfg, train_items, val_items, digest_of: dict[str, str], bs: int,
+                        device, rep: Reporter):
+        """(train_batches(epoch), val_batches()) over cached trunk outputs. Each image has the plain view
+        and `cfg.cached_views` augmented ones; its own seeded permutation of them decides which one each
+        epoch uses, so every view is seen once per cycle."""
+        n_views = cfg.cached_views + 1
+        tp, td = [it.path for it in train_items], [digest_of[it.path] for it in train_items]
+        vp, vd = [it.path for it in val_items], [digest_of[it.path] for it in val_items]
+        ranks = self.ranks_
+        views.store.refresh()  # every rank plans from the same shards, then shares the work out
+        todo_train, todo_val = views.missing(td, range(n_views)), views.missing(vd, range(1))
+        ranks.barrier()
+        views.fill(tp, td, todo_train, device=device, reporter=rep, share=(ranks.rank, ranks.world))
+        views.fill(vp, vd, todo_val, device=device, reporter=rep, share=(ranks.rank, ranks.world))
+        ranks.barrier()
+        views.store.refresh()  # the shards the other ranks wrote
+        y = torch.tensor([it.label for it in train_items], dtype=torch.long)
+        yv = torch.tensor([it.label for it in val_items], dtype=torch.long)
+        g = rt.generator(self.seed)
+        cycle = torch.stack([torch.randperm(n_views, generator=g) for _ in train_items]) if train_items else None
+        xv = views.rows(vp, vd, [0] * len(vp), device=device, reporter=rep)
+
+        def train_batches(epoch: int):
+            x = views.rows(tp, td, cycle[:, epoch % n_views].tolist(), device=device, reporter=rep)
+            order = torch.randperm(len(y), generator=rt.generator(self.seed * 1000 + epoch))
+            if ranks.active:  # padded with the first images so that every rank has as many as the others
+                order = torch.cat([order, order[:(-len(order)) % ranks.world]])
+            for i in range(0, len(order), bs * ranks.world):
+                idx = order[i:i + bs * ranks.world][ranks.rank::ranks.world]
+                yield x[idx].float(), y[idx]
+
+        def val_batches():
+            for i in range(0, len(yv), 256):
+                yield xv[i:i + 256].float(), yv[i:i + 256]
+
+        return train_batches, val_batches
 
     # -------------------------------------------------------------------------- save / load
     def save(self, path: str | os.PathLike) -> Path:
@@ -465,21 +590,21 @@ class ImageClassifier:
                         "top_k": [(self.classes_[j], float(p[j])) for j in order]})
         return out
 
-    def _logits_for(self, items, rep: Reporter, *, tta: bool = False, bad: list | None = None
+    def _logits_for(self, items, rep: Reporter, *, tta: bool = False, bad: list | None = None, network=None
                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Labelled items -> (logits, labels, paths) for those that decoded; the others are added to `bad`."""
-        logits, kept, failed = self._infer([it.path for it in items], rep, tta=tta)
+        logits, kept, failed = self._infer([it.path for it in items], rep, tta=tta, network=network)
         if bad is not None:
             bad += failed
         label = {it.path: it.label for it in items}
         return logits, np.array([label[p] for p in kept], dtype=int), kept
 
-    def _infer(self, paths: list[str], rep: Reporter, *, tta: bool = False
+    def _infer(self, paths: list[str], rep: Reporter, *, tta: bool = False, network=None
                ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
         """Image files -> (logits [N, K], or [N, V, K] with `tta`; the paths they belong to;
-        [(bad path, reason)])."""
+        [(bad path, reason)]). `network` stands in for the model when it computes the same logits faster."""
         transform = TTAViews(self.data_config_) if tta else eval_transform(self.data_config_)
-        outputs, bad = run_network(EachView(self.model_), paths, transform, self.data_config_.image_size,
+        outputs, bad = run_network(EachView(network or self.model_), paths, transform, self.data_config_.image_size,
                                    device=self.device_, reporter=rep, description="Predicting")
         order = sorted(outputs)
         shape = (0, len(TTAViews.names), len(self.classes_)) if tta else (0, len(self.classes_))
@@ -516,6 +641,14 @@ def _onnx_model(run: RunFolder, kind: str, classes: list[str]):
         raise RunFolderError(f"{str(path)!r} was exported for other classes than config.json lists; export "
                              "it again.")
     return model
+
+
+def _unfrozen(backbone: torch.nn.Module, unfreeze: int, name: str) -> set[str]:
+    """Names of the backbone parameters in its last `unfreeze` block groups."""
+    groups = param_groups(backbone)
+    if not 1 <= unfreeze <= len(groups):
+        raise ConfigError(f"unfreeze must be 1 to {len(groups)} for {name}; received {unfreeze}.")
+    return {n for g in groups[-unfreeze:] for n in g}
 
 
 def _is_path(x) -> bool:

@@ -61,10 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_int_at_least(0), metavar="N", help="fine-tune epochs (0: head only)")
     t.add_argument("--head-epochs", type=_int_at_least(1), metavar="N")
     t.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help="fine-tune batch size")
+    t.add_argument("--cached-views", type=_int_at_least(0), metavar="K",
+                   help="augmented views per training image whose frozen-trunk output is cached, so fine-tune "
+                        "epochs run only the trained blocks (default: the recipe's; 0: off)")
     t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--time-limit", metavar="DURATION",
+                   help="finish within this wall time (600, 90s, 10m, 1.5h): fine-tune epochs are planned from "
+                        "measured throughput to fill it")
     t.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
                    help="also checkpoint inside fine-tune epochs this often (default 60), so --resume loses little")
     t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
@@ -148,14 +154,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
+    from .budget import parse_duration
     from .classifier import ImageClassifier
     from .report import print_metrics
     from .run import RunFolder
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
-                          head_epochs=args.head_epochs, batch_size=args.batch_size, seed=args.seed,
+                          head_epochs=args.head_epochs, batch_size=args.batch_size,
+                          cached_views=args.cached_views, seed=args.seed,
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
-                          checkpoint_every=args.checkpoint_every)
+                          checkpoint_every=args.checkpoint_every,
+                          time_limit=None if args.time_limit is None else parse_duration(args.time_limit))
     clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0

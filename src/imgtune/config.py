@@ -49,6 +49,10 @@ class FineTuneConfig:
     schedule: str = "cosine"
     augment: str = "light"  # "light" (random resized crop + flip), "seed" (the original affine set), "none"
     bn_train: bool = False  # False: every BatchNorm keeps its pretrained running statistics
+    # Augmented views per training image whose frozen-trunk output is computed once and cached; epochs
+    # then run only the trained blocks, cycling through these views and the plain one. 0: every epoch
+    # runs the whole network on freshly augmented images.
+    cached_views: int = 3
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ SEED = Recipe(
                     epochs=50, batch_size=16, patience=None, label_smoothing=0.0, schedule="constant"),
     finetune=FineTuneConfig(unfreeze=1, optimizer="sgd", lr=1e-4, head_lr=1e-4, weight_decay=0.0,
                             momentum=0.9, epochs=50, batch_size=16, patience=None, label_smoothing=0.0,
-                            schedule="constant", augment="seed", bn_train=True),
+                            schedule="constant", augment="seed", bn_train=True, cached_views=0),
     balance="off",
 )
 
@@ -102,9 +106,9 @@ def get_recipe(name: "str | Recipe") -> Recipe:
 
 
 def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int | None = None,
-                   head_epochs: int | None = None) -> Recipe:
+                   head_epochs: int | None = None, cached_views: int | None = None) -> Recipe:
     """Apply the few command-line overrides, refusing values that cannot work."""
-    for flag, value in (("--epochs", epochs), ("--head-epochs", head_epochs)):
+    for flag, value in (("--epochs", epochs), ("--head-epochs", head_epochs), ("--cached-views", cached_views)):
         if value is not None and value < 0:
             raise ConfigError(f"{flag} must be 0 or more; received {value}.")
     if batch_size is not None and batch_size < 1:
@@ -116,4 +120,6 @@ def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int
         head = dataclasses.replace(head, epochs=head_epochs)
     if batch_size is not None:
         ft = dataclasses.replace(ft, batch_size=batch_size)
+    if cached_views is not None:
+        ft = dataclasses.replace(ft, cached_views=cached_views)
     return dataclasses.replace(recipe, head=head, finetune=ft)

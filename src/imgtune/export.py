@@ -7,12 +7,10 @@ images) with its accuracy and speed against fp32 on the validation split."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from .data.scan import find_images
 from .data.transforms import eval_transform
 from .errors import ImgtuneError
 from .features import run_network
-from .onnx_runtime import METADATA_KEY, OnnxModule, _require_onnx
+from .onnx_runtime import METADATA_KEY, OnnxModule, _require_onnx, trace
 from .progress import Reporter
 from .run import RunFolder
 
@@ -44,7 +42,7 @@ def export_onnx(clf, output: str | os.PathLike | None = None, *, quantize: str |
     val, train = _split_files(run)
     cfg = clf.data_config_
     model = clf.model_.float().cpu().eval()
-    graph = onnx.load_from_string(_trace(model, cfg.image_size))
+    graph = onnx.load_from_string(trace(model, cfg.image_size))
     info = {"classes": clf.classes_, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
             "interpolation": cfg.interpolation, "temperature": clf.temperature_, "backbone": clf.backbone,
             "input": "RGB, resized (shorter side) and centre-cropped to image_size, scaled to 0..1, "
@@ -80,16 +78,6 @@ def export_onnx(clf, output: str | os.PathLike | None = None, *, quantize: str |
     elif quantize is not None:
         raise ImgtuneError(f"Unknown quantisation {quantize!r}: expected int8.")
     return result
-
-
-def _trace(model: torch.nn.Module, image_size: int) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (torch.zeros(1, 3, image_size, image_size),), buf, dynamo=False,
-                          input_names=["images"], output_names=["logits"], opset_version=17,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
 
 
 def _split_files(run: RunFolder) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -6,8 +6,10 @@ model's own folder (a crafted `location` such as ../../etc/passwd is refused).""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,17 @@ def read_checked(path: str | os.PathLike):
     return model
 
 
+def trace(model: nn.Module, image_size: int, output: str = "logits") -> bytes:
+    """`model` as ONNX (opset 17) with a dynamic batch axis: input "images" [B, 3, S, S]."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (torch.zeros(1, 3, image_size, image_size),), buf, dynamo=False,
+                          input_names=["images"], output_names=[output], opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}})
+    return buf.getvalue()
+
+
 def metadata(model) -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     try:
@@ -62,7 +75,7 @@ def metadata(model) -> dict:
 class OnnxModule(nn.Module):
     """An ONNX Runtime session as a module: [B, 3, H, W] float tensor -> [B, K] logits."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, spin: bool = True):
         super().__init__()
         model = read_checked(path)
         self.metadata = metadata(model)
@@ -70,6 +83,8 @@ class OnnxModule(nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:  # idle threads sleep instead of spinning: the cores stay free for decoding workers
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:

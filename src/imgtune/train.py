@@ -148,7 +148,8 @@ def run_stage(stage: str, model: nn.Module, *,
               baseline: bool = False, class_weights: torch.Tensor | None = None,
               select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
               checkpoint_every: float | None = None, trainer: nn.Module | None = None,
-              total: Callable[[float], float] = float, precision: Precision | None = None) -> StageState:
+              total: Callable[[float], float] = float, precision: Precision | None = None,
+              stop_at: float | None = None) -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
     validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
 
@@ -162,6 +163,9 @@ def run_stage(stage: str, model: nn.Module, *,
 
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
     never leaves the model worse on validation than it found it.
+
+    With `stop_at` (a time.perf_counter() value), the stage ends before an epoch that would not finish
+    by then, judging by the last epoch's duration.
     """
     if state is None:
         state = StageState()
@@ -173,6 +177,11 @@ def run_stage(stage: str, model: nn.Module, *,
             state.history.append(record)
             reporter.say(f"{stage} epoch 0 (before training): {_scores(record, select)}")
     while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
+        last = state.history[-1]["seconds"] if state.history and state.history[-1]["epoch"] > 0 else 0.0
+        if stop_at is not None and time.perf_counter() + last > stop_at:
+            reporter.say(f"{stage}: stopping after epoch {state.epoch} of {epochs}: another would pass the time "
+                         "limit.")
+            break
         epoch = state.epoch
         skip, saved_rng = state.batch, state.rng
         torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process

@@ -1,0 +1,103 @@
+"""`--time-limit`: fit a run into a wall-clock budget by planning its epochs from measured throughput.
+
+Feature extraction must finish whatever the budget, so the plan is made after it, when what is left is
+known: the fine-tune epochs are what remains after the augmented views and the final evaluation,
+divided by the cost of one epoch, each measured on this machine for this model. While training, a stage
+also stops before an epoch it would not finish in time (the best checkpoint so far is kept), which
+absorbs any error in the estimate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+FIXED_SECONDS = 5.0  # calibration, metrics, report and writing the run: 3-6 s measured
+MARGIN = 0.95  # plan to finish a little early rather than late
+MAX_EPOCHS = 200
+
+
+def process_age() -> float:
+    """Seconds since this process started (its imports count against a time limit too); 0 if unknown."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def parse_duration(text: str) -> float:
+    """'600', '90s', '10m', '1.5h' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--time-limit must be a positive duration such as 600, 90s, 10m or 1.5h; "
+                          f"received {text!r}.")
+    return float(m.group(1)) * _UNITS[m.group(2) or ""]
+
+
+@dataclass(frozen=True)
+class Plan:
+    epochs: int
+    epoch_seconds: float
+    views_seconds: float
+    evaluate_seconds: float
+    left_seconds: float
+
+    def describe(self) -> str:
+        return (f"Time limit: {self.left_seconds:.0f} s left after extraction; views ~{self.views_seconds:.0f} s, "
+                f"evaluation ~{self.evaluate_seconds:.0f} s, {self.epochs} fine-tune epoch(s) of "
+                f"~{self.epoch_seconds:.1f} s.")
+
+
+def plan_epochs(left: float, *, n_train: int, n_val: int, n_eval: int, views_to_compute: int,
+                forward_rate: float, step_rate: float) -> Plan:
+    """Epochs that fit in `left` seconds: `forward_rate` images/s through the frozen network (views and
+    evaluation), `step_rate` images/s through a training step."""
+    views = views_to_compute / forward_rate
+    evaluate = n_eval / forward_rate + FIXED_SECONDS
+    epoch = n_train / step_rate + n_val / (3 * step_rate)  # validation: a forward pass, ~1/3 of a step
+    epochs = max(0, min(MAX_EPOCHS, math.floor((left * MARGIN - views - evaluate) / epoch)))
+    return Plan(epochs, epoch, views, evaluate, left)
+
+
+def step_rate(module: nn.Module, example: torch.Tensor, n_classes: int, *, steps: int = 3) -> float:
+    """Images/s of training steps (forward, backward, AdamW) of a copy of `module` on `example`-shaped
+    input; the module itself is untouched."""
+    probe = copy.deepcopy(module).train()
+    params = [p for p in probe.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    y = torch.zeros(len(example), dtype=torch.long, device=example.device) % n_classes
+
+    def step():
+        loss = F.cross_entropy(probe(example), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # first-call costs out of the timing
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * len(example) / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def forward_rate(module: nn.Module, example: torch.Tensor, *, rounds: int = 2) -> float:
+    module(example)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        module(example)
+    return rounds * len(example) / (time.perf_counter() - started)
