@@ -37,8 +37,13 @@ def test_mixed_precision_path_trains():
     assert torch.isfinite(loss) and all(w.dtype == torch.float32 for w in model.parameters())
 
 
-def test_cpu_batches_and_models_stay_as_they_are():
+def test_image_batches_and_models_become_channels_last_with_the_same_outputs():
     x = torch.randn(2, 3, 8, 8)
-    assert to_device(x, torch.device("cpu")).is_contiguous()
     m = torch.nn.Conv2d(3, 4, 3)
-    assert prepare(m, torch.device("cpu")) is m
+    expected = m(x)
+    xc = to_device(x, torch.device("cpu"))
+    mc = prepare(m, torch.device("cpu"))
+    assert xc.is_contiguous(memory_format=torch.channels_last)
+    assert mc.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(mc(xc), expected, atol=1e-6)
+    assert to_device(torch.randn(2, 5), torch.device("cpu")).is_contiguous()  # feature vectors as they are

@@ -101,3 +101,16 @@ def test_the_kept_weights_are_the_best_epoch_on_validation(trained_run, tmp_path
     (tmp_path / "val.csv").write_text("path,label\n" + "\n".join(r.rsplit(",", 1)[0] for r in val_rows) + "\n")
     metrics = ImageClassifier.load(run, quiet=True).evaluate(tmp_path / "val.csv")
     assert metrics["accuracy"] == pytest.approx(max(h["val_accuracy"] for h in ft))
+
+
+def test_head_dropout_drops_its_share_and_keeps_the_expected_value():
+    from imgtune.heads import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.2).train()
+    x = torch.ones(400, 1000)
+    y = d(x)
+    assert abs((y == 0).float().mean().item() - 51 / 256) < 0.005  # p to the nearest 1/256
+    assert abs(y.mean().item() - 1.0) < 0.01  # survivors scaled up: the expected value is kept
+    assert torch.equal(d.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
