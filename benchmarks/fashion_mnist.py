@@ -61,9 +61,11 @@ def prepare(out: Path, train_per_class: int, test_per_class: int, seed: int) -> 
     return out
 
 
-def run_recipe(data: Path, out: Path, recipe: str, args) -> dict:
-    run = out / f"run-{recipe}"
-    cache = out / f"cache-{recipe}"
+def run_recipe(data: Path, out: Path, recipe: str, args, extra: tuple[str, ...] = (), name: str | None = None) -> dict:
+    """`imgtune train` with a cold cache under /usr/bin/time -v -> its wall time, peak RSS and results."""
+    name = name or recipe
+    run = out / f"run-{name}"
+    cache = out / f"cache-{name}"
     shutil.rmtree(run, ignore_errors=True)
     shutil.rmtree(cache, ignore_errors=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run),
@@ -71,6 +73,7 @@ def run_recipe(data: Path, out: Path, recipe: str, args) -> dict:
            "--cache-dir", str(cache), "--seed", str(args.seed), "--quiet"]
     if args.epochs is not None:
         cmd += ["--epochs", str(args.epochs)]
+    cmd += list(extra)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -80,7 +83,7 @@ def run_recipe(data: Path, out: Path, recipe: str, args) -> dict:
     config = json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    return {"recipe": recipe, "wall": wall, "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None,
+    return {"recipe": recipe, "name": name, "command": " ".join(cmd[2:]), "wall": wall, "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None,
             "seconds": config["seconds"], "metrics": metrics, "history": history}
 
 

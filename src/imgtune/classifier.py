@@ -38,7 +38,7 @@ from .report_page import write_report
 from .tensorboard_log import TensorBoardLog
 from .run import RunFolder, load_tensors_and_meta, save_tensors
 from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
-                    run_stage)
+                    run_stage, set_schedule_length)
 from .trunk import Tail, TrunkViews, split_stage
 
 
@@ -79,7 +79,7 @@ class ImageClassifier:
             resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
         `tensorboard` writes per-epoch scalars to out/tensorboard/."""
-        started, started_age = time.perf_counter(), budget_lib.process_age()
+        started = time.perf_counter()
         times: dict[str, float] = {}
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
                                 batch_size=self.batch_size, cached_views=self.cached_views)
@@ -138,8 +138,7 @@ class ImageClassifier:
         rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
                 + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
         times["features"] = time.perf_counter() - t
-        # the limit counts from the start of the process: its imports are part of the wait
-        deadline = None if self.time_limit is None else started - started_age + self.time_limit
+        deadline = None if self.time_limit is None else started + self.time_limit
         extract_rate = n_new / times["features"] if n_new >= 64 else None  # images/s, decoding included
         balance = Balance.plan(np.bincount([it.label for it in manifest.split("train")],
                                            minlength=len(manifest.classes)), recipe.balance)
@@ -311,12 +310,15 @@ class ImageClassifier:
         if ranks.active and per_rank * ranks.world > len(train_items):
             rep.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
                     f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
-        stop_at = None
+        stop_at, replan = None, None
         if budget is not None:
-            cfg, stop_at = self._plan(cfg, budget, run, model, views, manifest, digest_of, bs, data_config, rep)
+            cfg, stop_at, fresh = self._plan(cfg, budget, run, model, views, manifest, digest_of, bs, data_config,
+                                             rep)
             if cfg.epochs == 0:
                 rep.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
                 return []
+            if fresh:
+                replan = self._replanner(run, stop_at, n_batches, rep, lambda: scheduler)
         scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
         workers = rt.loader_workers()
         train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
@@ -384,7 +386,8 @@ class ImageClassifier:
                           state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
                           class_weights=balance.tensor(device), select=balance.select,
                           on_batch=None if ranks.active else save_checkpoint, checkpoint_every=self.checkpoint_every,
-                          trainer=distributed.wrap(trained, ranks, device), total=ranks.total, stop_at=stop_at)
+                          trainer=distributed.wrap(trained, ranks, device), total=ranks.total, stop_at=stop_at,
+                          replan=replan)
         for p in model.parameters():
             p.requires_grad = False
         return state.history
@@ -397,7 +400,8 @@ class ImageClassifier:
         train, val = manifest.split("train"), manifest.split("val")
         n_eval = len(val) + len(manifest.split("test"))
         stored = run.checkpoints / "plan.json"
-        if stored.exists():
+        fresh = not stored.exists()
+        if not fresh:
             plan = budget_lib.Plan(**json.loads(stored.read_text()))
         else:
             size = data_config.image_size
@@ -415,7 +419,23 @@ class ImageClassifier:
                                           n_eval=n_eval, views_to_compute=todo, forward_rate=rate, step_rate=step)
             write_json_atomic(stored, dataclasses.asdict(plan))
         rep.say(plan.describe())
-        return dataclasses.replace(cfg, epochs=plan.epochs), deadline - plan.evaluate_seconds
+        return dataclasses.replace(cfg, epochs=plan.epochs), deadline - plan.evaluate_seconds, fresh
+
+    @staticmethod
+    def _replanner(run: RunFolder, stop_at: float, n_batches: int, rep: Reporter, scheduler):
+        """After the first epoch, the epochs that fit by its measured duration: the schedule is stretched
+        or shortened to match, and the plan saved for --resume."""
+        def replan(st: StageState) -> int | None:
+            if st.epoch != 1:
+                return None
+            seconds = st.history[-1]["seconds"]
+            epochs = 1 + budget_lib.epochs_that_fit(stop_at - time.perf_counter(), seconds)
+            set_schedule_length(scheduler(), epochs * n_batches)
+            stored = run.checkpoints / "plan.json"
+            write_json_atomic(stored, {**json.loads(stored.read_text()), "epochs": epochs, "epoch_seconds": seconds})
+            rep.say(f"Time limit: the first epoch took {seconds:.1f} s; {epochs} epoch(s) in all.")
+            return epochs
+        return replan
 
     def _cached_batches(self, views: TrunkViews, cfg, train_items, val_items, digest_of: dict[str, str], bs: int,
                         device, rep: Reporter):

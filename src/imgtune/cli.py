@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from .budget import parse_duration
+    from .budget import parse_duration, process_age
     from .classifier import ImageClassifier
     from .report import print_metrics
     from .run import RunFolder
@@ -164,7 +164,8 @@ def _train(args) -> int:
                           cached_views=args.cached_views, seed=args.seed,
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
                           checkpoint_every=args.checkpoint_every,
-                          time_limit=None if args.time_limit is None else parse_duration(args.time_limit))
+                          # the command's limit counts from the start of the process: imports are part of the wait
+                          time_limit=None if args.time_limit is None else parse_duration(args.time_limit) - process_age())
     clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0

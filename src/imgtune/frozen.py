@@ -64,7 +64,8 @@ def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_
     try:
         from .onnx_runtime import OnnxModule, trace
 
-        info = {**key_info, "image_size": image_size, "torch": torch.__version__}
+        structure = hashlib.sha256(repr(fixed).encode()).hexdigest()[:16]  # what the network computes
+        info = {**key_info, "image_size": image_size, "torch": torch.__version__, "structure": structure}
         key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:20]
         path = Path(cache_root) / "onnx" / f"{key}.onnx"
         if not path.is_file():
@@ -76,7 +77,8 @@ def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_
             raise
         x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            if (fast(x) - fixed(x)).abs().max().item() > MAX_DIFF:
+            if fast(x).shape != fixed(x).shape or (fast(x) - fixed(x)).abs().max().item() > MAX_DIFF:
+                path.unlink(missing_ok=True)
                 return fixed
         return fast
     except Exception:  # noqa: BLE001  no onnxruntime, an unexportable layer, a damaged file: PyTorch will do

@@ -63,20 +63,37 @@ def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_dec
     raise ConfigError(f"Unknown optimizer {name!r}: expected adamw, sgd or rmsprop.")
 
 
+class WarmupCosine:
+    """LR factor: linear warm-up over the first 10% of steps, then cosine decay to 2% at `total`. An object
+    rather than a closure, so that its length can change (--time-limit re-plans after the first epoch)
+    and travels in the scheduler's state_dict."""
+
+    def __init__(self, total_steps: int):
+        self.set_total(total_steps)
+
+    def set_total(self, total_steps: int) -> None:
+        self.total = max(1, int(total_steps))
+        self.warm = max(1, self.total // 10)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        t = min(step - self.warm, self.total - self.warm) / max(1, self.total - self.warm)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def make_scheduler(kind: str, optimizer, total_steps: int):
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if kind == "cosine":  # linear warm-up over the first 10% of steps, then cosine decay to 2%
-        total = max(1, total_steps)
-        warm = max(1, total // 10)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(step - warm, total - warm) / max(1, total - warm)
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps))
     raise ConfigError(f"Unknown schedule {kind!r}: expected cosine or constant.")
+
+
+def set_schedule_length(scheduler, total_steps: int) -> None:
+    for factor in scheduler.lr_lambdas:
+        if isinstance(factor, WarmupCosine):
+            factor.set_total(total_steps)
 
 
 def set_train_mode(model: nn.Module, *, bn_train: bool = True) -> None:
@@ -149,7 +166,8 @@ def run_stage(stage: str, model: nn.Module, *,
               select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
               checkpoint_every: float | None = None, trainer: nn.Module | None = None,
               total: Callable[[float], float] = float, precision: Precision | None = None,
-              stop_at: float | None = None) -> StageState:
+              stop_at: float | None = None, replan: Callable[[StageState], int | None] | None = None
+              ) -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
     validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
 
@@ -165,7 +183,8 @@ def run_stage(stage: str, model: nn.Module, *,
     never leaves the model worse on validation than it found it.
 
     With `stop_at` (a time.perf_counter() value), the stage ends before an epoch that would not finish
-    by then, judging by the last epoch's duration.
+    by then, judging by the last epoch's duration. `replan(state)`, after each epoch, may return a new
+    number of epochs.
     """
     if state is None:
         state = StageState()
@@ -227,6 +246,8 @@ def run_stage(stage: str, model: nn.Module, *,
                      f"{record['seconds']:.1f}s" + (" (best)" if state.best_epoch == epoch + 1 else ""))
         if on_epoch:
             on_epoch(state)
+        if replan:
+            epochs = replan(state) or epochs
     if state.best_weights:
         model.load_state_dict(state.best_weights)
     return state

@@ -1,0 +1,108 @@
+"""The fast paths give the answers of the slow ones: the trunk cache, the fixed-padding / ONNX Runtime
+frozen network, and --time-limit's planning."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from imgtune.backbones import create_backbone
+from imgtune.budget import Plan, parse_duration, plan_epochs
+from imgtune.classifier import ImageClassifier
+from imgtune.errors import ConfigError
+from imgtune.frozen import fast_frozen, fixed_padding
+from imgtune.train import StageState, run_stage
+from imgtune.trunk import Tail, Trunk, split_stage
+from imgtune.progress import Reporter
+
+from conftest import write_class_folders
+
+
+def _trainable(model, prefixes):
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+
+
+def test_trunk_then_tail_is_the_backbone_and_the_split_refuses_what_it_cannot_cache():
+    b = create_backbone(image_size=64)
+    m = b.model
+    stage = split_stage(m, _trainable(m, ("blocks.5.", "blocks.6.", "conv_head.", "bn2.")))
+    assert stage == 5
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(Tail(m, stage)(Trunk(m, stage)(x)), m(x), atol=1e-5)
+    assert split_stage(m, _trainable(m, ("conv_stem.", "blocks.6."))) is None  # a trained stem: nothing to cache
+    assert split_stage(m, set()) is None
+
+
+def test_fixed_padding_and_onnx_runtime_copy_match_pytorch(tmp_path):
+    b = create_backbone(image_size=72)  # 72 px: stride-2 "same" paddings are asymmetric here
+    x = torch.randn(3, 3, 72, 72)
+    with torch.inference_mode():
+        ref = b.model(x)
+        assert torch.allclose(fixed_padding(b.model, 72)(x), ref, atol=1e-5)
+        fast = fast_frozen(b.model, 72, device=torch.device("cpu"), cache_root=tmp_path, key_info={"t": 1})
+        assert type(fast).__name__ == "OnnxModule"
+        assert torch.allclose(fast(x), ref, atol=1e-4)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+
+
+def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
+    data = write_class_folders(tmp_path / "photos", 12, seed=3)
+    kw = dict(image_size=32, epochs=2, cache_dir=str(tmp_path / "cache"), quiet=True)
+    first = ImageClassifier(**kw).fit(data, out=tmp_path / "a")
+    second = ImageClassifier(**kw).fit(data, out=tmp_path / "b")  # every view comes from the cache
+    for k, v in first.model_.state_dict().items():
+        assert torch.equal(v, second.model_.state_dict()[k]), k
+    assert first.metrics_["accuracy"] == second.metrics_["accuracy"]
+    # the frozen trunk did not move; the tail did
+    pretrained = create_backbone(image_size=32).model.state_dict()
+    tuned = first.model_.backbone.state_dict()
+    assert torch.equal(tuned["blocks.4.0.conv_pw.weight"], pretrained["blocks.4.0.conv_pw.weight"])
+    history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    n_train = first.fit_info_["counts"]["train"]
+    assert [h["images"] for h in history if h["stage"] == "fine-tune" and h["epoch"] > 0] == [n_train] * 2
+    shards = list((tmp_path / "cache" / "trunk").rglob("*.its"))
+    assert shards  # 3 augmented views + the plain one of every training image, and the plain one of the rest
+    off = ImageClassifier(**{**kw, "cache_dir": str(tmp_path / "cache-off")}, cached_views=0).fit(
+        data, out=tmp_path / "c")
+    assert not (tmp_path / "cache-off" / "trunk").exists() and off.history_[-1]["images"] == n_train
+
+
+def test_durations_and_plans():
+    assert parse_duration("600") == 600 and parse_duration("10m") == 600 and parse_duration("1.5h") == 5400
+    assert parse_duration("90s") == 90
+    for bad in ("", "ten minutes", "-5m", "0"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)
+    # 100 s left: 5 s of views, 1,000 eval images at 100/s + fixed costs, epochs of 1,000 / 50 + 100 / 150 s
+    plan = plan_epochs(100, n_train=1000, n_val=100, n_eval=1000, views_to_compute=500, forward_rate=100,
+                       step_rate=50)
+    assert isinstance(plan, Plan) and plan.views_seconds == 5 and plan.epoch_seconds == pytest.approx(20.667, 1e-3)
+    assert plan.epochs == int((100 * 0.95 - 5 - plan.evaluate_seconds) // plan.epoch_seconds)
+    assert plan_epochs(10, n_train=1000, n_val=100, n_eval=1000, views_to_compute=0, forward_rate=100,
+                       step_rate=50).epochs == 0
+
+
+def test_a_stage_does_not_start_an_epoch_past_its_deadline():
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    state = run_stage("head", model, train_batches=lambda e: batches, n_batches=1, val_batches=lambda: batches,
+                      optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), epochs=5,
+                      patience=None, label_smoothing=0.0, seed=0, device=torch.device("cpu"),
+                      reporter=Reporter(quiet=True), stop_at=time.perf_counter() - 1)
+    assert isinstance(state, StageState) and state.history == []
+
+
+def test_time_limit_records_its_plan_and_a_resume_keeps_it(tmp_path):
+    data = write_class_folders(tmp_path / "photos", 6, seed=5)
+    clf = ImageClassifier(image_size=32, cache_dir=str(tmp_path / "cache"), quiet=True, time_limit=12)
+    clf.fit(data, out=tmp_path / "run")  # fills its 12 s with epochs, and stops in time
+    plan = json.loads((tmp_path / "run" / "checkpoints" / "plan.json").read_text())
+    trained = [h for h in clf.history_ if h["stage"] == "fine-tune" and h["epoch"] > 0]
+    assert 1 <= len(trained) <= plan["epochs"]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "settings.json").read_text())["time_limit"] == 12
+    with pytest.raises(ConfigError):  # the plan belongs to the run: --resume with another limit is refused
+        ImageClassifier(image_size=32, cache_dir=str(tmp_path / "cache"), quiet=True, time_limit=30).fit(
+            data, out=tmp_path / "run", resume=True)
