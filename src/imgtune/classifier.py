@@ -414,7 +414,7 @@ class ImageClassifier:
                 probe, example, todo, fast = model, (bs, 3, size, size), 0, model
             device = next(model.parameters()).device
             rate = rate or budget_lib.forward_rate(fast, torch.zeros(32, 3, size, size, device=device))
-            step = budget_lib.step_rate(probe, torch.zeros(example, device=device), model.head[-1].out_features)
+            step = budget_lib.step_rate(probe, torch.zeros(example, device=device), bn_train=cfg.bn_train)
             plan = budget_lib.plan_epochs(deadline - time.perf_counter(), n_train=len(train), n_val=len(val),
                                           n_eval=n_eval, views_to_compute=todo, forward_rate=rate, step_rate=step)
             write_json_atomic(stored, dataclasses.asdict(plan))
