@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from .backbones import Backbone
 from .data.datasets import ImageFiles
@@ -55,9 +56,13 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
     bad: dict[str, str] = {}
     if not paths:
         return outputs, bad
-    workers = loader_workers() if len(paths) > 2 * batch_size else 0  # a worker costs ~1 s to start
-    loader = DataLoader(ImageFiles(paths, None, transform, image_size, seeds), batch_size=batch_size,
-                        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+    dataset = ImageFiles(paths, None, transform, image_size, seeds)
+    if getattr(net, "runs_without_gil", False):
+        loader = _prefetched(dataset, batch_size)
+    else:
+        workers = loader_workers() if len(paths) > 2 * batch_size else 0  # a worker costs ~1 s to start
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
     with reporter.bar(description, len(paths)) as advance:
         for x, _, idx, reasons in loader:
             ok = [j for j, r in enumerate(reasons) if not r]
@@ -73,6 +78,22 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
                     on_batch(ids, out)
             advance(len(reasons))
     return outputs, bad
+
+
+def _prefetched(dataset: ImageFiles, batch_size: int):
+    """Batches decoded by one background thread while the caller's network computes the previous one.
+    For a network that runs outside the GIL (ONNX Runtime): Pillow's decoding and resizing release it
+    too, so both overlap without a worker process and without copying every batch between processes."""
+    def make(start: int):
+        return default_collate([dataset[j] for j in range(start, min(start + batch_size, len(dataset)))])
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(make, 0)
+        for start in range(0, len(dataset), batch_size):
+            batch = pending.result()
+            if start + batch_size < len(dataset):
+                pending = pool.submit(make, start + batch_size)
+            yield batch
 
 
 class FeatureCache:

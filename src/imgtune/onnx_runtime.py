@@ -75,6 +75,8 @@ def metadata(model) -> dict:
 class OnnxModule(nn.Module):
     """An ONNX Runtime session as a module: [B, 3, H, W] float tensor -> [B, K] logits."""
 
+    runs_without_gil = True  # ONNX Runtime releases the GIL: decoding can share the process
+
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None, spin: bool = True):
         super().__init__()
         model = read_checked(path)
