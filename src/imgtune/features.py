@@ -46,7 +46,8 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
                 ) -> tuple[dict[int, np.ndarray], dict[str, str]]:
     """Decode, transform and forward `paths` in batches -> ({index: output row}, {bad path: reason}).
 
-    Decoding runs in worker processes, overlapped with the forward pass. `on_batch(indices, outputs)` is
+    Decoding overlaps the forward pass: in worker processes, or in a background thread for a network
+    that runs outside the GIL (ONNX Runtime). `on_batch(indices, outputs)` is
     called after each batch (the cache writes there, so an interrupted extraction keeps what it did);
     with `keep=False` the outputs are only handed to it. `seeds` fixes each image's random transform.
     """
@@ -105,7 +106,6 @@ class FeatureCache:
                          "transform": backbone.data_config.signature}
         key = hashlib.sha256(json.dumps(self.key_info, sort_keys=True).encode()).hexdigest()[:20]
         self.store = ShardStore(Path(root) / "features" / key, self.key_info)
-        self.dir = self.store.dir
 
     def get_many(self, digests: list[str], n_features: int) -> dict[str, np.ndarray]:
         return self.store.get_many(digests, (n_features,))

@@ -77,6 +77,6 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def prepare(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
     """The model on its device with channels-last weights, optionally compiled with torch.compile.
     Channels-last convolutions are faster on CUDA (tensor cores) and on CPU too: a fine-tune step of
-    EfficientNet-Lite0 at 128 px took 256 ms instead of 397 ms on 2 cores (oneDNN's native layout)."""
+    EfficientNet-Lite0 at 128 px took 257 ms instead of 384 ms on 2 cores (benchmarks/step_speed.py)."""
     model = model.to(device, memory_format=torch.channels_last)
     return torch.compile(model) if compile else model
