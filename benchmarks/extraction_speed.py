@@ -8,10 +8,12 @@ for R rounds:
   options) on pre-made input tensors, batch 32; no decoding, no files;
 - imgtune's frozen network (padding fixed for the image size, ONNX Runtime) on the same tensors;
 - imgtune: `extract_features` over the JPEG files with a cold cache, as `imgtune train` runs it: decoding
-  in a worker process, the frozen network with its padding fixed and run by ONNX Runtime, features
-  written to the cache. Both paths imgtune uses are timed: the whole backbone (when fine-tuning is off)
+  (Pillow) and resizing (PyTorch, uint8) in a background thread, the frozen network with its padding
+  fixed and run by ONNX Runtime one single-threaded share of each batch per core, features written to
+  the cache. Both paths imgtune uses are timed: the whole backbone (when fine-tuning is off)
   and the trunk whose outputs are cached for fine-tuning, followed by the rest of the frozen backbone;
 - PyTorch eager: the same extraction with the backbone run by PyTorch.
+Each path runs in its own process (as `imgtune train` would), after an untimed warm-up over 64 images.
 Prints images per second (median over the rounds) and the ratios to the reference.
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,34 +103,48 @@ def extraction(backbone, paths: list[str], size: int, workdir: Path, *, fast: bo
         return len(paths) / (time.perf_counter() - started)
 
 
+PATHS = {"reference: bare ONNX Runtime forward": "bare",
+         "imgtune's frozen network alone, same tensors": "ours",
+         "imgtune, whole backbone": "whole",
+         "imgtune, trunk cached + rest": "trunk",
+         "PyTorch eager, whole backbone": "eager"}
+
+
+def measure(path: str, images: int, size: int, out: Path) -> float:
+    """Images/s of one path, after an untimed warm-up (exports and first-touch costs out of the timing)."""
+    setup(0)
+    paths = write_photos(out / "photos", images)
+    backbone = create_backbone(image_size=size)
+    if path in ("bare", "ours"):
+        def run(n): return bare_onnx(backbone, size, n, out, ours=path == "ours")
+    else:
+        def run(n): return extraction(backbone, paths[:n], size, out, fast=path != "eager", trunk=path == "trunk")
+    run(2 * BATCH)
+    return run(images)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/extraction"))
+    p.add_argument("--only", choices=sorted(PATHS.values()), help="measure one path in this process and print it")
     args = p.parse_args()
-    setup(0)
-    paths = write_photos(args.out / "photos", args.images)
-    backbone = create_backbone(image_size=args.image_size)
-    runs = {"reference: bare ONNX Runtime forward": lambda: bare_onnx(backbone, args.image_size, args.images, args.out),
-            "imgtune's frozen network alone, same tensors": lambda: bare_onnx(backbone, args.image_size, args.images,
-                                                                              args.out, ours=True),
-            "imgtune, whole backbone": lambda: extraction(backbone, paths, args.image_size, args.out,
-                                                          fast=True, trunk=False),
-            "imgtune, trunk cached + rest": lambda: extraction(backbone, paths, args.image_size, args.out,
-                                                               fast=True, trunk=True),
-            "PyTorch eager, whole backbone": lambda: extraction(backbone, paths, args.image_size, args.out,
-                                                                fast=False, trunk=False)}
-    for run in runs.values():  # exports and first-touch costs out of the timed rounds
-        run()
-    speeds: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            speeds[name].append(run())
+    if args.only:
+        print(measure(args.only, args.images, args.image_size, args.out))
+        return
+    write_photos(args.out / "photos", args.images)
+    speeds: dict[str, list[float]] = {k: [] for k in PATHS}
+    for _ in range(args.rounds):  # each path in a fresh process, as `imgtune train` runs; alternating
+        for name, path in PATHS.items():
+            result = subprocess.run([sys.executable, __file__, "--only", path, "--images", str(args.images),
+                                     "--image-size", str(args.image_size), "--out", str(args.out)],
+                                    check=True, capture_output=True, text=True)
+            speeds[name].append(float(result.stdout.split()[-1]))
     ref = statistics.median(speeds["reference: bare ONNX Runtime forward"])
     print(f"{args.images} JPEGs 500x375 -> {args.image_size} px, batch {BATCH}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} alternating rounds (median images/s; all rounds)")
+          f"{args.rounds} alternating rounds, each path in its own process (median images/s; all rounds)")
     print("| path | images/s | ratio to reference | rounds |")
     print("| --- | --- | --- | --- |")
     for name, values in speeds.items():

@@ -71,7 +71,7 @@ def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_
         if not path.is_file():
             write_bytes_atomic(path, trace(fixed.cpu(), image_size, "features"), durable=False)
         try:
-            fast = OnnxModule(path)
+            fast = OnnxModule(path, per_core=True)
         except Exception:  # noqa: BLE001  damaged: export it again next time
             path.unlink(missing_ok=True)
             raise

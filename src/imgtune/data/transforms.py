@@ -1,11 +1,16 @@
 """Eval and train transforms, resolved from the backbone's own data config (mean, std, interpolation),
-so the weights decide the preprocessing and predict matches train."""
+so the weights decide the preprocessing and predict matches train.
+
+Every transform turns the decoded image into a uint8 tensor first and resamples that: PyTorch's
+antialiased uint8 resize is several times faster than Pillow's (0.5 vs 2.5 ms for 500x375 -> 224 px
+bicubic on one core) and within one level of it; scaling and normalising are then one fused step."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -31,7 +36,7 @@ class DataConfig:
         """Identifies the eval transform in feature-cache keys: any change here means new features."""
         m = ",".join(f"{v:.4f}" for v in self.mean)
         s = ",".join(f"{v:.4f}" for v in self.std)
-        return f"draft-short{self.image_size}-center{self.image_size}-{self.interpolation}-m{m}-s{s}-v1"
+        return f"draft-short{self.image_size}-center{self.image_size}-{self.interpolation}-m{m}-s{s}-v2"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,14 +50,32 @@ def _interp(cfg: DataConfig) -> InterpolationMode:
     return InterpolationMode(cfg.interpolation)
 
 
-def _to_tensor(cfg: DataConfig) -> list:
-    return [T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
+def _as_uint8(img) -> torch.Tensor:
+    """RGB PIL image -> uint8 [3, H, W] over its pixels in place (channels last in memory, the layout the
+    fast resize kernels take)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+class _Normalized:
+    """uint8 [3, H, W] -> float32 (x / 255 - mean) / std, in one pass."""
+
+    def __init__(self, cfg: DataConfig):
+        self.scale = torch.tensor([1 / (255 * s) for s in cfg.std]).view(3, 1, 1)
+        self.shift = torch.tensor([-m / s for m, s in zip(cfg.mean, cfg.std)]).view(3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float32, memory_format=torch.contiguous_format).mul_(self.scale).add_(self.shift)
+
+
+def _steps(cfg: DataConfig, *resampling, on_pillow: tuple = ()) -> T.Compose:
+    """`on_pillow`: steps Pillow does faster (the affine warp), run before the image becomes a tensor."""
+    return T.Compose([*on_pillow, _as_uint8, *resampling, _Normalized(cfg)])
 
 
 def eval_transform(cfg: DataConfig) -> T.Compose:
     """Shorter side to image_size, centre crop: the whole of a square image, the middle of a long one."""
     s = cfg.image_size
-    return T.Compose([T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s), *_to_tensor(cfg)])
+    return _steps(cfg, T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s))
 
 
 def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
@@ -60,20 +83,20 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
     if augment == "none":
         return eval_transform(cfg)
     if augment == "light":
-        return T.Compose([T.RandomResizedCrop(s, scale=(0.7, 1.0), interpolation=_interp(cfg)),
-                          T.RandomHorizontalFlip(), *_to_tensor(cfg)])
+        return _steps(cfg, T.RandomResizedCrop(s, scale=(0.7, 1.0), interpolation=_interp(cfg)),
+                      T.RandomHorizontalFlip())
     if augment == "seed":
         # Keras ImageDataGenerator(rotation_range=40, width/height_shift_range=0.3, shear_range=0.2,
         # zoom_range=0.2, horizontal_flip=True, fill_mode="nearest"). torchvision's affine fills with a
         # constant, so the image is first padded by repeating its edge pixels (the "nearest" fill), the
         # affine acts on the padded canvas, and the centre is cropped back. Shear 0.2 is in radians, as
         # the recipe's Keras version read it.
-        return T.Compose([
+        return _steps(cfg, on_pillow=(
             T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s),
             T.Pad(s, padding_mode="edge"),
             T.RandomAffine(degrees=40, translate=(0.3 / 3, 0.3 / 3), scale=(0.8, 1.2),
                            shear=math.degrees(0.2), interpolation=InterpolationMode.BILINEAR),
-            T.CenterCrop(s), T.RandomHorizontalFlip(), *_to_tensor(cfg)])
+            T.CenterCrop(s), T.RandomHorizontalFlip()))
     raise ConfigError(f"Unknown augmentation {augment!r}: expected light, seed or none.")
 
 
@@ -86,8 +109,7 @@ class TTAViews:
     def __init__(self, cfg: DataConfig):
         s = cfg.image_size
         self.plain = eval_transform(cfg)
-        self.zoom = T.Compose([T.Resize(round(s * 1.15), interpolation=_interp(cfg)), T.CenterCrop(s),
-                               *_to_tensor(cfg)])
+        self.zoom = _steps(cfg, T.Resize(round(s * 1.15), interpolation=_interp(cfg)), T.CenterCrop(s))
 
     def __call__(self, img) -> torch.Tensor:
         a, b = self.plain(img), self.zoom(img)
