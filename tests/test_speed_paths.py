@@ -4,12 +4,15 @@ frozen network, and --time-limit's planning."""
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from imgtune.backbones import create_backbone
 from imgtune.budget import Plan, parse_duration, plan_epochs
 from imgtune.classifier import ImageClassifier
+from imgtune.data.transforms import DataConfig, eval_transform
 from imgtune.errors import ConfigError
 from imgtune.frozen import fast_frozen, fixed_padding
 from imgtune.train import StageState, run_stage
@@ -45,6 +48,24 @@ def test_fixed_padding_and_onnx_runtime_copy_match_pytorch(tmp_path):
         assert type(fast).__name__ == "OnnxModule"
         assert torch.allclose(fast(x), ref, atol=1e-4)
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+
+
+def test_transforms_resample_tensors_as_pillow_would():
+    """The eval transform resizes a uint8 tensor with PyTorch; it must give Pillow's picture (bicubic,
+    shorter side, centre crop, the backbone's normalisation) within a level or two of 255."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:260]
+    pixels = np.stack([xx % 97 * 2.6, yy * 1.7, (xx + yy) % 255], -1) + rng.normal(0, 12, (150, 260, 3))
+    img = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    cfg = DataConfig(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    w, left = 110, 23  # torchvision's geometry: int(64 * 260 / 150), round((110 - 64) / 2)
+    ref = np.asarray(img.resize((w, 64), Image.BICUBIC).crop((left, 0, left + 64, 64)))
+    ref = (torch.from_numpy(ref / 255).permute(2, 0, 1).float() - torch.tensor(cfg.mean)[:, None, None]) / \
+        torch.tensor(cfg.std)[:, None, None]
+    ours = eval_transform(cfg)(img)
+    assert ours.shape == ref.shape == (3, 64, 64) and ours.dtype == torch.float32 and ours.is_contiguous()
+    levels = ((ours - ref) * torch.tensor(cfg.std)[:, None, None] * 255).abs()
+    assert levels.max() <= 2.01 and levels.mean() < 0.1
 
 
 def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
