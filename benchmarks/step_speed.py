@@ -8,6 +8,9 @@ frozen BatchNorm), batch 32, 2 cores; each variant alternated with the others fo
 - forward + backward of the tail alone on cached 112x8x8 trunk outputs: contiguous, channels-last, and
   channels-last under bf16 autocast;
 - one dropout mask for a 256 x 1,280 batch: nn.Dropout's Bernoulli sampling against imgtune's bytes.
+Then the work split of a fine-tune step, counted from the convolution and linear shapes: the frozen
+trunk's forward pass against the trained tail's forward and backward (weight gradients everywhere, input
+gradients except into the first trained layer).
 """
 
 from __future__ import annotations
@@ -70,6 +73,28 @@ def mask_ms(bytes_mask: bool, n: int = 300) -> float:
     return 1000 * (time.perf_counter() - started) / n
 
 
+def work_split() -> tuple[float, float]:
+    """(trunk forward, tail forward + backward) GFLOP for one batch of 32 at 128 px."""
+    m = create_backbone(image_size=128).model
+    flops: list[tuple[str, float]] = []
+
+    def count(module, args, out, name):
+        per_output = module.in_features if isinstance(module, torch.nn.Linear) else \
+            module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        flops.append((name, 2 * out.numel() * per_output))
+
+    for name, mod in m.named_modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            mod.register_forward_hook(lambda mod, a, o, name=name: count(mod, a, o, name))
+    with torch.inference_mode():
+        m(torch.zeros(32, 3, 128, 128))
+    trained = [f"{n}.".startswith(TRAINED) for n, _ in flops]
+    trunk = sum(f for (n, f), t in zip(flops, trained) if not t and n != "classifier")
+    tail = [f for (_, f), t in zip(flops, trained) if t]
+    backward = sum(2 * f for f in tail) - tail[0]  # no input gradient into the first trained layer
+    return trunk / 1e9, (sum(tail) + backward) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -93,6 +118,9 @@ def main() -> None:
     print("| --- | --- | --- |")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+    trunk, tail = work_split()
+    print(f"\nwork per batch: frozen trunk forward {trunk:.2f} GFLOP; trained tail forward + backward {tail:.2f} "
+          f"GFLOP = {tail / (trunk + tail):.2f} of a whole-network step")
 
 
 if __name__ == "__main__":

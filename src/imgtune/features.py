@@ -25,7 +25,7 @@ from .data.images import BadImage, read_bytes
 from .data.transforms import eval_transform
 from .distributed import Ranks
 from .progress import Reporter
-from .runtime import loader_workers
+from .runtime import loader_workers, release_free_memory
 from .store import ShardStore
 
 
@@ -78,6 +78,7 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
                 if on_batch:
                     on_batch(ids, out)
             advance(len(reasons))
+            release_free_memory()
     return outputs, bad
 
 

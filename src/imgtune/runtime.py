@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
 
@@ -37,6 +39,25 @@ def loader_workers() -> int:
     """Decoding workers beside the main process: one per spare core, none on a single core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cores < 2 else min(4, cores - 1)
+
+
+@functools.cache
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system. When threads allocate and free batch-sized
+    buffers (decoding in one thread, ONNX Runtime in others), glibc can keep them all: a 7,000-image
+    extraction sometimes ended 1.2 GB larger than it needed to be. Called after every batch of a run over
+    image files; costs far less than the batch."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def generator(seed: int) -> torch.Generator:
