@@ -65,7 +65,7 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=False,
                             prefetch_factor=4 if workers else None)
     with reporter.bar(description, len(paths)) as advance:
-        for x, _, idx, reasons in loader:
+        for n, (x, _, idx, reasons) in enumerate(loader, 1):
             ok = [j for j, r in enumerate(reasons) if not r]
             for j, r in enumerate(reasons):
                 if r:
@@ -78,7 +78,8 @@ def run_network(net: nn.Module, paths: list[str], transform, image_size: int, *,
                 if on_batch:
                     on_batch(ids, out)
             advance(len(reasons))
-            release_free_memory()
+            if n % 8 == 0:
+                release_free_memory()
     return outputs, bad
 
 

@@ -53,8 +53,8 @@ def _glibc():
 def release_free_memory() -> None:
     """Hand the C heap's free pages back to the system. When threads allocate and free batch-sized
     buffers (decoding in one thread, ONNX Runtime in others), glibc can keep them all: a 7,000-image
-    extraction sometimes ended 1.2 GB larger than it needed to be. Called after every batch of a run over
-    image files; costs far less than the batch."""
+    extraction sometimes ended 1.2 GB larger than it needed to be. Called every 8 batches of a run over
+    image files (3-4 ms a call, against 2 s of batches at 224 px)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
