@@ -38,14 +38,16 @@ def test_trunk_then_tail_is_the_backbone_and_the_split_refuses_what_it_cannot_ca
     assert split_stage(m, set()) is None
 
 
-def test_fixed_padding_and_onnx_runtime_copy_match_pytorch(tmp_path):
+@pytest.mark.parametrize("cores", [2, 8])  # 8: more cores than images in the batch
+def test_fixed_padding_and_onnx_runtime_copy_match_pytorch(tmp_path, monkeypatch, cores):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)  # one ONNX Runtime run per core
     b = create_backbone(image_size=72)  # 72 px: stride-2 "same" paddings are asymmetric here
     x = torch.randn(3, 3, 72, 72)
     with torch.inference_mode():
         ref = b.model(x)
         assert torch.allclose(fixed_padding(b.model, 72)(x), ref, atol=1e-5)
         fast = fast_frozen(b.model, 72, device=torch.device("cpu"), cache_root=tmp_path, key_info={"t": 1})
-        assert type(fast).__name__ == "OnnxModule"
+        assert type(fast).__name__ == "OnnxModule" and fast.parts == cores
         assert torch.allclose(fast(x), ref, atol=1e-4)
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
 

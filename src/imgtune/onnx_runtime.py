@@ -104,4 +104,5 @@ class OnnxModule(nn.Module):
         x = x.detach().cpu().numpy()
         if self.parts == 1 or len(x) < 2:
             return torch.from_numpy(self.run(x))
-        return torch.from_numpy(np.concatenate(list(self.workers.map(self.run, np.array_split(x, self.parts)))))
+        shares = np.array_split(x, min(self.parts, len(x)))  # no empty share when cores outnumber images
+        return torch.from_numpy(np.concatenate(list(self.workers.map(self.run, shares))))

@@ -51,8 +51,8 @@ def _interp(cfg: DataConfig) -> InterpolationMode:
 
 
 def _as_uint8(img) -> torch.Tensor:
-    """RGB PIL image -> uint8 [3, H, W] over its pixels in place (channels last in memory, the layout the
-    fast resize kernels take)."""
+    """RGB PIL image -> uint8 [3, H, W] holding a copy of its pixels, channels last in memory (the layout
+    the fast resize kernels take)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
