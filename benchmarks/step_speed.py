@@ -10,7 +10,8 @@ frozen BatchNorm), batch 32, 2 cores; each variant alternated with the others fo
 - one dropout mask for a 256 x 1,280 batch: nn.Dropout's Bernoulli sampling against imgtune's bytes.
 Then the work split of a fine-tune step, counted from the convolution and linear shapes: the frozen
 trunk's forward pass against the trained tail's forward and backward (weight gradients everywhere, input
-gradients except into the first trained layer).
+gradients except into the first trained layer), for the default recipe's trained part and for the last
+stage alone.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def mask_ms(bytes_mask: bool, n: int = 300) -> float:
     return 1000 * (time.perf_counter() - started) / n
 
 
-def work_split() -> tuple[float, float]:
-    """(trunk forward, tail forward + backward) GFLOP for one batch of 32 at 128 px."""
+def work_split(trained: tuple[str, ...] = TRAINED) -> tuple[float, float]:
+    """(trunk forward, tail forward + backward) GFLOP for one batch of 32 at 128 px, the tail being the
+    layers named with the `trained` prefixes."""
     m = create_backbone(image_size=128).model
     flops: list[tuple[str, float]] = []
 
@@ -88,9 +90,9 @@ def work_split() -> tuple[float, float]:
             mod.register_forward_hook(lambda mod, a, o, name=name: count(mod, a, o, name))
     with torch.inference_mode():
         m(torch.zeros(32, 3, 128, 128))
-    trained = [f"{n}.".startswith(TRAINED) for n, _ in flops]
-    trunk = sum(f for (n, f), t in zip(flops, trained) if not t and n != "classifier")
-    tail = [f for (_, f), t in zip(flops, trained) if t]
+    in_tail = [f"{n}.".startswith(trained) for n, _ in flops]
+    trunk = sum(f for (n, f), t in zip(flops, in_tail) if not t and n != "classifier")
+    tail = [f for (_, f), t in zip(flops, in_tail) if t]
     backward = sum(2 * f for f in tail) - tail[0]  # no input gradient into the first trained layer
     return trunk / 1e9, (sum(tail) + backward) / 1e9
 
@@ -118,9 +120,11 @@ def main() -> None:
     print("| --- | --- | --- |")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
-    trunk, tail = work_split()
-    print(f"\nwork per batch: frozen trunk forward {trunk:.2f} GFLOP; trained tail forward + backward {tail:.2f} "
-          f"GFLOP = {tail / (trunk + tail):.2f} of a whole-network step")
+    for name, trained in (("the default recipe's last two stages + conv head", TRAINED),
+                          ("the last stage + conv head", ("blocks.6.", "conv_head.", "bn2."))):
+        trunk, tail = work_split(trained)
+        print(f"\nwork per batch, training {name}: frozen trunk forward {trunk:.2f} GFLOP; trained tail forward "
+              f"+ backward {tail:.2f} GFLOP = {tail / (trunk + tail):.2f} of a whole-network step")
 
 
 if __name__ == "__main__":
