@@ -13,8 +13,8 @@ from conftest import write_class_folders
 
 def _train(cmd_prefix, data, run, cache):
     r = subprocess.run([*cmd_prefix, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "32",
-                        "--epochs", "2", "--cache-dir", str(cache), "--seed", "3"],
-                       capture_output=True, text=True, timeout=300)
+                        "--epochs", "2", "--cache-dir", str(cache), "--seed", "3", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=1800)  # a guard against a hang, not a speed test
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

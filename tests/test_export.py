@@ -82,3 +82,43 @@ def test_truncated_or_missing_onnx_is_one_clear_line(exported, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert "not a valid ONNX file" in err[0] and "imgtune export" in err[-1] and "--quantize int8" in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_decision_offsets_are_part_of_the_model_in_torch_onnx_and_serve(trained_run, tmp_path):
+    """Planted offsets (strongly for "circle") change the decisions identically in PyTorch, in the ONNX
+    graph through ONNX Runtime, and behind the HTTP server."""
+    import torch
+
+    from test_serve import _request, _start_server
+
+    run, data, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    clf = ImageClassifier.load(copy, quiet=True)
+    plain = clf.predict(str(data), top_k=3)
+    # an offset for "circle" that flips about half of the other images: the median logit gap to circle
+    gaps = [clf.temperature_ * (np.log(r["probability"]) - np.log(dict(r["top_k"])["circle"]))
+            for r in plain if r["label"] != "circle"]
+    offset = float(np.median(gaps)) + 1e-3
+    with torch.no_grad():
+        clf.model_.offsets.copy_(torch.tensor([offset, 0.0, 0.0]))
+    clf.save(copy)
+    torch_rows = ImageClassifier.load(copy, quiet=True).predict(str(data), top_k=3)
+    assert sum(r["label"] == "circle" for r in torch_rows) > sum(r["label"] == "circle" for r in plain)
+    assert main(["export", str(copy), "--quiet"]) == 0
+    assert metadata(onnx.load(str(copy / "model.onnx")))["offsets"] == pytest.approx([offset, 0.0, 0.0])
+    onnx_rows = ImageClassifier.load(copy, quiet=True, runtime="onnx").predict(str(data), top_k=3)
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert max(abs(a["probability"] - b["probability"]) for a, b in zip(torch_rows, onnx_rows)) < 1e-4
+    proc, url = _start_server(copy, "--runtime", "onnx")
+    try:
+        files = sorted((data / "square").iterdir())[:4]
+        status, body = _request(url + "/predict", [(f.name, f.read_bytes()) for f in files])
+        by_path = {r["path"]: r for r in torch_rows}
+        assert status == 200
+        for f, p in zip(files, body["predictions"]):
+            assert p["label"] == by_path[str(f)]["label"]
+            assert abs(p["probability"] - by_path[str(f)]["probability"]) < 1e-4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -1,66 +1,112 @@
-"""Imbalanced classes: the default recipe weights the loss and keeps the checkpoint on balanced accuracy."""
+"""Imbalance settled by an objective: the head is a cross-validated selection, decision offsets are fitted
+for the metric the user asked for, and both are judged on planted data where the right answer is known."""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 
 from imgtune.cli import main
-from imgtune.metrics import confusion_matrix, per_class
-from imgtune.progress import Reporter
-from imgtune.train import Balance, make_optimizer, make_scheduler, run_stage
+from imgtune.decide import decide, offsets_that_generalise, paired_gain, score
+from imgtune.selection import Candidate, cross_validate, fit_head, logits, select_head
 
 from conftest import write_class_folders
 
 
-def test_balance_plan():
-    assert Balance.plan([100, 90, 80], "auto").weights is None
-    plan = Balance.plan([400, 100, 100], "auto")
-    assert plan.select == "val_balanced_accuracy" and plan.ratio == 4
-    w = np.array(plan.weights)
-    assert w[1] == pytest.approx(4 * w[0])
-    assert float(np.dot(w, [400, 100, 100])) == pytest.approx(600)  # the average image still weighs 1
-    assert Balance.plan([400, 100, 100], "off").weights is None
-    assert Balance.plan([100, 100], "on").weights is not None
+def _gaussians(rng, counts, shift=1.2, dims=6):
+    """Classes as Gaussian blobs, class c centred at `shift` along axis c."""
+    x, y = [], []
+    for c, n in enumerate(counts):
+        centre = np.zeros(dims)
+        centre[c] = shift
+        x.append(rng.normal(0, 1, (n, dims)) + centre)
+        y += [c] * n
+    return np.concatenate(x).astype(np.float32), np.array(y)
 
 
-def _train_head(x, y, xv, yv, balance: Balance) -> float:
-    torch.manual_seed(0)
-    head = torch.nn.Linear(x.shape[1], 2)
-    opt = make_optimizer("adamw", [{"params": list(head.parameters()), "lr": 0.05}], momentum=0.9,
-                         weight_decay=0.0)
-    run_stage("head", head, train_batches=lambda e: [(x, y)], n_batches=1, val_batches=lambda: [(xv, yv)],
-              optimizer=opt, scheduler=make_scheduler("constant", opt, 60), epochs=60, patience=None,
-              label_smoothing=0.0, seed=0, device=torch.device("cpu"), reporter=Reporter(quiet=True),
-              class_weights=balance.tensor("cpu"), select=balance.select)
-    with torch.no_grad():
-        pred = head(xv).argmax(1).numpy()
-    return float(per_class(confusion_matrix(yv.numpy(), pred, 2))["recall"].mean())
+def _log_loss(z, y):
+    z = z - z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
 
 
-def test_class_weights_raise_balanced_accuracy_on_imbalanced_features():
+def test_selection_picks_the_better_head_on_planted_features():
+    """Few images and many useless dimensions want strong regularisation; many images and a clean signal
+    want weak: the cross-validated choice follows the data, and on new data from the same classes it is
+    the better head (held-out log-loss, what the selection estimates)."""
     rng = np.random.default_rng(0)
 
-    def sample(n0, n1):
-        x = np.concatenate([rng.normal(0, 1, (n0, 8)), rng.normal(0.8, 1, (n1, 8))]).astype(np.float32)
-        return torch.from_numpy(x), torch.tensor([0] * n0 + [1] * n1)
+    def planted(n, noise_dims, shift):
+        x, y = _gaussians(rng, [n, n, n], shift=shift, dims=3)
+        return np.concatenate([x, rng.normal(0, 1, (len(y), noise_dims)).astype(np.float32)], 1), y
 
-    x, y = sample(950, 50)
-    xv, yv = sample(950, 50)
-    plain = _train_head(x, y, xv, yv, Balance.plan([950, 50], "off"))
-    weighted = _train_head(x, y, xv, yv, Balance.plan([950, 50], "auto"))
-    assert weighted > plain + 0.1
+    chosen = []
+    cs = (1e-2, 1e2)
+    for n, noise, shift in ((15, 400, 1.0), (600, 0, 2.5)):  # a weak signal among noise; a clean strong one
+        x, y = planted(n, noise, shift)
+        xt, yt = planted(300, noise, shift)
+        sel = cross_validate(x, y, 3, metric="accuracy", cs=cs, weightings=("none",))
+        z = {c: logits(xt, fit_head(x, y, 3, Candidate(c))) for c in cs}
+        other = next(c for c in cs if c != sel.candidate.c)
+        assert _log_loss(z[sel.candidate.c], yt) < _log_loss(z[other], yt), (n, sel.table)
+        assert sel.oof_logits.shape == (len(y), 3) and len(sel.table) == 2
+        chosen.append(sel.candidate.c)
+    assert chosen == [1e-2, 1e2]
 
 
-def test_fit_on_imbalanced_folders_says_how_it_compensated(tmp_path):
-    data = write_class_folders(tmp_path / "photos", 6, seed=2)
-    write_class_folders(tmp_path / "photos", 30, seed=3, classes=("circle",))
+def test_offsets_raise_macro_f1_on_an_imbalanced_planted_set():
+    rng = np.random.default_rng(2)
+    counts = [900, 60, 40]
+    x, y = _gaussians(rng, counts)
+    xv, yv = _gaussians(rng, counts)
+    choice = select_head(x, y, xv, yv, 3, metric="macro_f1", weightings=("none",))
+    d = decide(choice.selection.oof_logits, choice.oof_labels, "macro_f1", fitted_on="out-of-fold")
+    assert d.offsets_log_prob[0] < 0 < min(d.offsets_log_prob[1:])  # the large class gives way
+    xt, yt = _gaussians(rng, counts)  # new data from the same classes
+    z = logits(xt, choice.all_head)
+    plain, adjusted = z.argmax(1), d.adjusted(z).argmax(1)
+    assert score(yt, adjusted, "macro_f1", 3) > score(yt, plain, "macro_f1", 3) + 0.03
+    # probabilities follow the adjusted logits, so --min-confidence and top-k agree with the decision
+    assert np.array_equal(adjusted, (d.adjusted(z) / d.temperature).argmax(1))
+
+
+def test_offsets_stay_zero_where_there_is_nothing_to_correct():
+    """Balanced classes and a sensible model: whatever the offsets fit is noise, and they must not cost
+    accuracy on new data."""
+    rng = np.random.default_rng(3)
+    x, y = _gaussians(rng, [300, 300, 300])
+    b = offsets_that_generalise(x[:, :3] * 2.0, y, "accuracy")
+    assert np.all(b == 0)
+    xt, yt = _gaussians(rng, [1000, 1000, 1000])
+    zt = xt[:, :3] * 2.0
+    assert score(yt, (zt + b).argmax(1), "accuracy", 3) >= score(yt, zt.argmax(1), "accuracy", 3) - 0.005
+
+
+def test_paired_gain_sees_noise_and_real_gains():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 200)
+    better = np.where(rng.random(200) < 0.9, y, 1 - y)
+    worse = np.where(rng.random(200) < 0.6, y, 1 - y)
+    gain, se = paired_gain(y, better, worse, "accuracy", 2)
+    assert gain > 3 * se > 0
+    same_gain, same_se = paired_gain(y, better, better, "accuracy", 2)
+    assert same_gain == 0 and same_se == 0
+
+
+@pytest.mark.parametrize("metric", ["macro_f1"])
+def test_fit_on_imbalanced_folders_says_what_it_chose_and_decided(tmp_path, capfd, metric):
+    data = write_class_folders(tmp_path / "photos", 8, seed=2)
+    write_class_folders(tmp_path / "photos", 40, seed=3, classes=("circle",))
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "0",
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
-    balance = json.loads((run / "config.json").read_text())["balance"]
-    assert balance["selected_on"] == "balanced_accuracy" and balance["ratio"] >= 4
-    assert balance["class_weights"][0] < balance["class_weights"][1]
-    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    assert all("val_balanced_accuracy" in r for r in history)
+                 "--metric", metric, "--cache-dir", str(tmp_path / "cache")]) == 0
+    err = " ".join(capfd.readouterr().err.split())
+    assert "chosen from" in err and "cross-validation" in err and f"Decisions for {metric.replace('_', ' ')}" in err
+    assert "Baselines on the same split" in err
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["metric"] == metric and config["head_selection"]["metric"] == metric
+    assert {r["weighting"] for r in config["head_selection"]["table"]} == {"none", "sqrt"}  # 5:1 classes
+    assert len(config["decision"]["offsets"]) == 3 and config["finetune"]["kept"] is False
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"majority", "logistic_probe"}
+    assert metrics["baselines"]["majority"]["class"] == "circle"
+    assert "Against the simple baselines" in (run / "report.html").read_text()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from imgtune.backbones import create_backbone
-from imgtune.budget import Plan, parse_duration, plan_epochs
+from imgtune.budget import Plan, Rates, TickingClock, TimeLimit, parse_duration, plan_epochs
 from imgtune.classifier import ImageClassifier
 from imgtune.data.transforms import DataConfig, eval_transform
 from imgtune.errors import ConfigError
@@ -119,13 +119,40 @@ def test_a_stage_does_not_start_an_epoch_past_its_deadline():
 
 
 def test_time_limit_records_its_plan_and_a_resume_keeps_it(tmp_path):
+    """The plan comes from the given clock and rates alone, so the outcome is the same on any machine,
+    however busy: a ticking fake clock (each reading 0.25 s after the last) and fixed throughputs."""
     data = write_class_folders(tmp_path / "photos", 6, seed=5)
-    clf = ImageClassifier(image_size=32, cache_dir=str(tmp_path / "cache"), quiet=True, time_limit=12)
-    clf.fit(data, out=tmp_path / "run")  # fills its 12 s with epochs, and stops in time
+
+    def limit(seconds):
+        return TimeLimit(seconds, clock=TickingClock(0.25), rates=Rates(forward=100.0, step=20.0))
+
+    kw = dict(image_size=32, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu")
+    clf = ImageClassifier(**kw, time_limit=limit(12)).fit(data, out=tmp_path / "run")
     plan = json.loads((tmp_path / "run" / "checkpoints" / "plan.json").read_text())
+    n_train, n_val = clf.fit_info_["counts"]["train"], clf.fit_info_["counts"]["val"]
+    assert plan["epoch_seconds"] == 0.25  # re-planned after the first epoch: one tick of the fake clock
     trained = [h for h in clf.history_ if h["stage"] == "fine-tune" and h["epoch"] > 0]
-    assert 1 <= len(trained) <= plan["epochs"]
+    assert 2 <= len(trained) <= plan["epochs"]  # the stage also stops before an epoch past the limit
+    first = plan_epochs(plan["left_seconds"], n_train=n_train, n_val=n_val, n_eval=n_val + clf.fit_info_["counts"][
+        "test"], views_to_compute=3 * n_train, forward_rate=100.0, step_rate=20.0)
+    assert plan["views_seconds"] == first.views_seconds and plan["evaluate_seconds"] == first.evaluate_seconds
+    # (view 0 of every image came with the features: 3 augmented views of each training image were left)
+    # what the user gave is stored, so the same command resumes; another limit is refused (the plan
+    # belongs to the run)
     assert json.loads((tmp_path / "run" / "checkpoints" / "settings.json").read_text())["time_limit"] == 12
-    with pytest.raises(ConfigError):  # the plan belongs to the run: --resume with another limit is refused
-        ImageClassifier(image_size=32, cache_dir=str(tmp_path / "cache"), quiet=True, time_limit=30).fit(
-            data, out=tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="time_limit"):
+        ImageClassifier(**kw, time_limit=limit(30)).fit(data, out=tmp_path / "run", resume=True)
+    again = ImageClassifier(**kw, time_limit=limit(12)).fit(data, out=tmp_path / "run", resume=True)
+    resumed = [h["epoch"] for h in again.history_ if h["stage"] == "fine-tune"]
+    assert resumed[:len(trained) + 1] == [h["epoch"] for h in clf.history_ if h["stage"] == "fine-tune"]
+    assert resumed == list(range(plan["epochs"] + 1))  # the epochs it planned, not a new plan
+
+
+def test_time_limits_from_seconds_durations_and_objects():
+    assert TimeLimit.of(None) is None and TimeLimit.of("10m").seconds == 600 and TimeLimit.of(90).seconds == 90
+    given = TimeLimit(5, clock=TickingClock(1.0))
+    assert TimeLimit.of(given) is given and given.deadline(now=100.0) == 105.0
+    assert TimeLimit(5, started=10.0).deadline(now=100.0) == 15.0
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError):
+            TimeLimit(bad)

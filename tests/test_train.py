@@ -29,10 +29,52 @@ def test_seed_recipe_is_the_original_one():
 
 def test_overrides_refuse_impossible_values():
     assert with_overrides(get_recipe("default"), epochs=0).finetune.epochs == 0
-    with pytest.raises(ConfigError, match="--batch-size"):
+    with pytest.raises(ConfigError, match="batch_size"):  # the Python caller's word, not the flag's
         with_overrides(get_recipe("default"), batch_size=0)
+    with pytest.raises(ConfigError, match="metric must be one of"):
+        with_overrides(get_recipe("default"), metric="f1")
+    with pytest.raises(ConfigError, match="head_epochs applies"):
+        with_overrides(get_recipe("default"), head_epochs=5)
     with pytest.raises(ConfigError, match="Unknown recipe"):
         get_recipe("fast")
+
+
+def test_fine_tuning_starts_where_the_head_ended():
+    """Continuity: at step 0 of fine-tuning, the model in the default recipe's training configuration
+    (without augmentation or dropout) gives the head's own logits and loss on the same images, through
+    the whole network and through the trunk-cache split alike; no shock at the hand-over."""
+    import numpy as np
+
+    from imgtune.backbones import create_backbone
+    from imgtune.config import DEFAULT
+    from imgtune.heads import Classifier, make_head
+    from imgtune.selection import Candidate, fit_head, head_loss, load_into
+    from imgtune.train import Objective, set_train_mode, start_loss
+    from imgtune.trunk import Tail, Trunk, split_stage
+
+    b = create_backbone(image_size=32)
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32), torch.arange(24) % 3
+    with torch.inference_mode():
+        feats = b.model.eval()(x).numpy()
+    fitted = fit_head(feats, y.numpy(), 3, Candidate(0.1))
+    head = make_head(DEFAULT.head, b.num_features, 3)
+    load_into(head[-1], fitted)
+    model = Classifier(b.model, head)
+    unfrozen = classifier._unfrozen(b.model, DEFAULT.finetune.unfreeze, "efficientnet_lite0")
+    for n, p in model.backbone.named_parameters():
+        p.requires_grad = n in unfrozen
+    set_train_mode(model, bn_train=DEFAULT.finetune.bn_train)
+    with torch.no_grad():
+        trained = model(x).numpy()
+        stage = split_stage(b.model, unfrozen)
+        tail = Classifier(Tail(b.model, stage), head)
+        set_train_mode(tail, bn_train=DEFAULT.finetune.bn_train)
+        via_cache = tail(Trunk(b.model, stage).eval()(x)).numpy()
+    expected = feats @ fitted[0].numpy().T + fitted[1].numpy()
+    assert np.allclose(trained, expected, atol=1e-4) and np.allclose(via_cache, expected, atol=1e-4)
+    assert start_loss(model, [(x, y)], torch.device("cpu"), Objective("accuracy"), DEFAULT.finetune) == \
+        pytest.approx(head_loss(feats, y.numpy(), fitted), abs=1e-5)
 
 
 def _interrupting(hook: str, when):
@@ -114,3 +156,24 @@ def test_head_dropout_drops_its_share_and_keeps_the_expected_value():
     assert abs(y.mean().item() - 1.0) < 0.01  # survivors scaled up: the expected value is kept
     assert torch.equal(d.eval()(x), x)
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_a_diverging_fine_tune_restarts_once_from_the_head_and_says_so(tmp_path, capfd):
+    """A planted learning rate far too high: after warm-up it trains above the head's loss, the stage
+    restarts from the head at a tenth of the rate, and the head is kept when fine-tuning does not beat it."""
+    import dataclasses
+
+    from conftest import write_class_folders
+    from imgtune.config import DEFAULT
+
+    data = write_class_folders(tmp_path / "photos", 8, seed=6)
+    bad = dataclasses.replace(DEFAULT, finetune=dataclasses.replace(DEFAULT.finetune, lr=30.0, head_lr=30.0,
+                                                                     epochs=3))
+    clf = ImageClassifier(recipe=bad, image_size=32, cache_dir=str(tmp_path / "cache"), device="cpu").fit(
+        data, out=tmp_path / "run")
+    err = " ".join(capfd.readouterr().err.split())
+    assert "restarting from the head at a tenth of the learning rate" in err
+    ft = json.loads((tmp_path / "run" / "config.json").read_text())["finetune"]
+    assert ft["restarted"]["lr_scale"] == 0.1 and ft["restarted"]["loss_after_warmup"] > ft["restarted"]["start_loss"]
+    assert "Fine-tuning:" in err and ("kept the head" in err) == (not ft["kept"])
+    assert clf.history_[0]["stage"] == "head"

@@ -5,6 +5,10 @@ known: the fine-tune epochs are what remains after the augmented views and the f
 divided by the cost of one epoch, each measured on this machine for this model. While training, a stage
 also stops before an epoch it would not finish in time (the best checkpoint so far is kept), which
 absorbs any error in the estimate.
+
+Everything here takes its clock and its throughput as inputs (`TimeLimit`): the command line gives the
+process's real clock and lets the rates be measured; tests give a fake clock and fixed rates, so that
+what a run plans never depends on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +52,53 @@ def parse_duration(text: str) -> float:
         raise ConfigError(f"--time-limit must be a positive duration such as 600, 90s, 10m or 1.5h; "
                           f"received {text!r}.")
     return float(m.group(1)) * _UNITS[m.group(2) or ""]
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Throughput on this machine, images per second: through the frozen network (computing trunk views,
+    evaluating) and through a training step of the part that fine-tuning trains."""
+
+    forward: float
+    step: float
+
+
+class TickingClock:
+    """A fake clock for tests: every reading is `tick` seconds after the last one, whatever the machine."""
+
+    def __init__(self, tick: float = 0.01, start: float = 0.0):
+        self.tick, self.now = tick, start
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """A wall-clock budget: `seconds` as the user gave them, counted from `started` (a reading of `clock`;
+    None: when the run starts). `rates`, when given, replace measuring the machine's throughput."""
+
+    seconds: float
+    clock: Callable[[], float] = time.perf_counter
+    started: float | None = None
+    rates: Rates | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.seconds, (int, float)) and 0 < self.seconds < float("inf")):
+            raise ConfigError(f"time_limit must be a positive number of seconds; received {self.seconds!r}.")
+
+    @classmethod
+    def of(cls, value: "float | str | TimeLimit | None") -> "TimeLimit | None":
+        """A TimeLimit from seconds, a duration such as '10m', or a TimeLimit; None stays None."""
+        if value is None or isinstance(value, TimeLimit):
+            return value
+        if isinstance(value, str):
+            return cls(parse_duration(value))
+        return cls(float(value))
+
+    def deadline(self, now: float) -> float:
+        return (self.started if self.started is not None else now) + self.seconds
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,14 @@ T_MIN, T_MAX = 0.05, 20.0
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) on these labels."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if len(y) == 0:
+    if len(labels) == 0:
         return 1.0
+    with torch.inference_mode(False), torch.enable_grad():  # callable from inside an inference block
+        return _fit(torch.as_tensor(np.asarray(logits), dtype=torch.float64),
+                    torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def _fit(z: torch.Tensor, y: torch.Tensor) -> float:
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 

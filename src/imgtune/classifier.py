@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__, budget as budget_lib, distributed, metrics as metrics_lib, runtime as rt
+from . import __version__, budget as budget_lib, distributed, metrics as metrics_lib, resolution, runtime as rt
 from .atomic import write_json_atomic
 from .backbones import architecture, create_backbone, param_groups
-from .calibration import fit_temperature, softmax
+from .baselines import baseline_lines
+from .calibration import softmax
 from .config import HeadConfig, Recipe, get_recipe, with_overrides
+from .decide import Decision, decide, decision_line, paired_gain, score, scores
 from .data.builtin import resolve as resolve_data
 from .data.datasets import ImageFiles
 from .data.images import to_rgb
@@ -37,12 +39,27 @@ from .progress import Reporter
 from .report_page import write_report
 from .tensorboard_log import TensorBoardLog
 from .run import RunFolder, load_tensors_and_meta, save_tensors
-from .train import (Balance, StageState, load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors,
-                    run_stage, set_schedule_length)
+from .selection import HeadChoice, fit_head, load_into, logits as selection_logits, select_head
+from .train import (Objective, StageState, collect_logits, load_optimizer_tensors, make_optimizer, make_scheduler,
+                    optimizer_tensors, run_stage, set_schedule_length, start_loss, validate)
 from .trunk import Tail, TrunkViews, split_stage
 
 
 UNKNOWN = "unknown"  # the label of an image below --min-confidence
+
+
+# Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
+# from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->
+# 0.296 -> 0.239), but a model pushed off its solution (clip art, body lr 1e-3: 0.80 -> 1.23).
+DIVERGED = 1.05
+
+
+class _Diverged(Exception):
+    """Fine-tuning's first epoch trained above the loss the head started from."""
+
+    def __init__(self, loss: float):
+        super().__init__(loss)
+        self.loss = loss
 
 
 class ImageClassifier:
@@ -55,10 +72,11 @@ class ImageClassifier:
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
                  image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
-                 batch_size: int | None = None, cached_views: int | None = None, seed: int = 0,
+                 batch_size: int | None = None, cached_views: int | None = None, metric: str | None = None,
+                 augment: str | None = None, seed: int = 0,
                  device: str = "auto", weights: str | None = None,
                  cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0,
-                 time_limit: float | None = None):
+                 time_limit: "float | str | budget_lib.TimeLimit | None" = None):
         self.backbone = backbone
         self.recipe = recipe
         self.image_size = image_size
@@ -66,28 +84,35 @@ class ImageClassifier:
         self.head_epochs = head_epochs
         self.batch_size = batch_size
         self.cached_views = cached_views
+        self.metric = metric  # accuracy, balanced_accuracy or macro_f1 (None: the recipe's)
+        self.augment = augment  # fine-tuning's augmentation policy (None: the recipe's)
         self.seed = seed
         self.device = device
         self.weights = weights
         self.cache_dir = cache_dir
         self.quiet = quiet
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints inside a fine-tune epoch
-        self.time_limit = time_limit  # seconds the whole fit may take; epochs are planned to fit in it
+        # seconds the whole fit may take ('10m' or a budget.TimeLimit with its own clock and rates too);
+        # fine-tune epochs are planned to fit in it
+        self.time_limit = time_limit
 
     # ------------------------------------------------------------------------------------- fit
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
             resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
         `tensorboard` writes per-epoch scalars to out/tensorboard/."""
-        started = time.perf_counter()
+        limit = budget_lib.TimeLimit.of(self.time_limit)
+        clock = limit.clock if limit else time.perf_counter  # what the budget is counted on
+        started = clock()
         times: dict[str, float] = {}
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
-                                batch_size=self.batch_size, cached_views=self.cached_views)
+                                batch_size=self.batch_size, cached_views=self.cached_views, metric=self.metric,
+                                augment=self.augment)
         if self.image_size is not None:
             DataConfig(self.image_size, (0, 0, 0), (1, 1, 1))  # validates the value before any work
         ranks, device = distributed.start(self.device)  # one process, or this rank's under torchrun
         self.ranks_ = ranks
-        if self.time_limit is not None and ranks.active:
+        if limit is not None and ranks.active:
             raise ConfigError("--time-limit is for one process; under torchrun give --epochs instead.")
         rt.setup(self.seed)
         rep = Reporter(self.quiet or not ranks.main)
@@ -99,7 +124,8 @@ class ImageClassifier:
             raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
                                  "choose another --out.")
         settings = {"backbone": self.backbone, "recipe": recipe.to_dict(), "image_size": self.image_size,
-                    "seed": self.seed, "weights": self.weights, "time_limit": self.time_limit}
+                    "seed": self.seed, "weights": self.weights,
+                    "time_limit": None if limit is None else limit.seconds}  # as the user gave it
         if resume:
             _check_same_settings(run, settings)
         cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -112,6 +138,8 @@ class ImageClassifier:
         ranks.barrier()
         backbone = create_backbone(self.backbone, weights=self.weights, image_size=self.image_size)
         rep.say(manifest.summary())
+        if self.image_size is None:  # auto: a larger input where the images are large and it pays
+            backbone = self._auto_image_size(backbone, manifest, recipe.metric, run, cache_root, device, rep)
 
         # features
         t = time.perf_counter()
@@ -138,95 +166,187 @@ class ImageClassifier:
         rep.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
                 + (f"; {len(manifest.skipped):,} files skipped, listed in {run.skipped}" if manifest.skipped else ""))
         times["features"] = time.perf_counter() - t
-        deadline = None if self.time_limit is None else started + self.time_limit
+        deadline = None if limit is None else limit.deadline(started)
         extract_rate = n_new / times["features"] if n_new >= 64 else None  # images/s, decoding included
-        balance = Balance.plan(np.bincount([it.label for it in manifest.split("train")],
-                                           minlength=len(manifest.classes)), recipe.balance)
-        if balance.weights is not None:
-            rep.say(f"Balance: {balance.describe()}.")
+        if limit is not None and limit.rates is not None:
+            extract_rate = limit.rates.forward
         row = {p: i for i, p in enumerate(paths)}
-        split_feats = {s: (torch.from_numpy(feats[[row[it.path] for it in manifest.split(s)]]),
-                           torch.tensor([it.label for it in manifest.split(s)], dtype=torch.long))
+        split_feats = {s: (feats[[row[it.path] for it in manifest.split(s)]],
+                           np.array([it.label for it in manifest.split(s)], dtype=int))
                        for s in ("train", "val", "test")}
+        n_classes = len(manifest.classes)
 
         # head on cached features
         t = time.perf_counter()
         tb = TensorBoardLog(run.path / "tensorboard") if tensorboard and ranks.main else None
         log_epoch = tb.epoch if tb else (lambda record, step: None)
-        head_stop = None if deadline is None else t + 0.1 * (deadline - t)  # the head gets a tenth at most
-        head, head_history = self._head_stage(recipe.head, split_feats, backbone.num_features,
-                                              len(manifest.classes), run, rep, device, balance, log_epoch,
-                                              head_stop)
+        if recipe.head.kind == "logistic":
+            choice, head_history = self._logistic_head(recipe, split_feats, n_classes, run, rep, log_epoch)
+            head = make_head(recipe.head, backbone.num_features, n_classes)
+            load_into(head[-1], choice.train_head)
+            objective = Objective(recipe.metric, choice.class_weights, choice.decision.offsets_log_prob
+                                  if recipe.offsets else None)
+        else:
+            head_stop = None if deadline is None else clock() + 0.1 * (deadline - clock())  # a tenth at most
+            choice, objective = None, Objective(recipe.metric, None, None)
+            head, head_history = self._sgd_head(recipe, split_feats, backbone.num_features, n_classes, run, rep,
+                                                device, objective, log_epoch, head_stop, clock)
         times["head"] = time.perf_counter() - t
-        model = rt.prepare(Classifier(backbone.model, head), device)
+        model = rt.prepare(Classifier(backbone.model, head.to(device)), device)
 
-        # fine-tune the last blocks on images
+        # fine-tune the last blocks on images; kept only where it beats the head on validation
         t = time.perf_counter()
         ft_history: list[dict] = []
+        finetune = {"kept": False, "reason": "not asked for (--epochs 0)"}
         if recipe.finetune.epochs > 0:
             digest_of = dict(zip(paths, digests))
-            budget = None if deadline is None else (deadline, extract_rate)
-            ft_history = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep, device,
-                                              head_history, balance, log_epoch, views, digest_of, budget)
+            budget = None if deadline is None else (deadline, extract_rate, limit)
+            ft_history, finetune = self._finetune_stage(recipe, model, manifest, backbone.data_config, run, rep,
+                                                        device, head_history, objective, log_epoch, views,
+                                                        digest_of, budget, choice)
         if tb:
             tb.close()
         times["finetune"] = time.perf_counter() - t
-        if not ranks.main:  # rank 0 alone calibrates, evaluates and writes the run
+        if not ranks.main:  # rank 0 alone decides, evaluates and writes the run
             return self
 
+        tuned = finetune["kept"]
+        if not tuned and choice is not None:  # the head alone: the one fitted on train+val
+            load_into(model.head[-1], choice.all_head)
         self.classes_ = list(manifest.classes)
         self.model_ = model.eval()
         self.data_config_ = backbone.data_config
         self.head_config_ = recipe.head
+        self.metric_ = recipe.metric
         self.run_dir_ = run.path
         self.device_ = device
         self.history_ = head_history + ft_history
 
         evaluator = model  # the frozen trunk is unchanged by fine-tuning: its fast copy serves evaluation
-        if views is not None and ft_history:
+        if views is not None and tuned:
             evaluator = Classifier(torch.nn.Sequential(views.runner(), Tail(model.backbone, views.stage)),
-                                   model.head).eval()
+                                   model.head, model.offsets).eval()
 
         def split_logits(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
             items = manifest.split(name)
-            if ft_history:
+            if tuned:
                 return self._logits_for(items, rep, network=evaluator)
             x, y = split_feats[name]  # the backbone is unchanged: its cached features are exact
             with torch.inference_mode():
-                return head.eval()(x.to(device)).cpu().numpy(), y.numpy(), [it.path for it in items]
+                z = model.head.eval()(torch.from_numpy(x).to(device)) + model.offsets
+            return z.cpu().numpy(), y, [it.path for it in items]
 
-        # calibrate on validation, then evaluate on test (val when there is no test split)
+        # decide (offsets for the metric, temperature), then evaluate on test (val when there is no test split)
         t = time.perf_counter()
         val_logits, val_y, val_paths = split_logits("val")
-        self.temperature_ = fit_temperature(val_logits, val_y)
-        calibration = {"temperature": self.temperature_,
+        decision = self._decide(recipe, choice, tuned, val_logits, val_y)
+        with torch.no_grad():
+            model.offsets.copy_(torch.as_tensor(decision.offsets, dtype=model.offsets.dtype))
+        val_logits = decision.adjusted(val_logits)
+        self.temperature_ = decision.temperature
+        calibration = {"temperature": self.temperature_, "fitted_on": decision.fitted_on,
                        "val_ece_before": metrics_lib.expected_calibration_error(val_y, softmax(val_logits)),
                        "val_ece_after": metrics_lib.expected_calibration_error(
                            val_y, softmax(val_logits, self.temperature_)),
                        "val_rejection": metrics_lib.rejection_table(val_y, softmax(val_logits, self.temperature_))}
-        rep.say(f"Calibration: temperature {self.temperature_:.3f}, validation ECE "
-                f"{calibration['val_ece_before']:.4f} -> {calibration['val_ece_after']:.4f}.")
+        rep.say(decision_line(decision, self.classes_))
         split = "test" if manifest.split("test") else "val"
         logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
         self.metrics_ = {**self._metrics(logits, y, kept), "split": split}
+        self.metrics_["baselines"] = self._baselines(choice, split_feats, split, n_classes, kept, manifest)
+        for line in baseline_lines(self.metrics_):
+            rep.say(line)
         times["evaluate"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - started
         self.fit_info_ = {"weights": backbone.weights_id, "recipe": recipe.to_dict(), "data": manifest.source,
                           "counts": manifest.counts(), "skipped": len(manifest.skipped),
                           "class_counts": {c: int(n) for c, n in zip(manifest.classes, np.bincount(
-                              [it.label for it in manifest.items], minlength=len(manifest.classes)))},
-                          "balance": {"ratio": balance.ratio, "class_weights": balance.weights,
-                                      "selected_on": balance.select.removeprefix("val_"),
-                                      "description": balance.describe()},
+                              [it.label for it in manifest.items], minlength=n_classes))},
+                          "head_selection": choice.to_dict() if choice is not None else None,
+                          "finetune": finetune, "decision": decision.to_dict(),
                           "calibration": calibration,
                           "seconds": {k: round(v, 2) for k, v in times.items()}}
         self.save(run.path)
         write_report(run.path, self.metrics_, run.report)
         return self
 
-    def _head_stage(self, cfg: HeadConfig, split_feats, n_features: int, n_classes: int, run: RunFolder,
-                    rep: Reporter, device, balance: Balance, log_epoch, stop_at: float | None = None
-                    ) -> tuple[torch.nn.Module, list[dict]]:
+    def _auto_image_size(self, backbone, manifest: Manifest, metric: str, run: RunFolder, cache_root: Path, device,
+                         rep: Reporter):
+        """The backbone at its default input, or at a larger one where most images are large enough and
+        the cross-validated head on a sample of the training images is better there than the noise of
+        the comparison (resolution.py). Decided once: a resumed run reads checkpoints/image_size.json."""
+        stored = run.checkpoints / "image_size.json"
+        default = backbone.data_config.image_size
+        if stored.exists():
+            size = int(json.loads(stored.read_text())["image_size"])
+        else:
+            train = manifest.split("train")
+            short = resolution.median_short_side([it.path for it in train], seed=self.seed)
+            large = resolution.larger_size(default, short)
+            size, how = default, (f"the images' median shorter side is {short:.0f} px" if short else "no image size read")
+            if large is not None:
+                labels = np.array([it.label for it in train])
+                pick = resolution.sample(labels, self.seed)
+                paths = [train[i].path for i in pick]
+                feats = {}
+                for name, s in (("small", default), ("large", large)):
+                    bb = dataclasses.replace(backbone, data_config=dataclasses.replace(backbone.data_config,
+                                                                                       image_size=s))
+                    cache = FeatureCache(cache_root, bb)
+                    net = functools.partial(fast_frozen, bb.model, s, device=device, cache_root=cache_root,
+                                            key_info={**cache.key_info, "part": "features"})
+                    f, bad, _, _ = extract_features(bb, paths, cache, device=device, reporter=rep, network=net)
+                    feats[name] = f
+                ok = ~(np.isnan(feats["small"]).any(1) | np.isnan(feats["large"]).any(1))
+                r = resolution.compare(feats["small"][ok], feats["large"][ok], labels[pick][ok],
+                                       len(manifest.classes), metric=metric, seed=self.seed)
+                name = metric.replace("_", " ")
+                how += (f"; on {r['images']} training images the cross-validated head's {name} was {r['small']:.4f} "
+                        f"at {default} px and {r['large']:.4f} at {large} px ({r['gain'] * 100:+.1f} points, noise "
+                        f"+-{r['noise'] * 100:.1f})")
+                size = large if r["pays"] else default
+            rep.say(f"Image size: {size} px ({how}).")
+            if self.ranks_.main:
+                write_json_atomic(stored, {"image_size": size, "why": how})
+        if size == default:
+            return backbone
+        return dataclasses.replace(backbone, data_config=dataclasses.replace(backbone.data_config, image_size=size))
+
+    def _logistic_head(self, recipe: Recipe, split_feats, n_classes: int, run: RunFolder, rep: Reporter, log_epoch
+                       ) -> tuple[HeadChoice, list[dict]]:
+        """The head as a model selection on the cached features (selection.py), with the decisions its
+        out-of-fold predictions fit; checkpointed, so a resumed run does not redo it."""
+        ckpt = run.checkpoints / "head.safetensors"
+        if ckpt.exists():  # finished in an earlier, interrupted run
+            tensors, meta = load_tensors_and_meta(ckpt)
+            choice = HeadChoice.from_saved(tensors, meta)
+            rep.say("Head: restored from the interrupted run's checkpoint.")
+            return choice, meta["history"]
+        (x, y), (xv, yv) = split_feats["train"], split_feats["val"]
+        started = time.perf_counter()
+        choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds, seed=self.seed)
+        choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
+                                 fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val images",
+                                 offsets=recipe.offsets)
+        rep.say(choice.describe())
+        val = torch.from_numpy(selection_logits(xv, choice.train_head))
+        record = {"stage": "head", "epoch": 1, "loss": choice.train_loss, "images": len(y),
+                  **validate(torch.nn.Identity(), [(val, torch.from_numpy(yv))], torch.device("cpu"),
+                             Objective(recipe.metric, None, choice.decision.offsets_log_prob).decider()),
+                  "lr": 0.0, "seconds": round(time.perf_counter() - started, 3)}
+        history = [record]
+        log_epoch(record, 1)
+        if self.ranks_.main:
+            tensors, meta = choice.to_saved()
+            save_tensors(ckpt, tensors, {**meta, "history": history})
+            run.write_history(history)
+        return choice, history
+
+    def _sgd_head(self, recipe: Recipe, split_feats, n_features: int, n_classes: int, run: RunFolder,
+                  rep: Reporter, device, objective: "Objective", log_epoch, stop_at: float | None = None,
+                  clock=time.perf_counter) -> tuple[torch.nn.Module, list[dict]]:
+        """A head trained by epochs on the train split (the seed recipe's), best epoch on validation."""
+        cfg = recipe.head
         torch.manual_seed(self.seed)  # the same head whether or not extraction drew random numbers
         head = make_head(cfg, n_features, n_classes).to(device)
         ckpt = run.checkpoints / "head.safetensors"
@@ -235,8 +355,8 @@ class ImageClassifier:
             head.load_state_dict(tensors)
             rep.say("Head: restored from the interrupted run's checkpoint.")
             return head, meta["history"]
-        x, y = split_feats["train"]
-        xv, yv = split_feats["val"]
+        x, y = (torch.from_numpy(v) for v in split_feats["train"])
+        xv, yv = (torch.from_numpy(v) for v in split_feats["val"])
         bs = cfg.batch_size
         n_batches = (len(y) + bs - 1) // bs
         ranks = self.ranks_
@@ -263,17 +383,48 @@ class ImageClassifier:
                           trainer=distributed.wrap(head, ranks, device), total=ranks.total,
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
                           label_smoothing=cfg.label_smoothing, seed=self.seed, device=device,
-                          reporter=quiet_epochs, class_weights=balance.tensor(device), select=balance.select,
-                          on_epoch=lambda st: log_epoch(st.history[-1], st.epoch), stop_at=stop_at)
+                          reporter=quiet_epochs, class_weights=objective.tensor(device), select=objective.select,
+                          on_epoch=lambda st: log_epoch(st.history[-1], st.epoch), stop_at=stop_at, clock=clock)
         if state.history:
             best = state.history[state.best_epoch - 1]
-            name = balance.select.removeprefix("val_").replace("_", " ")
-            rep.say(f"Head: {len(state.history)} epochs, best val {name} {best[balance.select]:.4f} "
+            rep.say(f"Head: {len(state.history)} epochs, best val {objective.name} {best[objective.select]:.4f} "
                     f"(epoch {state.best_epoch}).")
         if ranks.main:
             save_tensors(ckpt, head.state_dict(), {"history": state.history})
             run.write_history(state.history)
         return head, state.history
+
+    def _decide(self, recipe: Recipe, choice: "HeadChoice | None", tuned: bool, val_logits: np.ndarray,
+                val_y: np.ndarray) -> Decision:
+        """The offsets and temperature of the model that is kept. The head alone: those fitted on its
+        out-of-fold predictions over train+val. A fine-tuned model: the head's offsets (in calibrated
+        units), its own temperature on validation."""
+        if choice is not None and not tuned:
+            return choice.decision
+        if choice is not None:
+            return decide(val_logits, val_y, recipe.metric, offsets_log_prob=choice.decision.offsets_log_prob,
+                          fitted_on=f"validation ({len(val_y):,} images); offsets from the head's out-of-fold "
+                                    "predictions")
+        return decide(val_logits, val_y, recipe.metric, offsets=False,
+                      fitted_on=f"validation ({len(val_y):,} images); no offsets (the {recipe.name} recipe)")
+
+    def _baselines(self, choice: "HeadChoice | None", split_feats, split: str, n_classes: int,
+                   kept: list[str], manifest: Manifest) -> dict:
+        """The majority class and the logistic-regression probe on the same split and cached features."""
+        (x, y), (xv, yv) = split_feats["train"], split_feats["val"]
+        xe, ye = split_feats[split]
+        keep = set(kept)
+        rows = [i for i, it in enumerate(manifest.split(split)) if it.path in keep]
+        xe, ye = xe[rows], ye[rows]
+        majority = int(np.bincount(y, minlength=n_classes).argmax())
+        out = {"majority": {"class": self.classes_[majority],
+                            **scores(ye, np.full(len(ye), majority), n_classes)}}
+        if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
+            choice = select_head(x, y, xv, yv, n_classes, metric="accuracy", seed=self.seed, weightings=("none",))
+        probe = choice.probe()
+        head = fit_head(np.concatenate([x, xv]), np.concatenate([y, yv]), n_classes, probe)
+        out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head).argmax(1), n_classes)}
+        return out
 
     def _trunk_views(self, recipe: Recipe, backbone, cache_root: Path, ranks) -> TrunkViews | None:
         """The cache of frozen-trunk outputs fine-tuning will train from, when the recipe asks for it and
@@ -288,20 +439,24 @@ class ImageClassifier:
 
     def _finetune_stage(self, recipe: Recipe, model: Classifier, manifest: Manifest, data_config: DataConfig,
                         run: RunFolder, rep: Reporter, device, head_history: list[dict],
-                        balance: Balance, log_epoch, views: TrunkViews | None = None,
+                        objective: Objective, log_epoch, views: TrunkViews | None = None,
                         digest_of: dict[str, str] | None = None,
-                        budget: tuple[float, float | None] | None = None) -> list[dict]:
+                        budget: "tuple[float, float | None, budget_lib.TimeLimit] | None" = None,
+                        choice: "HeadChoice | None" = None) -> tuple[list[dict], dict]:
+        """Fine-tune the last block groups and the head -> (history, what was kept and why).
+
+        Guarded twice: when the training loss after warm-up (the second epoch) stays above the loss the
+        head started from on the augmented training batches, the stage restarts once from the head
+        at a tenth of the learning rate; and the fine-tuned weights are kept only where they beat the
+        head on validation by more than the bootstrap noise of the validation split."""
         cfg = recipe.finetune
         unfrozen = _unfrozen(model.backbone, cfg.unfreeze, self.backbone)
         for n, p in model.backbone.named_parameters():
             p.requires_grad = n in unfrozen
         for p in model.head.parameters():
             p.requires_grad = True
-        # a fresh optimizer over exactly the parameters this stage trains
         body = [p for n, p in model.backbone.named_parameters() if n in unfrozen]
-        optimizer = make_optimizer(cfg.optimizer, [{"params": body, "lr": cfg.lr},
-                                                   {"params": list(model.head.parameters()), "lr": cfg.head_lr}],
-                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the head on the pretrained body
         train_items, val_items = manifest.split("train"), manifest.split("val")
         ranks = self.ranks_
         bs = max(1, cfg.batch_size // ranks.world)  # per rank: the global batch stays what the recipe says
@@ -310,16 +465,14 @@ class ImageClassifier:
         if ranks.active and per_rank * ranks.world > len(train_items):
             rep.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
                     f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
-        stop_at, replan = None, None
+        stop_at, replan, clock, fresh = None, None, time.perf_counter, False
         if budget is not None:
+            clock = budget[2].clock
             cfg, stop_at, fresh = self._plan(cfg, budget, run, model, views, manifest, digest_of, bs, data_config,
                                              rep)
             if cfg.epochs == 0:
                 rep.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
-                return []
-            if fresh:
-                replan = self._replanner(run, stop_at, n_batches, rep, lambda: scheduler)
-        scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches)
+                return [], {"kept": False, "reason": "no time left for an epoch within the time limit"}
         workers = rt.loader_workers()
         train_set = ImageFiles([it.path for it in train_items], [it.label for it in train_items],
                                train_transform(data_config, cfg.augment), data_config.image_size)
@@ -345,58 +498,125 @@ class ImageClassifier:
         train_batches = lambda e: batches(train_set, shuffle=True, epoch=e)
         val_batches = lambda: batches(val_set, shuffle=False)
         if views is not None:
-            trained = Classifier(Tail(model.backbone, views.stage), model.head)
+            trained = Classifier(Tail(model.backbone, views.stage), model.head, model.offsets)
             train_batches, val_batches = self._cached_batches(views, cfg, train_items, val_items, digest_of, bs,
                                                               device, rep)
         ckpt = run.checkpoints / "finetune.safetensors"
-        state = None
-        if ckpt.exists():
-            tensors, meta = load_tensors_and_meta(ckpt)
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
-            scheduler.load_state_dict(meta["scheduler"])
-            state = StageState.from_meta(meta["state"], {k[5:]: v for k, v in tensors.items()
-                                                         if k.startswith("best.")}, tensors.get("rng"))
-            where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"epoch {state.epoch}"
-            rep.say(f"Fine-tune: continuing after {where} of the interrupted run.")
-
-        def save_checkpoint(st: StageState) -> None:
-            opt_tensors, opt_meta = optimizer_tensors(optimizer)
-            tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                       **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
-                       **({"rng": st.rng} if st.batch and st.rng is not None else {})}
-            save_tensors(ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
-                                         "scheduler": scheduler.state_dict()})
-
-        def checkpoint(st: StageState) -> None:
-            if ranks.main:
-                save_checkpoint(st)
-                run.write_history(head_history + st.history)
-                log_epoch(st.history[-1], len(head_history) + st.epoch)
-
+        saved = load_tensors_and_meta(ckpt) if ckpt.exists() else None
+        guard = saved[1].get("guard") if saved else None
+        if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
+            guard = {"start_loss": start_loss(trained, train_batches(0), device, objective, cfg),
+                     "lr_scale": 1.0}
         n_body = sum(p.numel() for p in body)
         how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
                if views is not None else f"{cfg.augment} augmentation")
         rep.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
-                f"head on {len(train_items):,} images, {how}, up to {cfg.epochs} epochs.")
-        state = run_stage("fine-tune", trained, train_batches=train_batches,
-                          n_batches=n_batches, val_batches=val_batches,
-                          optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
-                          label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
-                          state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
-                          class_weights=balance.tensor(device), select=balance.select,
-                          on_batch=None if ranks.active else save_checkpoint, checkpoint_every=self.checkpoint_every,
-                          trainer=distributed.wrap(trained, ranks, device), total=ranks.total, stop_at=stop_at,
-                          replan=replan)
+                f"head on {len(train_items):,} images, {how}, up to {cfg.epochs} epochs; the head starts at "
+                f"training loss {guard['start_loss']:.4f}.")
+        while True:
+            scale = guard["lr_scale"]
+            # a fresh optimizer over exactly the parameters this stage trains
+            optimizer = make_optimizer(cfg.optimizer, [{"params": body, "lr": cfg.lr * scale},
+                                                       {"params": list(model.head.parameters()),
+                                                        "lr": cfg.head_lr * scale}],
+                                       momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches, warmup=cfg.warmup)
+            if fresh:
+                replan = self._replanner(run, stop_at, n_batches, rep, lambda: scheduler, clock)
+            state = None
+            if saved is not None:
+                tensors, meta = saved
+                model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+                load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
+                scheduler.load_state_dict(meta["scheduler"])
+                state = StageState.from_meta(meta["state"], {k[5:]: v for k, v in tensors.items()
+                                                             if k.startswith("best.")}, tensors.get("rng"))
+                where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"epoch {state.epoch}"
+                rep.say(f"Fine-tune: continuing after {where} of the interrupted run.")
+                saved = None
+
+            def save_checkpoint(st: StageState) -> None:
+                opt_tensors, opt_meta = optimizer_tensors(optimizer)
+                tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                           **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
+                           **({"rng": st.rng} if st.batch and st.rng is not None else {})}
+                save_tensors(ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
+                                             "scheduler": scheduler.state_dict(), "guard": guard})
+
+            def checkpoint(st: StageState) -> None:
+                if ranks.main:
+                    save_checkpoint(st)
+                    run.write_history(head_history + st.history)
+                    log_epoch(st.history[-1], len(head_history) + st.epoch)
+                last = st.history[-1]  # after warm-up: the second epoch (the first of a one-epoch stage)
+                if last["epoch"] == min(2, cfg.epochs) and scale == 1.0 and \
+                        not last["loss"] <= DIVERGED * guard["start_loss"]:  # a NaN loss has diverged too
+                    raise _Diverged(last["loss"])
+
+            try:
+                state = run_stage("fine-tune", trained, train_batches=train_batches,
+                                  n_batches=n_batches, val_batches=val_batches,
+                                  optimizer=optimizer, scheduler=scheduler, epochs=cfg.epochs, patience=cfg.patience,
+                                  label_smoothing=cfg.label_smoothing, seed=self.seed, device=device, reporter=rep,
+                                  state=state, on_epoch=checkpoint, bn_train=cfg.bn_train, baseline=True,
+                                  class_weights=objective.tensor(device), select=objective.select,
+                                  on_batch=None if ranks.active else save_checkpoint,
+                                  checkpoint_every=self.checkpoint_every,
+                                  trainer=distributed.wrap(trained, ranks, device), total=ranks.total,
+                                  stop_at=stop_at, replan=replan, clock=clock, decider=objective.decider(),
+                                  clip_grad=cfg.clip_grad)
+                break
+            except _Diverged as e:
+                if ranks.main:
+                    ckpt.unlink(missing_ok=True)  # a resume from here starts over, and diverges the same way
+                rep.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above the head's "
+                        f"{guard['start_loss']:.4f}: restarting from the head at a tenth of the learning rate.")
+                model.load_state_dict(start)
+                guard = {**guard, "lr_scale": 0.1, "diverged_loss": e.loss}
         for p in model.parameters():
             p.requires_grad = False
-        return state.history
+        outcome = self._keep_or_not(model, trained, start, state, val_batches, device, objective, rep)
+        if guard["lr_scale"] != 1.0:
+            outcome["restarted"] = {"loss_after_warmup": guard.get("diverged_loss"),
+                                    "start_loss": guard["start_loss"], "lr_scale": guard["lr_scale"]}
+        return state.history, outcome
+
+    def _keep_or_not(self, model: Classifier, trained, start: dict, state: StageState, val_batches, device,
+                     objective: Objective, rep: Reporter) -> dict:
+        """Keep the fine-tuned weights only where they beat the head on validation by more than the
+        noise of the validation split (a paired bootstrap of the metric); otherwise restore the head."""
+        tuned_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        z_ft, y = collect_logits(trained, val_batches(), device)
+        model.load_state_dict(start)
+        z_head, _ = collect_logits(trained, val_batches(), device)
+        decider = objective.decider() or (lambda z, _: z.argmax(1))
+        p_ft, p_head = decider(z_ft, y), decider(z_head, y)
+        k = z_ft.shape[1]
+        gain, se = paired_gain(y, p_ft, p_head, objective.metric, k, seed=self.seed)
+        ft_score = score(y, p_ft, objective.metric, k)
+        head_score = score(y, p_head, objective.metric, k)
+        kept = state.best_epoch > 0 and gain > se
+        name = objective.name
+        if kept:
+            model.load_state_dict(tuned_weights)
+            why = (f"{ft_score:.4f} validation {name} (epoch {state.best_epoch}) against the head's {head_score:.4f}: "
+                   f"{gain * 100:+.1f} points, more than the noise of {len(y):,} validation images "
+                   f"(+-{se * 100:.1f}); kept the fine-tuned model")
+        elif state.best_epoch == 0:
+            why = f"no epoch beat the head's {head_score:.4f} validation {name}; kept the head"
+        else:
+            why = (f"{ft_score:.4f} validation {name} (epoch {state.best_epoch}) against the head's {head_score:.4f}: "
+                   f"{gain * 100:+.1f} points, within the noise of {len(y):,} validation images "
+                   f"(+-{se * 100:.1f}); kept the head")
+        rep.say(f"Fine-tuning: {why}.")
+        return {"kept": kept, "reason": why, "best_epoch": state.best_epoch, "val_finetuned": ft_score,
+                "val_head": head_score, "gain": gain, "noise": se, "metric": objective.metric}
 
     def _plan(self, cfg, budget, run: RunFolder, model: Classifier, views: TrunkViews | None, manifest: Manifest,
               digest_of, bs: int, data_config: DataConfig, rep: Reporter):
         """--time-limit: (the fine-tune settings with the epochs that fit, the time to stop starting epochs).
         The plan is kept in checkpoints/plan.json, so a resumed run trains the epochs it planned."""
-        deadline, rate = budget
+        deadline, rate, limit = budget
         train, val = manifest.split("train"), manifest.split("val")
         n_eval = len(val) + len(manifest.split("test"))
         stored = run.checkpoints / "plan.json"
@@ -413,23 +633,26 @@ class ImageClassifier:
             else:
                 probe, example, todo, fast = model, (bs, 3, size, size), 0, model
             device = next(model.parameters()).device
-            rate = rate or budget_lib.forward_rate(fast, torch.zeros(32, 3, size, size, device=device))
-            step = budget_lib.step_rate(probe, torch.zeros(example, device=device), bn_train=cfg.bn_train)
-            plan = budget_lib.plan_epochs(deadline - time.perf_counter(), n_train=len(train), n_val=len(val),
+            if limit.rates is not None:  # given (tests): nothing is measured
+                rate, step = limit.rates.forward, limit.rates.step
+            else:
+                rate = rate or budget_lib.forward_rate(fast, torch.zeros(32, 3, size, size, device=device))
+                step = budget_lib.step_rate(probe, torch.zeros(example, device=device), bn_train=cfg.bn_train)
+            plan = budget_lib.plan_epochs(deadline - limit.clock(), n_train=len(train), n_val=len(val),
                                           n_eval=n_eval, views_to_compute=todo, forward_rate=rate, step_rate=step)
             write_json_atomic(stored, dataclasses.asdict(plan))
         rep.say(plan.describe())
         return dataclasses.replace(cfg, epochs=plan.epochs), deadline - plan.evaluate_seconds, fresh
 
     @staticmethod
-    def _replanner(run: RunFolder, stop_at: float, n_batches: int, rep: Reporter, scheduler):
+    def _replanner(run: RunFolder, stop_at: float, n_batches: int, rep: Reporter, scheduler, clock):
         """After the first epoch, the epochs that fit by its measured duration: the schedule is stretched
         or shortened to match, and the plan saved for --resume."""
         def replan(st: StageState) -> int | None:
             if st.epoch != 1:
                 return None
             seconds = st.history[-1]["seconds"]
-            epochs = 1 + budget_lib.epochs_that_fit(stop_at - time.perf_counter(), seconds)
+            epochs = 1 + budget_lib.epochs_that_fit(stop_at - clock(), seconds)
             set_schedule_length(scheduler(), epochs * n_batches)
             stored = run.checkpoints / "plan.json"
             write_json_atomic(stored, {**json.loads(stored.read_text()), "epochs": epochs, "epoch_seconds": seconds})
@@ -520,6 +743,7 @@ class ImageClassifier:
         clf.classes_ = classes
         clf.data_config_ = data_config
         clf.head_config_ = head_cfg
+        clf.metric_ = str((cfg.get("recipe") or {}).get("metric", "accuracy"))
         clf.device_ = rt.resolve_device(device)
         clf.model_ = model.to(clf.device_).eval()
         clf.run_dir_ = run.path
@@ -531,7 +755,8 @@ class ImageClassifier:
             raise RunFolderError(f"{str(run.config)!r} has temperature {cfg.get('temperature')!r}: expected a "
                                  "positive number.")
         clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "class_counts", "skipped",
-                                             "balance", "calibration", "seconds") if k in cfg}
+                                             "head_selection", "finetune", "decision", "calibration", "seconds")
+                         if k in cfg}
         clf.runtime_ = runtime
         return clf
 
@@ -640,6 +865,7 @@ def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, n_classes: int
     body = architecture(name)
     model = Classifier(body, make_head(head_cfg, body.num_features, n_classes))
     state = run.load_weights()
+    state.setdefault("offsets", torch.zeros(n_classes))  # runs from before decision offsets decided by argmax
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -38,6 +38,10 @@ def _number_in(lo: float, hi: float, what: str):
     return parse
 
 
+def _size(text: str) -> int | None:
+    return None if text == "auto" else _int_at_least(16)(text)
+
+
 _probability = _number_in(0.0, 1.0, "a number from 0 to 1")
 _seconds = _number_in(0.0, float("inf"), "0 or more seconds")
 
@@ -57,13 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default="efficientnet_lite0", help="registry or timm model name")
     t.add_argument("--weights", metavar="FILE", help="pretrained backbone weights (.safetensors)")
     t.add_argument("--recipe", default="default", choices=["default", "seed"])
-    t.add_argument("--image-size", type=_int_at_least(16), metavar="N")
+    t.add_argument("--image-size", type=_size, default=None, metavar="N|auto",
+                   help="input size in pixels; auto (the default): the backbone's own, or a larger one where "
+                        "most images are large and a measurement on a sample shows it pays")
     t.add_argument("--epochs", type=_int_at_least(0), metavar="N", help="fine-tune epochs (0: head only)")
-    t.add_argument("--head-epochs", type=_int_at_least(1), metavar="N")
+    t.add_argument("--head-epochs", type=_int_at_least(1), metavar="N",
+                   help="epochs of a head trained by epochs (the seed recipe's)")
     t.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help="fine-tune batch size")
     t.add_argument("--cached-views", type=_int_at_least(0), metavar="K",
                    help="augmented views per training image whose frozen-trunk output is cached, so fine-tune "
                         "epochs run only the trained blocks (default: the recipe's; 0: off)")
+    t.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "macro_f1"],
+                   help="what the run is for: the head's selection, the fine-tune checkpoint and the decision "
+                        "offsets maximise it (default: the recipe's, accuracy)")
+    t.add_argument("--augment", choices=["light", "rotations", "seed", "none"],
+                   help="fine-tuning's augmentation: light (crops and mirror images), rotations (both flips and "
+                        "90-degree turns: for images with no up, such as cells or aerial views), seed (the "
+                        "original affine set) or none (default: the recipe's)")
     t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
@@ -154,18 +168,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from .budget import parse_duration, process_age
+    import time
+
+    from .budget import TimeLimit, parse_duration, process_age
     from .classifier import ImageClassifier
     from .report import print_metrics
     from .run import RunFolder
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size,
-                          cached_views=args.cached_views, seed=args.seed,
+                          cached_views=args.cached_views, metric=args.metric, augment=args.augment, seed=args.seed,
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
                           checkpoint_every=args.checkpoint_every,
                           # the command's limit counts from the start of the process: imports are part of the wait
-                          time_limit=None if args.time_limit is None else parse_duration(args.time_limit) - process_age())
+                          time_limit=None if args.time_limit is None else TimeLimit(
+                              parse_duration(args.time_limit), started=time.perf_counter() - process_age()))
     clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0

@@ -45,8 +45,11 @@ def export_onnx(clf, output: str | os.PathLike | None = None, *, quantize: str |
     graph = onnx.load_from_string(trace(model, cfg.image_size))
     info = {"classes": clf.classes_, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
             "interpolation": cfg.interpolation, "temperature": clf.temperature_, "backbone": clf.backbone,
+            "offsets": [float(v) for v in clf.model_.offsets], "metric": clf.metric_,
             "input": "RGB, resized (shorter side) and centre-cropped to image_size, scaled to 0..1, "
-                     "then (x - mean) / std; NCHW float32", "output": "logits; softmax(logits / temperature)",
+                     "then (x - mean) / std; NCHW float32",
+            "output": "logits with the decision offsets already added (the graph adds them): the decision is "
+                      "argmax(logits), the probabilities softmax(logits / temperature)",
             "imgtune": __version__}
     meta = graph.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, json.dumps(info)

@@ -27,26 +27,33 @@ class Dropout(nn.Dropout):
 
 
 def make_head(cfg: HeadConfig, in_features: int, n_classes: int) -> nn.Sequential:
-    if cfg.kind == "linear":
+    if cfg.kind in ("linear", "logistic"):  # a logistic head is a linear layer fitted another way
         return nn.Sequential(Dropout(cfg.dropout), nn.Linear(in_features, n_classes))
     if cfg.kind == "mlp":
         # The seed recipe's top model: Flatten -> Dense(256, relu) -> Dropout(0.5) -> Dense(softmax).
         # Pooled features are already flat; the softmax is in the loss.
         return nn.Sequential(nn.Linear(in_features, cfg.hidden), nn.ReLU(), Dropout(cfg.dropout),
                              nn.Linear(cfg.hidden, n_classes))
-    raise ConfigError(f"Unknown head kind {cfg.kind!r}: expected linear or mlp.")
+    raise ConfigError(f"Unknown head kind {cfg.kind!r}: expected logistic, linear or mlp.")
+
+
+def n_outputs(head: nn.Module) -> int:
+    return [m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
 class Classifier(nn.Module):
-    """Backbone trunk + head: images in, logits out. Keys are `backbone.*` and `head.*`."""
+    """Backbone trunk + head: images in, logits out. Keys are `backbone.*`, `head.*` and `offsets`: the
+    per-class decision offsets (decide.py) added to the head's logits, part of the model so that every
+    runtime (PyTorch, the ONNX graph, the server) decides the same way. Zero until a run fits them."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, offsets: torch.Tensor | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.register_buffer("offsets", torch.zeros(n_outputs(head)) if offsets is None else offsets)
 
     def forward(self, x):
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(x)) + self.offsets
 
 
 class EachView(nn.Module):

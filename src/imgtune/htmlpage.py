@@ -34,6 +34,7 @@ figure img{max-width:100%;display:block}
 .tile .p{font-family:ui-monospace,monospace;font-size:10px;color:#5b6570;word-break:break-all}
 .tile .t{color:#1e7b34}.tile .w{color:#b3261e}
 .missing{display:flex;width:150px;height:150px;align-items:center;justify-content:center;background:#eef0f3;color:#5b6570}
+.warn{color:#b3261e;font-weight:600}
 footer{color:#5b6570;font-size:12px;margin-top:40px}
 """
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import plots
 from .atomic import write_text_atomic
-from .htmlpage import cards, figure, gallery, page, section, table, tile
+from .baselines import baseline_lines
+from .htmlpage import cards, esc, figure, gallery, page, section, table, tile
 from .run import RunFolder
 
 
@@ -22,10 +23,11 @@ def write_report(run_dir: str | os.PathLike, metrics: dict, out: str | os.PathLi
 
 def build_report(config: dict, history: list[dict], metrics: dict) -> str:
     where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
-    body = [_headline(metrics), _summary(config, metrics)]
+    body = [_headline(metrics), _baselines(metrics), _summary(config, metrics)]
     if history:
         body.append(section("Training", figure(plots.training_curves(history), "training curves"),
                             note=_training_note(config, history)))
+    body.append(_head_selection(config))
     body.append(_per_class(metrics))
     body.append(section("Confusion matrix", "<div class=\"row\">",
                         figure(plots.confusion(metrics["confusion_matrix"], metrics["classes"], normalise=False),
@@ -57,13 +59,32 @@ def _headline(m: dict) -> str:
     return cards(items)
 
 
+def _baselines(m: dict) -> str:
+    """The simple baselines on the same split, and a plain warning where the model is below one."""
+    b = m.get("baselines")
+    if not b:
+        return ""
+    maj, probe = b["majority"], b["logistic_probe"]
+    rows = [["this model", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", f"{m['balanced_accuracy']:.4f}"],
+            [f"logistic regression on the same features (C={probe['c']:g})", f"{probe['accuracy']:.4f}",
+             f"{probe['macro_f1']:.4f}", f"{probe['balanced_accuracy']:.4f}"],
+            [f"always {maj['class']!r}", f"{maj['accuracy']:.4f}", f"{maj['macro_f1']:.4f}",
+             f"{maj['balanced_accuracy']:.4f}"]]
+    warnings = [line.removeprefix("warning: ") for line in baseline_lines(m)[1:]]
+    parts = [table(["", "accuracy", "macro-F1", "balanced accuracy"], rows, highlight={0} if warnings else None)]
+    if warnings:
+        parts.append("<p class=\"warn\">" + "<br>".join(esc(w[0].upper() + w[1:]) for w in warnings) + "</p>")
+    return section("Against the simple baselines", *parts,
+                   note="On the same images: a model that is not clearly above these has a problem worth "
+                        "looking into (the data, the labels, or the recipe).")
+
+
 def _summary(config: dict, m: dict) -> str:
     recipe = config.get("recipe", {})
     head, ft = recipe.get("head", {}), recipe.get("finetune", {})
     dc = config.get("data_config", {})
     counts = config.get("counts", {})
     seconds = config.get("seconds", {})
-    balance = config.get("balance", {})
     rows = [
         ["data", config.get("data", "?")],
         ["images", ", ".join(f"{n:,} {s}" for s, n in counts.items() if n) or "?"],
@@ -72,12 +93,15 @@ def _summary(config: dict, m: dict) -> str:
         ["backbone", f"{config.get('backbone')} ({config.get('weights', '?')})"],
         ["image size", f"{dc.get('image_size')} px, {dc.get('interpolation', '')}"],
         ["recipe", recipe.get("name", "?")],
-        ["head", f"{head.get('kind')} head, {head.get('optimizer')} lr {head.get('lr')}, up to "
-                 f"{head.get('epochs')} epochs, batch {head.get('batch_size')}"],
+        ["head", (config.get("head_selection") or {}).get("description")
+         or f"{head.get('kind')} head, {head.get('optimizer')} lr {head.get('lr')}, up to "
+            f"{head.get('epochs')} epochs, batch {head.get('batch_size')}"],
         ["fine-tune", f"last {ft.get('unfreeze')} block group(s), {ft.get('optimizer')} lr {ft.get('lr')} "
                       f"(head {ft.get('head_lr')}), {ft.get('epochs')} epochs, batch {ft.get('batch_size')}, "
                       f"{ft.get('augment')} augmentation" if ft.get("epochs") else "none (head only)"],
-        ["class balance", balance.get("description", "not recorded")],
+        ["metric", recipe.get("metric", "accuracy").replace("_", " ")],
+        ["fine-tuning kept?", config.get("finetune", {}).get("reason", "not recorded")],
+        ["decisions", _decisions(config)],
         ["temperature", f"{config.get('temperature', 1.0):.3f}"],
         ["times", ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) or "?"],
         ["versions", ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())],
@@ -85,8 +109,36 @@ def _summary(config: dict, m: dict) -> str:
     return section("Run", table([], rows))
 
 
+def _head_selection(config: dict) -> str:
+    sel = config.get("head_selection")
+    if not sel:
+        return ""
+    chosen = sel["candidate"]
+    rows, best = [], set()
+    for i, r in enumerate(sel["table"]):
+        if r["c"] == chosen["c"] and r["weighting"] == chosen["weighting"]:
+            best.add(i)
+        rows.append([f"{r['c']:g}", r["weighting"], f"{r['accuracy']:.4f}", f"{r['balanced_accuracy']:.4f}",
+                     f"{r['macro_f1']:.4f}", f"{r['log_loss']:.4f}", f"{r['balanced_log_loss']:.4f}"])
+    return section("Head selection", table(["C", "class weights", "accuracy", "balanced accuracy", "macro-F1",
+                                            "log-loss", "class-balanced log-loss"], rows, highlight=best),
+                   note=f"Every candidate head scored on out-of-fold predictions ({sel['folds']}-fold cross-"
+                        f"validation over {sel['images']:,} train+val images); the lowest log-loss (class-"
+                        "balanced for the balanced metrics) is kept, highlighted.")
+
+
+def _decisions(config: dict) -> str:
+    d = config.get("decision")
+    if not d:
+        return "argmax"
+    moved = [(c, b) for c, b in zip(config.get("classes", []), d["offsets_log_prob"]) if abs(b) >= 0.05]
+    offsets = ", ".join(f"{c} {b:+.2f}" for c, b in moved) if moved else "none"
+    return (f"offsets for {d['metric'].replace('_', ' ')} (log-probability units): {offsets}; temperature "
+            f"{d['temperature']:.3f}; fitted on {d['fitted_on']}")
+
+
 def _training_note(config: dict, history: list[dict]) -> str:
-    selected = config.get("balance", {}).get("selected_on", "accuracy").replace("_", " ")
+    selected = config.get("recipe", {}).get("metric", "accuracy").replace("_", " ")
     parts = []
     for stage in ("head", "fine-tune"):
         rows = [r for r in history if r.get("stage") == stage]

@@ -81,9 +81,14 @@ class Precision:
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
-    def step(self, loss: torch.Tensor, optimizer) -> None:
+    def step(self, loss: torch.Tensor, optimizer, clip_grad: float | None = None) -> None:
+        """Backward and an optimiser step; with `clip_grad`, the gradients' global norm is first capped."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if clip_grad is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         self.scaler.step(optimizer)
         self.scaler.update()
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,35 +23,32 @@ from .metrics import confusion_matrix, macro_scores, per_class
 from .progress import Reporter
 from .runtime import Precision, to_device
 
-IMBALANCE_RATIO = 1.5  # largest / smallest training class at which "auto" starts compensating
+class Objective:
+    """What a stage trains and judges by: the metric (checkpoints are chosen on its validation value), the
+    loss's class weights (None: plain), and the decision offsets in calibrated units (decide.py) that
+    turn logits into the decisions the metric judges (None: argmax)."""
 
+    def __init__(self, metric: str, class_weights=None, offsets_log_prob=None):
+        self.metric = metric
+        self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
+        self.offsets_log_prob = None if offsets_log_prob is None or not np.any(offsets_log_prob) \
+            else np.asarray(offsets_log_prob, float)
 
-@dataclass(frozen=True)
-class Balance:
-    """How a run treats its class sizes: the loss weights (None: plain) and the validation score it keeps."""
-
-    ratio: float  # largest / smallest training class
-    weights: tuple[float, ...] | None
-    select: str  # "val_accuracy" or "val_balanced_accuracy"
-
-    @classmethod
-    def plan(cls, train_counts, setting: str) -> "Balance":
-        counts = [int(n) for n in train_counts]
-        ratio = max(counts) / max(1, min(counts))
-        if setting == "on" or (setting == "auto" and ratio >= IMBALANCE_RATIO):
-            total, k = sum(counts), len(counts)
-            # inverse frequency, normalised so that the average image weighs 1 (the loss keeps its scale)
-            return cls(ratio, tuple(total / (k * max(n, 1)) for n in counts), "val_balanced_accuracy")
-        return cls(ratio, None, "val_accuracy")
-
-    def describe(self) -> str:
-        if self.weights is None:
-            return f"classes balanced enough (largest/smallest {self.ratio:.1f}): plain loss, best on accuracy"
-        return (f"classes imbalanced (largest/smallest {self.ratio:.1f}): class-weighted loss, best on "
-                "balanced accuracy")
+    select = property(lambda self: f"val_{self.metric}")
+    name = property(lambda self: self.metric.replace("_", " "))
 
     def tensor(self, device) -> torch.Tensor | None:
-        return None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=device)
+        return None if self.class_weights is None else torch.tensor(self.class_weights, dtype=torch.float32,
+                                                                        device=device)
+
+    def decider(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """logits, labels -> decisions: argmax, or argmax(logits / T + offsets) with T fitted on these
+        logits (a new model's logits have their own scale)."""
+        if self.offsets_log_prob is None:
+            return None
+        from .decide import decisions_with
+
+        return lambda z, y: decisions_with(z, y, self.offsets_log_prob)
 
 
 def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_decay: float):
@@ -64,16 +62,17 @@ def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_dec
 
 
 class WarmupCosine:
-    """LR factor: linear warm-up over the first 10% of steps, then cosine decay to 2% at `total`. An object
-    rather than a closure, so that its length can change (--time-limit re-plans after the first epoch)
-    and travels in the scheduler's state_dict."""
+    """LR factor: linear warm-up over the first `warmup` share of steps, then cosine decay to 2% at `total`.
+    An object rather than a closure, so that its length can change (--time-limit re-plans after the first
+    epoch) and travels in the scheduler's state_dict."""
 
-    def __init__(self, total_steps: int):
+    def __init__(self, total_steps: int, warmup: float = 0.1):
+        self.warmup = warmup
         self.set_total(total_steps)
 
     def set_total(self, total_steps: int) -> None:
         self.total = max(1, int(total_steps))
-        self.warm = max(1, self.total // 10)
+        self.warm = max(1, int(self.total * self.warmup))
 
     def __call__(self, step: int) -> float:
         if step < self.warm:
@@ -82,11 +81,11 @@ class WarmupCosine:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def make_scheduler(kind: str, optimizer, total_steps: int):
+def make_scheduler(kind: str, optimizer, total_steps: int, *, warmup: float = 0.1):
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     if kind == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup))
     raise ConfigError(f"Unknown schedule {kind!r}: expected cosine or constant.")
 
 
@@ -137,22 +136,56 @@ class StageState:
 
 
 @torch.inference_mode()
-def validate(model: nn.Module, batches: Iterable, device: torch.device) -> dict:
-    """Loss, accuracy, balanced accuracy (mean per-class recall) and macro-F1 on the validation batches."""
+def collect_logits(model: nn.Module, batches: Iterable, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of the model in eval mode over the batches."""
     model.eval()
-    loss, n, truth, preds, k = 0.0, 0, [], [], 0
+    zs, ys = [], []
+    for x, y in batches:
+        zs.append(model(to_device(x, device)).float().cpu())
+        ys.append(y)
+    if not zs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, int)
+    return torch.cat(zs).numpy(), torch.cat(ys).numpy().astype(int)
+
+
+@torch.no_grad()
+def start_loss(model: nn.Module, batches: Iterable, device: torch.device, objective: Objective, cfg, *,
+               batches_max: int = 32) -> float:
+    """The training loss the model starts fine-tuning from: its loss, in the stage's train mode and
+    with its loss settings, on the first training batches (augmented as training will see them)."""
+    set_train_mode(model, bn_train=False)  # measured, not trained: no BatchNorm statistics move
+    total, n = 0.0, 0
+    weights = objective.tensor(device)
+    for i, (x, y) in enumerate(batches):
+        if i >= batches_max:
+            break
+        x, y = to_device(x, device), to_device(y, device)
+        loss = F.cross_entropy(model(x).float(), y, weight=weights, label_smoothing=cfg.label_smoothing)
+        total += loss.item() * len(y)
+        n += len(y)
+    model.eval()
+    return total / max(n, 1)
+
+
+@torch.inference_mode()
+def validate(model: nn.Module, batches: Iterable, device: torch.device,
+             decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict:
+    """Loss, accuracy, balanced accuracy (mean per-class recall) and macro-F1 on the validation batches.
+    The scores judge `decider(logits, labels)`'s decisions (default: argmax), the loss the logits."""
+    model.eval()
+    loss, n, truth, outputs = 0.0, 0, [], []
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        logits = model(x).float()
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         truth.append(y.cpu())
-        preds.append(logits.argmax(1).cpu())
+        outputs.append(logits.cpu())
         n += len(y)
-        k = logits.shape[1]
     if not n:
         return {"val_loss": 0.0, "val_accuracy": 0.0, "val_balanced_accuracy": 0.0, "val_macro_f1": 0.0}
-    y_true, y_pred = torch.cat(truth).numpy(), torch.cat(preds).numpy()
-    balanced_accuracy, macro_f1 = macro_scores(per_class(confusion_matrix(y_true, y_pred, k)))
+    y_true, z = torch.cat(truth).numpy(), torch.cat(outputs).numpy()
+    y_pred = decider(z, y_true) if decider is not None else z.argmax(1)
+    balanced_accuracy, macro_f1 = macro_scores(per_class(confusion_matrix(y_true, y_pred, z.shape[1])))
     return {"val_loss": loss / n, "val_accuracy": float((y_true == y_pred).mean()),
             "val_balanced_accuracy": balanced_accuracy, "val_macro_f1": macro_f1}
 
@@ -166,8 +199,10 @@ def run_stage(stage: str, model: nn.Module, *,
               select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
               checkpoint_every: float | None = None, trainer: nn.Module | None = None,
               total: Callable[[float], float] = float, precision: Precision | None = None,
-              stop_at: float | None = None, replan: Callable[[StageState], int | None] | None = None
-              ) -> StageState:
+              stop_at: float | None = None, replan: Callable[[StageState], int | None] | None = None,
+              clock: Callable[[], float] = time.perf_counter,
+              decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+              clip_grad: float | None = None) -> StageState:
     """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
     validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
 
@@ -179,17 +214,19 @@ def run_stage(stage: str, model: nn.Module, *,
     Under torchrun, `trainer` is the DistributedDataParallel wrapper the training batches go through
     (each rank sees its share), and `total` sums a number over the ranks for the epoch's record.
 
+    `decider(logits, labels)` makes the validation decisions the scores judge (default: argmax).
+
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
     never leaves the model worse on validation than it found it.
 
-    With `stop_at` (a time.perf_counter() value), the stage ends before an epoch that would not finish
-    by then, judging by the last epoch's duration. `replan(state)`, after each epoch, may return a new
+    With `stop_at` (a reading of `clock`), the stage ends before an epoch that would not finish by
+    then, judging by the last epoch's duration (also read on `clock`). `replan(state)`, after each epoch, may return a new
     number of epochs.
     """
     if state is None:
         state = StageState()
         if baseline:
-            record = {"stage": stage, "epoch": 0, "loss": None, **validate(model, val_batches(), device),
+            record = {"stage": stage, "epoch": 0, "loss": None, **validate(model, val_batches(), device, decider),
                       "lr": 0.0, "seconds": 0.0}
             state.best_score, state.best_epoch = (record[select], -record["val_loss"]), 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -197,14 +234,14 @@ def run_stage(stage: str, model: nn.Module, *,
             reporter.say(f"{stage} epoch 0 (before training): {_scores(record, select)}")
     while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
         last = state.history[-1]["seconds"] if state.history and state.history[-1]["epoch"] > 0 else 0.0
-        if stop_at is not None and time.perf_counter() + last > stop_at:
+        if stop_at is not None and clock() + last > stop_at:
             reporter.say(f"{stage}: stopping after epoch {state.epoch} of {epochs}: another would pass the time "
                          "limit.")
             break
         epoch = state.epoch
         skip, saved_rng = state.batch, state.rng
         torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
-        started = last_save = time.perf_counter()
+        started, last_save = clock(), time.perf_counter()
         set_train_mode(model, bn_train=bn_train)
         loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
         net = trainer or model
@@ -219,7 +256,7 @@ def run_stage(stage: str, model: nn.Module, *,
                 x, y = to_device(x, device), to_device(y, device)
                 with precision.autocast():
                     loss = F.cross_entropy(net(x).float(), y, weight=class_weights, label_smoothing=label_smoothing)
-                precision.step(loss, optimizer)
+                precision.step(loss, optimizer, clip_grad)
                 scheduler.step()
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
@@ -232,8 +269,8 @@ def run_stage(stage: str, model: nn.Module, *,
         state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
         images = int(total(seen))
         record = {"stage": stage, "epoch": epoch + 1, "loss": total(loss_sum) / max(images, 1), "images": images,
-                  **validate(model, val_batches(), device), "lr": optimizer.param_groups[0]["lr"]}
-        record["seconds"] = round(time.perf_counter() - started, 3)
+                  **validate(model, val_batches(), device, decider), "lr": optimizer.param_groups[0]["lr"]}
+        record["seconds"] = round(clock() - started, 3)
         score = (record[select], -record["val_loss"])
         if state.best_score is None or score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0

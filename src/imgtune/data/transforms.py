@@ -85,6 +85,9 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
     if augment == "light":
         return _steps(cfg, T.RandomResizedCrop(s, scale=(0.7, 1.0), interpolation=_interp(cfg)),
                       T.RandomHorizontalFlip())
+    if augment == "rotations":  # no canonical orientation: any of the 8 symmetries of the square
+        return _steps(cfg, T.RandomResizedCrop(s, scale=(0.7, 1.0), interpolation=_interp(cfg)),
+                      T.RandomHorizontalFlip(), _QuarterTurns())
     if augment == "seed":
         # Keras ImageDataGenerator(rotation_range=40, width/height_shift_range=0.3, shear_range=0.2,
         # zoom_range=0.2, horizontal_flip=True, fill_mode="nearest"). torchvision's affine fills with a
@@ -97,7 +100,15 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
             T.RandomAffine(degrees=40, translate=(0.3 / 3, 0.3 / 3), scale=(0.8, 1.2),
                            shear=math.degrees(0.2), interpolation=InterpolationMode.BILINEAR),
             T.CenterCrop(s), T.RandomHorizontalFlip()))
-    raise ConfigError(f"Unknown augmentation {augment!r}: expected light, seed or none.")
+    raise ConfigError(f"Unknown augmentation {augment!r}: expected light, rotations, seed or none.")
+
+
+class _QuarterTurns:
+    """Turns a [C, H, W] image by 0, 90, 180 or 270 degrees, each equally likely (with a horizontal flip:
+    every one of the square's eight symmetries, vertical flips among them)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
 
 
 class TTAViews:
