@@ -323,7 +323,7 @@ class ImageClassifier:
                 name = metric.replace("_", " ")
                 how += (f"; on {r['images']} training images the cross-validated head's {name} was {r['small']:.4f} "
                         f"at {default} px and {r['large']:.4f} at {large} px ({r['gain'] * 100:+.1f} points, noise "
-                        f"+-{r['noise'] * 100:.1f})")
+                        f"+-{r['noise'] * 100:.1f}; a larger input must win by {resolution.MARGIN:g}x the noise)")
                 size = large if r["pays"] else default
             rep.say(f"Image size: {size} px ({how}).")
             if self.ranks_.main:
