@@ -1,7 +1,9 @@
 """The pages as a person sees them: rendered by headless Chromium, every image loaded, nothing blank.
 
-Needs Debian's `chromium` (.ci/run installs it); skipped with the reason where it is absent."""
+Needs Debian's `chromium` (.ci/run installs it); skipped with the reason where it is absent, except
+under IMGTUNE_REQUIRE_BROWSER=1 (as .ci/run sets), where its absence fails the run."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +16,8 @@ from imgtune.cli import main
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
                 None)
+if CHROMIUM is None and os.environ.get("IMGTUNE_REQUIRE_BROWSER"):  # CI sets it: there a skip would hide a failure
+    raise RuntimeError("IMGTUNE_REQUIRE_BROWSER is set but Chromium is not installed (apt-get install chromium)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 
 # Appended to a copy of the page: once everything has loaded, the title says how many images decoded.

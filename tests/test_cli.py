@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -81,7 +82,25 @@ def _bad_cases(tmp_path, trained):
     (tmp_path / "columns.csv").write_text("file,class\na.png,circle\n")
     (tmp_path / "gone.csv").write_text("path,label\nnope/a.png,circle\nnope/b.png,square\n")
     run, data, _ = trained
+    empties = tmp_path / "empties"
+    for cls in ("a", "b"):
+        (empties / cls).mkdir(parents=True)
+        for i in range(5):
+            (empties / cls / f"{i}.png").write_bytes(b"")
+    shutil.copytree(data, tmp_path / "data")
+    first = sorted((tmp_path / "data" / "circle").iterdir())[0].name
+    (tmp_path / "data" / "twice.csv").write_text(f"path,label\ncircle/{first},circle\ncircle/{first},square\n")
+    (tmp_path / "data" / "holdout.csv").write_text(f"path,label,split\ncircle/{first},circle,holdout\n")
     return {
+        "out inside the data": (["train", tmp_path / "data", "--out", tmp_path / "data" / "run"], "inside the data"),
+        "time limit spent at start": (["train", data, "--out", tmp_path / "r13", "--time-limit", "1s"],
+                                      "was spent before training could start"),
+        "a file under two labels": (["train", tmp_path / "data" / "twice.csv", "--out", tmp_path / "r14"],
+                                    "twice with different labels"),
+        "unknown split value": (["train", tmp_path / "data" / "holdout.csv", "--out", tmp_path / "r15"],
+                                "row 2: unknown split 'holdout'"),
+        "every file empty": (["train", empties, "--out", tmp_path / "r16", "--cache-dir", tmp_path / "c", "--quiet"],
+                             "All 10 files"),
         "test classes differ from train": (["train", splits, "--out", tmp_path / "r10"], "'triangle'"),
         "CSV without path,label": (["train", tmp_path / "columns.csv", "--out", tmp_path / "r11"], "needs columns"),
         "CSV of missing files": (["train", tmp_path / "gone.csv", "--out", tmp_path / "r12"], "none is an existing"),
@@ -103,17 +122,24 @@ def _bad_cases(tmp_path, trained):
     }
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path, trained_run):
+def test_bad_input_exits_2_with_one_line(tmp_path, trained_run, capsys):
+    """Each case through the CLI's own entry point (an exception that escaped `main` fails the test as a
+    traceback would); one fresh process shows the same from the shell."""
     cases = _bad_cases(tmp_path, trained_run)
     # known classes, but every 'square' file unreadable: evaluated on the rest, skips reported, no traceback
     r = imgtune("evaluate", trained_run[0], tmp_path / "allbad", "--json", tmp_path / "m.json", "--quiet")
     assert r.returncode == 0 and "Skipped 3 files" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = imgtune(*cases["missing path"][0])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr, r.stderr
     for name, (args, expected) in cases.items():
-        r = imgtune(*args)
-        assert r.returncode == 2, f"{name}: rc={r.returncode} {r.stderr}"
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("skipped ")]
-        assert len(lines) == 1 and expected in lines[0], f"{name}: {r.stderr}"
-        assert "Traceback" not in r.stderr
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's own refusals (usage line + one error line)
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2, f"{name}: rc={rc} {err}"
+        lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("skipped ")]
+        assert len(lines) == 1 and expected in lines[0], f"{name}: {err}"
 
 
 def test_builtin_digits_data(tmp_path):

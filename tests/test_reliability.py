@@ -19,7 +19,7 @@ from imgtune.run import load_tensors_and_meta
 
 from conftest import write_class_folders
 
-ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "0", "--quiet"]
+ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "0", "--quiet", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_transforms_resample_tensors_as_pillow_would():
 
 def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
     data = write_class_folders(tmp_path / "photos", 12, seed=3)
-    kw = dict(image_size=32, epochs=2, cache_dir=str(tmp_path / "cache"), quiet=True)
+    kw = dict(image_size=32, epochs=2, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu")
     first = ImageClassifier(**kw).fit(data, out=tmp_path / "a")
     second = ImageClassifier(**kw).fit(data, out=tmp_path / "b")  # every view comes from the cache
     for k, v in first.model_.state_dict().items():

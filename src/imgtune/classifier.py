@@ -6,9 +6,11 @@ run folder up to date after every step, so an interrupted `fit` continues with `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import tempfile
@@ -29,7 +31,7 @@ from .decide import Decision, decide, decision_line, paired_gain, score, scores
 from .data.builtin import resolve as resolve_data
 from .data.datasets import ImageFiles
 from .data.images import to_rgb
-from .data.scan import Manifest, image_files, labelled_files, require_usable, scan
+from .data.scan import Manifest, find_images, image_files, labelled_files, require_usable, scan
 from .data.transforms import DataConfig, TTAViews, eval_transform, train_transform
 from .errors import ConfigError, DataError, RunFolderError
 from .features import FeatureCache, default_cache_dir, extract_features, run_network
@@ -104,7 +106,6 @@ class ImageClassifier:
         limit = budget_lib.TimeLimit.of(self.time_limit)
         clock = limit.clock if limit else time.perf_counter  # what the budget is counted on
         started = clock()
-        times: dict[str, float] = {}
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
                                 batch_size=self.batch_size, cached_views=self.cached_views, metric=self.metric,
                                 augment=self.augment)
@@ -117,6 +118,18 @@ class ImageClassifier:
         rt.setup(self.seed)
         rep = Reporter(self.quiet or not ranks.main)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
+        if data is None or not str(data).startswith("builtin:"):
+            _refuse_run_inside_data(run, data)
+        with run.locked() if ranks.main else contextlib.nullcontext():  # one training process per run folder
+            return self._fit_into(run, data, resume=resume, tensorboard=tensorboard, recipe=recipe, limit=limit,
+                                  started=started, ranks=ranks, device=device, rep=rep)
+
+    def _fit_into(self, run: RunFolder, data, *, resume: bool, tensorboard: bool, recipe: Recipe,
+                  limit: "budget_lib.TimeLimit | None", started: float, ranks, device, rep: Reporter
+                  ) -> "ImageClassifier":
+        """fit, with the run folder locked: scan, features, head, fine-tuning, decisions, evaluation."""
+        clock = limit.clock if limit else time.perf_counter
+        times: dict[str, float] = {}
         if resume and not run.split.exists():
             raise RunFolderError(f"--resume: {str(run.path)!r} holds no run to continue (no split.csv); "
                                  "start it without --resume.")
@@ -126,12 +139,19 @@ class ImageClassifier:
         settings = {"backbone": self.backbone, "recipe": recipe.to_dict(), "image_size": self.image_size,
                     "seed": self.seed, "weights": self.weights,
                     "time_limit": None if limit is None else limit.seconds}  # as the user gave it
+        cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        source = resolve_data(str(data), cache_root)
+        settings["data"] = _data_identity(source)
         if resume:
             _check_same_settings(run, settings)
-        cache_root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
         # scan: the split is written once and reused on resume, so a continued run sees the same files
-        manifest = scan(run.split if resume else resolve_data(str(data), cache_root), seed=self.seed)
+        manifest = scan(run.split if resume else source, seed=self.seed)
+        if resume:
+            _check_same_classes(manifest, source, self.seed)
+        if limit is not None and limit.deadline(started) <= clock():
+            raise ConfigError(f"--time-limit {limit.seconds:g}s was spent before training could start "
+                              f"({clock() - started:.1f} s of start-up): give a longer limit.")
         if not resume and ranks.main:
             manifest.write_csv(run.split)
             write_json_atomic(run.checkpoints / "settings.json", settings)
@@ -303,7 +323,7 @@ class ImageClassifier:
                 name = metric.replace("_", " ")
                 how += (f"; on {r['images']} training images the cross-validated head's {name} was {r['small']:.4f} "
                         f"at {default} px and {r['large']:.4f} at {large} px ({r['gain'] * 100:+.1f} points, noise "
-                        f"+-{r['noise'] * 100:.1f})")
+                        f"+-{r['noise'] * 100:.1f}; a larger input must win by {resolution.MARGIN:g}x the noise)")
                 size = large if r["pays"] else default
             rep.say(f"Image size: {size} px ({how}).")
             if self.ranks_.main:
@@ -705,7 +725,7 @@ class ImageClassifier:
             raise RunFolderError("A classifier loaded with an ONNX runtime cannot be saved as a run; load it "
                                  "with the torch runtime.")
         run = RunFolder(path)
-        run.save_weights(self.model_.state_dict())
+        run.save_weights(self.model_.state_dict(), self.classes_)
         run.write_config({
             **getattr(self, "fit_info_", {}), "backbone": self.backbone, "classes": self.classes_,
             "data_config": self.data_config_.to_dict(), "head": dataclasses.asdict(self.head_config_),
@@ -726,20 +746,19 @@ class ImageClassifier:
         run = RunFolder(path)
         cfg = run.read_config()
         try:
-            classes = [str(c) for c in cfg["classes"]]
-            data_config = DataConfig.from_dict(cfg["data_config"])
+            classes, data_config, seed = _checked_config(cfg)
             head_cfg = HeadConfig(**cfg["head"])
-            name = cfg["backbone"]
+            name = str(cfg["backbone"])
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise RunFolderError(f"{str(run.config)!r} is incomplete or malformed ({type(e).__name__}: {e}).") from None
         if runtime == "torch":
-            model = _torch_model(run, name, head_cfg, len(classes))
+            model = _torch_model(run, name, head_cfg, classes)
         elif runtime in ("onnx", "onnx-int8"):
-            model = _onnx_model(run, runtime, classes)
+            model = _onnx_model(run, runtime, classes, data_config.image_size)
             device = "cpu"
         else:
             raise ConfigError(f"Unknown runtime {runtime!r}: expected torch, onnx or onnx-int8.")
-        clf = cls(name, seed=int(cfg.get("seed", 0)), device=device, quiet=quiet)
+        clf = cls(name, seed=seed, device=device, quiet=quiet)
         clf.classes_ = classes
         clf.data_config_ = data_config
         clf.head_config_ = head_cfg
@@ -751,9 +770,9 @@ class ImageClassifier:
             clf.temperature_ = float(cfg.get("temperature", 1.0))
         except (TypeError, ValueError):
             clf.temperature_ = float("nan")
-        if not 0 < clf.temperature_ < float("inf"):
+        if not MIN_TEMPERATURE <= clf.temperature_ <= MAX_TEMPERATURE:  # NaN fails too
             raise RunFolderError(f"{str(run.config)!r} has temperature {cfg.get('temperature')!r}: expected a "
-                                 "positive number.")
+                                 f"number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}.")
         clf.fit_info_ = {k: cfg[k] for k in ("weights", "recipe", "data", "counts", "class_counts", "skipped",
                                              "head_selection", "finetune", "decision", "calibration", "seconds")
                          if k in cfg}
@@ -861,10 +880,46 @@ class ImageClassifier:
             raise RunFolderError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
 
 
-def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, n_classes: int) -> Classifier:
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3  # beyond them softmax underflows to NaN or says nothing
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _checked_config(cfg: dict) -> tuple[list[str], DataConfig, int]:
+    """config.json's classes, data config and seed, checked as a schema: a tampered or hand-edited file
+    is refused with what is wrong (ValueError/TypeError, worded for the reader), never used half-valid."""
+    classes = cfg["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+        raise ValueError(f"classes must be a list of 2 or more names; found {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes are listed more than once: {sorted({c for c in classes if classes.count(c) > 1})}")
+    d = cfg["data_config"]
+
+    def numbers(key: str, positive: bool) -> tuple[float, float, float]:
+        v = d[key]
+        ok = isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v)
+        if not ok:
+            raise ValueError(f"data_config.{key} must be 3 finite numbers{' above 0' if positive else ''}; found {v!r}")
+        return tuple(float(x) for x in v)
+
+    interpolation = d.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"data_config.interpolation must be one of {', '.join(INTERPOLATIONS)}; found {interpolation!r}")
+    if not isinstance(d["image_size"], int) or isinstance(d["image_size"], bool):
+        raise ValueError(f"data_config.image_size must be a whole number; found {d['image_size']!r}")
+    data_config = DataConfig(d["image_size"], numbers("mean", False), numbers("std", True), interpolation)
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1; found {seed!r}")
+    return list(classes), data_config, seed
+
+
+def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, classes: list[str]) -> Classifier:
+    n_classes = len(classes)
     body = architecture(name)
     model = Classifier(body, make_head(head_cfg, body.num_features, n_classes))
-    state = run.load_weights()
+    state = run.load_weights(classes)
     state.setdefault("offsets", torch.zeros(n_classes))  # runs from before decision offsets decided by argmax
     try:
         model.load_state_dict(state, strict=True)
@@ -875,7 +930,7 @@ def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, n_classes: int
     return model
 
 
-def _onnx_model(run: RunFolder, kind: str, classes: list[str]):
+def _onnx_model(run: RunFolder, kind: str, classes: list[str], image_size: int):
     from .onnx_runtime import OnnxModule
 
     path = run.path / ("model.int8.onnx" if kind == "onnx-int8" else "model.onnx")
@@ -886,6 +941,11 @@ def _onnx_model(run: RunFolder, kind: str, classes: list[str]):
     if model.metadata.get("classes") != classes:
         raise RunFolderError(f"{str(path)!r} was exported for other classes than config.json lists; export "
                              "it again.")
+    shape = list(model.session.get_inputs()[0].shape)
+    wanted = [3, image_size, image_size]
+    if len(shape) != 4 or shape[1:] != wanted:
+        raise RunFolderError(f"{str(path)!r} takes input of shape {shape}, but the run's images are "
+                             f"[batch, 3, {image_size}, {image_size}]: export it again from this run.")
     return model
 
 
@@ -901,6 +961,30 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
+def _refuse_run_inside_data(run: RunFolder, data) -> None:
+    """A run folder inside a folder of class folders would be read as a class by the next train."""
+    root = Path(str(data)).resolve()
+    if root.is_dir() and run.path.resolve().is_relative_to(root):
+        raise RunFolderError(f"--out {str(run.path)!r} is inside the data folder {str(data)!r}: the next "
+                             "train on that data would read the run as a class. Choose an --out outside it.")
+
+
+def _data_identity(source: str) -> str:
+    """What a resumed run checks it is given the same data by: the data's absolute path."""
+    return str(Path(source).resolve())
+
+
+def _check_same_classes(manifest: Manifest, source: str, seed: int) -> None:
+    """--resume with the same DATA: its classes now must be the run's (the split is the run's own)."""
+    try:
+        now = find_images(source, seed=seed).classes
+    except DataError as e:
+        raise DataError(f"--resume: the data cannot be read as it was when the run started: {e}") from None
+    if now != manifest.classes:
+        raise ConfigError(f"--resume: {source!r} now has classes {now}, the interrupted run {manifest.classes}; "
+                          "resume with the data the run started on, or start a new --out.")
+
+
 def _check_same_settings(run: RunFolder, settings: dict) -> None:
     """A resumed run must train as the interrupted one did, or its checkpoints mean something else."""
     path = run.checkpoints / "settings.json"
@@ -909,7 +993,8 @@ def _check_same_settings(run: RunFolder, settings: dict) -> None:
     except (OSError, ValueError):
         raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
     now = json.loads(json.dumps(settings))  # tuples become lists, as they were when saved
-    diff = [k for k in now if before.get(k) != now[k]]
+    # "data" is compared where the interrupted run recorded it (runs from before it did not)
+    diff = [k for k in now if before.get(k) != now[k] and (k != "data" or k in before)]
     if diff:
         raise ConfigError(f"--resume: settings differ from the interrupted run ({', '.join(diff)}); "
                           "resume with the same flags, or start a new --out.")

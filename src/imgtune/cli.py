@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import ImgtuneError
@@ -14,14 +17,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(lo: int):
+def _int_at_least(lo: int, hi: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"expected {lo} or more, received {value}")
+        if value < lo or (hi is not None and value > hi):
+            within = f"from {lo} to {hi}" if hi is not None else f"{lo} or more"
+            raise argparse.ArgumentTypeError(f"expected a whole number {within}, received {value}")
         return value
     return parse
 
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning's augmentation: light (crops and mirror images), rotations (both flips and "
                         "90-degree turns: for images with no up, such as cells or aerial views), seed (the "
                         "original affine set) or none (default: the recipe's)")
-    t.add_argument("--seed", type=_int_at_least(0), default=0)
+    t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="an HTTP API for a run: POST /predict, GET /health, /metadata, /docs")
     v.add_argument("run", metavar="RUN")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=_int_at_least(1), default=8000)
+    v.add_argument("--port", type=_int_at_least(1, 65535), default=8000)
     v.add_argument("--workers", type=_int_at_least(1), default=1)
     v.add_argument("--top-k", type=_int_at_least(1), default=3, metavar="K")
     v.add_argument("--min-confidence", type=_probability, metavar="P",
@@ -151,17 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files are
+    removed and checkpoints kept on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        with _sigterm_unwinds():
+            return _COMMANDS[args.command](args)
     except ImgtuneError as e:
         print(f"imgtune: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("imgtune: interrupted; what was done is saved: run the same command with --resume to continue.",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        then = ("what was done is saved: run the same command with --resume to continue" if args.command == "train"
+                else "no partial files were left: run the same command again")
+        print(f"imgtune: {how}; {then}.", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except OSError as e:  # disk full, permissions: say which file and why, without a traceback
         print(f"imgtune: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1

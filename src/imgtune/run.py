@@ -3,9 +3,12 @@ and checkpoints/. Weights are safetensors, settings JSON; nothing here unpickles
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +34,31 @@ class RunFolder:
     skipped = property(lambda self: self.path / "skipped.csv")
     split = property(lambda self: self.path / "split.csv")
     checkpoints = property(lambda self: self.path / "checkpoints")
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Held while a process trains into this folder: a second one gets one clear line instead of
+        mixing its classes and checkpoints with the first's. An advisory lock on `.lock` (flock), which
+        the system releases when the process ends, however it ends; the file itself stays, harmless."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise RunFolderError(f"{str(self.path)!r} is being trained into by {holder}: wait for it to "
+                                     "end, or choose another --out.") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"process {os.getpid()}\n")
+            f.flush()
+            try:
+                yield self
+            finally:
+                f.seek(0)
+                f.truncate()
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def has_run(self) -> bool:
         """True once training has produced something worth keeping (a head, or a finished run)."""
@@ -85,13 +113,24 @@ class RunFolder:
         write_text_atomic(self.skipped, buf.getvalue())
 
     # -- weights ------------------------------------------------------------------------------
-    def save_weights(self, state: dict[str, torch.Tensor]) -> None:
-        save_tensors(self.weights, state)
+    def save_weights(self, state: dict[str, torch.Tensor], classes: list[str]) -> None:
+        """The classes go into the file's metadata: config.json's list is then checked against them."""
+        save_tensors(self.weights, state, {"classes": list(classes)})
 
-    def load_weights(self) -> dict[str, torch.Tensor]:
+    def load_weights(self, classes: list[str]) -> dict[str, torch.Tensor]:
+        """The weights, refused when any is not finite or when they were saved for other classes (or
+        the same ones in another order) than config.json lists."""
         if not self.weights.is_file():
             raise RunFolderError(f"{str(self.weights)!r} is missing: the run folder is incomplete.")
-        return load_tensors(self.weights)
+        tensors, meta = load_tensors_and_meta(self.weights)
+        if "classes" in meta and meta["classes"] != list(classes):
+            raise RunFolderError(f"{str(self.config)!r} lists classes {classes}, but the weights were saved for "
+                                 f"{meta['classes']} (in that order): the files do not belong together.")
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise RunFolderError(f"{str(self.weights)!r} holds non-finite values (NaN or infinity) in "
+                                 f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; retrain, or restore it.")
+        return tensors
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:

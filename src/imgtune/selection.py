@@ -239,12 +239,16 @@ MAX_CV_IMAGES = 20_000  # the selection cross-validates on a stratified sample t
 def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
                 metric: str, folds: int = 5, seed: int = 0, weightings=None) -> HeadChoice:
     """Cross-validate the candidates over train+val, then fit the winner on train and on train+val.
-    Class weightings other than none are tried only where the classes differ in size (1.5x or more)."""
+    Class weightings other than none are tried only for the class-balanced metrics and where the classes
+    differ in size (1.5x or more). For accuracy every image counts the same, which is what the plain
+    likelihood fits: on the clip art the sqrt-weighted head won the cross-validated log-loss by 0.001
+    and was 0.9 points less accurate on the held-out drawings."""
     x = np.concatenate([x_train, x_val])
     y = np.concatenate([y_train, y_val]).astype(int)
     counts = np.bincount(y_train, minlength=n_classes)
     if weightings is None:
-        weightings = WEIGHTINGS if counts.max() >= 1.5 * max(1, counts[counts > 0].min()) else ("none",)
+        imbalanced = counts.max() >= 1.5 * max(1, counts[counts > 0].min())
+        weightings = WEIGHTINGS if imbalanced and metric != "accuracy" else ("none",)
     sample = np.arange(len(y))
     if len(y) > MAX_CV_IMAGES:  # a seeded stratified sample: the choice needs no more than this
         fold = stratified_folds(y, -(-len(y) // MAX_CV_IMAGES), seed)

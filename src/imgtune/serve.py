@@ -17,7 +17,7 @@ from .data.images import BadImage, decode_rgb
 from .errors import ConfigError
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
-MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request, refused from its Content-Length before it is read
+MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
 MAX_FILES = 64
 
 
@@ -31,25 +31,72 @@ def _require():
                           "pip install 'imgtune[serve]'.") from None
 
 
+class RequestCap:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 without reading the rest. A
+    declared Content-Length over it is refused before anything is read; a chunked body is counted as it
+    arrives and stopped at the limit (it is never spooled to disk in full): whatever the app then does
+    with the cut-off body, the client gets the 413."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(send, f"request of {int(length):,} bytes is over the limit of {self.limit:,}")
+        seen, over, answered = 0, False, False
+
+        async def counted():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}  # the app stops reading here
+            return message
+
+        async def guarded(message):
+            nonlocal answered
+            if not over:
+                answered = True
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not answered:
+            await self._refuse(send, f"request body is over the limit of {self.limit:,} bytes")
+
+    @staticmethod
+    async def _refuse(send, error: str) -> None:
+        body = json.dumps({"error": error}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta: bool = False,
-               max_bytes: int = MAX_UPLOAD_BYTES):
+               max_bytes: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES):
     """A FastAPI app around a loaded ImageClassifier."""
     _require()
     from fastapi import FastAPI, File, HTTPException, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="imgtune", version=str(getattr(clf, "fit_info_", {}).get("weights", "")) or "1",
                   description=f"Image classifier over {len(clf.classes_)} classes: {', '.join(clf.classes_)}.")
+    app.add_middleware(RequestCap, limit=max_request_bytes)
     summary = _metrics_summary(clf)
-
-    @app.middleware("http")
-    async def refuse_huge_requests(request, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return JSONResponse(status_code=413, content={
-                "error": f"request of {int(length):,} bytes is over the limit of {MAX_REQUEST_BYTES:,}"})
-        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):  # a missing or misnamed form field
@@ -90,7 +137,7 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
              "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
             for upload, r in zip(file, rows)]}
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the multipart parser's (malformed forms)
     async def http_error(request, exc):  # {"error": ...} at the top level, not under "detail"
         body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
         return JSONResponse(status_code=exc.status_code, content=body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -19,7 +20,25 @@ class BadImage(Exception):
     """This file cannot be used as an image; `str()` is the reason."""
 
 
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a regular file (a FIFO, socket or device would block or never end on read),
+    found without opening it; None for a regular file. A missing file is left to the caller's open."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"{kind}, not a regular file: skipped without opening it"
+
+
 def read_bytes(path: str) -> bytes:
+    reason = not_regular(path)
+    if reason:
+        raise BadImage(reason)
     try:
         with open(path, "rb") as f:
             return f.read()

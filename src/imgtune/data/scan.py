@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from ..errors import DataError
+from .images import not_regular
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLITS = ("train", "val", "test")
@@ -128,6 +130,8 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None):
                     continue
                 if not is_image_name(fn):
                     skipped.append((p, f"not an image file extension (expected one of {' '.join(IMAGE_EXTENSIONS)})"))
+                elif reason := not_regular(p):
+                    skipped.append((p, reason))
                 else:
                     files.append((p, label))
     if not files and not skipped:
@@ -160,14 +164,26 @@ def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) 
     classes = sorted({r["label"] for r in rows if r["label"]})
     index = {c: i for i, c in enumerate(classes)}
     files, given_split, skipped = [], [], []
-    for r in rows:
-        p = r["path"] if os.path.isabs(r["path"]) else str(base / r["path"])
+    first: dict[str, tuple[int, str, str]] = {}  # one file, one row: (row number, label, split) of its first
+    for number, r in enumerate(rows, start=2):  # row 1 is the header
+        p = _row_path(r, base)
+        split = _split_of(r, number, path)
+        key = os.path.normpath(os.path.abspath(p))
         if not r["label"]:
             skipped.append((p, "no label in the CSV row"))
-        elif not os.path.isfile(p):
-            skipped.append((p, "file not found"))
+        elif key in first:  # the same file twice: in two splits it would leak test images into training
+            row0, label0, split0 = first[key]
+            if r["label"] != label0:
+                raise DataError(f"CSV {str(path)!r} lists {r['path']!r} twice with different labels "
+                                f"({label0!r} in row {row0}, {r['label']!r} in row {number}); give each file "
+                                "one label.")
+            skipped.append((p, f"listed again in row {number} (first in row {row0}, same label): "
+                               f"merged into row {row0}" + (f", whose split {split0 or 'none'} is kept"
+                                                             if split != split0 else "")))
+        elif reason := _missing_reason(p):
+            skipped.append((p, reason))
         else:
-            split = _SPLIT_DIRS.get(r.get("split", "").lower(), "")
+            first[key] = (number, r["label"], split)
             files.append((p, index[r["label"]]))
             given_split.append(split)
     if not files:
@@ -182,6 +198,30 @@ def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) 
     else:
         items = _stratified_split(files, seed, val_fraction, test_fraction)
     return Manifest(classes, items, skipped, str(path), splits_given)
+
+
+def _split_of(row: dict[str, str], number: int, path: Path) -> str:
+    """A CSV row's split value -> "train", "val", "test", or "" when the row gives none; the same parser
+    for train and evaluate (any case; "validation" for "val"). Anything else is an error naming the row."""
+    value = row.get("split", "")
+    if not value:
+        return ""
+    split = _SPLIT_DIRS.get(value.lower())
+    if split is None:
+        raise DataError(f"CSV {str(path)!r} row {number}: unknown split {value!r}; expected train, val "
+                        "(or validation), test, or an empty field.")
+    return split
+
+
+def _row_path(row: dict[str, str], base: Path) -> str:
+    return row["path"] if os.path.isabs(row["path"]) else str(base / row["path"])
+
+
+def _missing_reason(p: str) -> str | None:
+    """Why a listed path cannot be read as an image file, without opening it; None when it can."""
+    if os.path.isfile(p):
+        return not_regular(p)
+    return not_regular(p) if os.path.exists(p) else "file not found"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -225,6 +265,13 @@ def require_usable(m: Manifest) -> None:
         found = f"1 ('{m.classes[0]}')" if m.classes else "0"
         raise DataError(f"Expected at least 2 classes in {where!r}, found {found}: a classifier needs one "
                         "folder (or CSV label) per class.")
+    if not m.items and m.skipped:  # every file was left out: say why, rather than what is missing
+        reasons = Counter(r for _, r in m.skipped).most_common()
+        if len(reasons) == 1:
+            raise DataError(f"All {len(m.skipped):,} files in {where!r} were left out: {reasons[0][0]}.")
+        top = "; ".join(f"{n:,} {r}" for r, n in reasons[:3])
+        raise DataError(f"None of the {len(m.skipped):,} files in {where!r} is usable: {top}"
+                        f"{'; ...' if len(reasons) > 3 else ''} (see skipped.csv).")
     if not any(it.split == "val" for it in m.items):
         raise DataError(f"Expected validation images in {where!r}, found none: give each class 2 or more "
                         "images, or add a val/ folder.")
@@ -251,19 +298,20 @@ def labelled_files(source: str | os.PathLike, classes: list[str]) -> Manifest:
         if root.suffix.lower() != ".csv":
             raise DataError(f"Data path {str(root)!r} is a file: expected a folder of class folders or a .csv.")
         rows = _read_csv(root)
-        if any(r.get("split") for r in rows):
-            wanted = "test" if any(r.get("split") == "test" for r in rows) else "val"
-            rows = [r for r in rows if r.get("split") == wanted]
+        splits = [_split_of(r, number, root) for number, r in enumerate(rows, start=2)]
+        if any(splits):
+            wanted = "test" if "test" in splits else "val"
+            rows = [r for r, split in zip(rows, splits) if split == wanted]
         unknown = sorted({r["label"] for r in rows} - set(classes))
         if unknown:
             raise DataError(f"CSV {str(root)!r} has labels the model does not know: {unknown}. Expected {classes}.")
         items, skipped = [], []
         for r in rows:
-            p = r["path"] if os.path.isabs(r["path"]) else str(root.parent / r["path"])
-            if os.path.isfile(p):
-                items.append(Item(p, classes.index(r["label"]), "test"))
+            p = _row_path(r, root.parent)
+            if reason := _missing_reason(p):
+                skipped.append((p, reason))
             else:
-                skipped.append((p, "file not found"))
+                items.append(Item(p, classes.index(r["label"]), "test"))
         m = Manifest(list(classes), items, skipped, str(root))
     else:
         split_dirs = {_SPLIT_DIRS[d.name.lower()]: d for d in sorted(root.iterdir())
@@ -284,8 +332,11 @@ def image_files(paths: list[str | os.PathLike]) -> tuple[list[str], list[tuple[s
             for dirpath, dirnames, filenames in os.walk(p):
                 dirnames.sort()
                 files += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
-        elif p.is_file():
-            files.append(str(p))
+        elif p.exists():
+            if reason := not_regular(p):
+                skipped.append((str(p), reason))
+            else:
+                files.append(str(p))
         else:
             skipped.append((str(p), "no such file or folder"))
     return files, skipped

@@ -36,7 +36,7 @@ class DataConfig:
         """Identifies the eval transform in feature-cache keys: any change here means new features."""
         m = ",".join(f"{v:.4f}" for v in self.mean)
         s = ",".join(f"{v:.4f}" for v in self.std)
-        return f"draft-short{self.image_size}-center{self.image_size}-{self.interpolation}-m{m}-s{s}-v2"
+        return f"draft-short{self.image_size}-center{self.image_size}-{self.interpolation}-m{m}-s{s}-v3"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,10 +72,32 @@ def _steps(cfg: DataConfig, *resampling, on_pillow: tuple = ()) -> T.Compose:
     return T.Compose([*on_pillow, _as_uint8, *resampling, _Normalized(cfg)])
 
 
+MAX_ASPECT = 4  # a longer side beyond 4x the shorter is cut to its middle before "shorter side to S"
+
+
+class _MiddleBand:
+    """Cuts the longer side of an image to at most MAX_ASPECT times the shorter one, keeping the middle,
+    so that scaling the shorter side to S never makes more than S x 4S pixels: a 1 x 100,000 picture
+    would otherwise be scaled to S x 100,000 S (gigabytes) before the centre crop keeps S x S of it. The
+    crop that follows keeps only the middle anyway, so no image of 4:1 or squarer changes. Works on
+    PIL images and [C, H, W] tensors."""
+
+    def __call__(self, img):
+        w, h = img.size if hasattr(img, "size") and not callable(img.size) else (img.shape[-1], img.shape[-2])
+        if max(w, h) <= MAX_ASPECT * min(w, h):
+            return img
+        cw, ch = min(w, MAX_ASPECT * h), min(h, MAX_ASPECT * w)
+        return T.functional.center_crop(img, [ch, cw])
+
+
+def _shorter_side_to(s: int, cfg: DataConfig) -> T.Compose:
+    return T.Compose([_MiddleBand(), T.Resize(s, interpolation=_interp(cfg))])
+
+
 def eval_transform(cfg: DataConfig) -> T.Compose:
     """Shorter side to image_size, centre crop: the whole of a square image, the middle of a long one."""
     s = cfg.image_size
-    return _steps(cfg, T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s))
+    return _steps(cfg, _shorter_side_to(s, cfg), T.CenterCrop(s))
 
 
 def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
@@ -95,7 +117,7 @@ def train_transform(cfg: DataConfig, augment: str) -> T.Compose:
         # affine acts on the padded canvas, and the centre is cropped back. Shear 0.2 is in radians, as
         # the recipe's Keras version read it.
         return _steps(cfg, on_pillow=(
-            T.Resize(s, interpolation=_interp(cfg)), T.CenterCrop(s),
+            _shorter_side_to(s, cfg), T.CenterCrop(s),
             T.Pad(s, padding_mode="edge"),
             T.RandomAffine(degrees=40, translate=(0.3 / 3, 0.3 / 3), scale=(0.8, 1.2),
                            shear=math.degrees(0.2), interpolation=InterpolationMode.BILINEAR),
@@ -120,7 +142,7 @@ class TTAViews:
     def __init__(self, cfg: DataConfig):
         s = cfg.image_size
         self.plain = eval_transform(cfg)
-        self.zoom = _steps(cfg, T.Resize(round(s * 1.15), interpolation=_interp(cfg)), T.CenterCrop(s))
+        self.zoom = _steps(cfg, _shorter_side_to(round(s * 1.15), cfg), T.CenterCrop(s))
 
     def __call__(self, img) -> torch.Tensor:
         a, b = self.plain(img), self.zoom(img)

@@ -1,0 +1,258 @@
+"""Defects found by trying to break imgtune, each pinned where a user would meet it: memory bounded by
+the output of a resize, files that are not regular files, one process per run folder, CSV rows that
+repeat or name odd splits, and a resume given other data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from PIL import Image
+
+from imgtune import ImageClassifier
+from imgtune.cli import main
+from imgtune.data.scan import labelled_files, scan
+from imgtune.errors import DataError
+from imgtune.run import RunFolder
+
+from conftest import write_class_folders
+
+
+def _python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_picture_one_pixel_wide_costs_what_a_small_one_does(tmp_path, trained_run):
+    """A 474-byte 1 x 100,000 PNG used to be scaled to 96 x 9,600,000 pixels (gigabytes) before the
+    centre crop: the peak memory of a fresh process grows by a few MB, not by GB, and it is predicted."""
+    r = _python("""
+        import resource
+        from PIL import Image
+        from imgtune.data.transforms import DataConfig, TTAViews, eval_transform, train_transform
+        cfg = DataConfig(96, (0.5,) * 3, (0.5,) * 3)
+        steps = [eval_transform(cfg), TTAViews(cfg), train_transform(cfg, "seed"), train_transform(cfg, "light")]
+        for t in steps:
+            t(Image.new("RGB", (200, 100)))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for size in ((1, 100_000), (100_000, 1)):
+            for t in steps:
+                t(Image.new("RGB", size))
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) < 100, f"peak RSS grew by {float(r.stdout):.0f} MiB"
+    run, _, _ = trained_run
+    Image.new("RGB", (1, 100_000), (220, 40, 40)).save(tmp_path / "thin.png")
+    rows = ImageClassifier.load(run, quiet=True).predict(str(tmp_path / "thin.png"))
+    assert len(rows) == 1 and 0 < rows[0]["probability"] <= 1
+
+
+def test_a_named_pipe_among_the_images_is_skipped_without_opening_it(tmp_path, trained_run):
+    """A FIFO blocks whoever opens it; train, inspect and predict list it as skipped and go on (each in a
+    fresh process under a generous timeout, so a hang fails the test instead of stalling the suite)."""
+    run, _, cache = trained_run
+    data = write_class_folders(tmp_path / "photos", 6, seed=3)
+    os.mkfifo(data / "circle" / "pipe.png")
+    m = scan(data)
+    assert any(p.endswith("pipe.png") and "named pipe" in r for p, r in m.skipped)
+    assert all(not it.path.endswith("pipe.png") for it in m.items)
+    for args in (["predict", run, data, "--output", tmp_path / "p.csv", "--quiet"],
+                 ["inspect", data, "--out", tmp_path / "audit"],
+                 ["predict", run, data / "circle" / "pipe.png", data / "square", "--output", tmp_path / "q.csv"]):
+        r = subprocess.run([sys.executable, "-m", "imgtune", *map(str, args)], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert "pipe.png" not in (tmp_path / "p.csv").read_text()
+    assert "named pipe" in (tmp_path / "q.csv").read_text() + r.stderr
+
+
+def test_a_second_train_into_a_run_folder_in_use_gets_one_line(tmp_path):
+    data = write_class_folders(tmp_path / "photos", 4, seed=4)
+    run = RunFolder(tmp_path / "run")
+    with run.locked():  # as a first train holds it
+        r = subprocess.run([sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run.path)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"is being trained into by process {os.getpid()}" in r.stderr
+        assert not run.split.exists()  # nothing of the second run was written
+    with run.locked():  # released when the first one ends
+        pass
+
+
+def test_csv_rows_that_repeat_a_file_are_merged_and_never_cross_splits(tmp_path):
+    data = write_class_folders(tmp_path / "photos", 10, seed=5)
+    rows = [f"{cls}/{f.name},{cls}" for cls in ("circle", "square", "triangle")
+            for f in sorted((data / cls).iterdir())]
+    (data / "twice.csv").write_text("path,label\n" + "\n".join(rows + rows) + "\n")
+    m = scan(data / "twice.csv")
+    assert len(m.items) == len(rows) == len({it.path for it in m.items})
+    merged = [r for _, r in m.skipped if "listed again" in r]
+    assert len(merged) == len(rows) and "merged into row 2" in merged[0]
+
+
+def test_csv_split_values_are_read_the_same_by_train_and_evaluate(tmp_path):
+    data = write_class_folders(tmp_path / "photos", 6, seed=7)
+    rows = []
+    for cls in ("circle", "square", "triangle"):
+        for i, f in enumerate(sorted((data / cls).iterdir())):
+            rows.append(f"{cls}/{f.name},{cls},{['Train', 'TRAIN', 'train', 'Validation', 'Test', 'test'][i]}")
+    (data / "s.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    m = scan(data / "s.csv")
+    assert m.counts() == {"train": 9, "val": 3, "test": 6}
+    test = labelled_files(data / "s.csv", ["circle", "square", "triangle"])
+    assert len(test.items) == 6
+    (data / "bad.csv").write_text("path,label,split\n" + "\n".join(rows[:3]) + f"\n{rows[3].rsplit(',', 1)[0]},holdout\n")
+    for read in (lambda: scan(data / "bad.csv"), lambda: labelled_files(data / "bad.csv", ["circle"])):
+        with pytest.raises(DataError, match="row 5: unknown split 'holdout'"):
+            read()
+
+
+def test_resume_refuses_other_data(tmp_path, capsys):
+    data = write_class_folders(tmp_path / "photos", 6, seed=8)
+    args = ["--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "0", "--cache-dir",
+            str(tmp_path / "cache"), "--quiet"]
+    assert main(["train", str(data), *args]) == 0
+    other = write_class_folders(tmp_path / "other", 3, seed=9, classes=("circle", "square"))
+    assert main(["train", str(other), *args, "--resume"]) == 2
+    assert "settings differ from the interrupted run (data)" in capsys.readouterr().err
+    (data / "star").mkdir()
+    Image.new("RGB", (40, 40)).save(data / "star" / "a.png")
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(data / "star" / "b.png")
+    assert main(["train", str(data), *args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "now has classes" in err and "'star'" in err
+
+
+def _tampered(run, tmp_path, name, edit):
+    import json
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    edit(cfg, copy)
+    (copy / "config.json").write_text(json.dumps(cfg))
+    return copy
+
+
+def _nan_weights(cfg, copy):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(copy / "model.safetensors")
+    key = next(k for k in state if k.startswith("head.") and k.endswith("weight"))
+    state[key] = state[key] * float("nan")
+    save_file(state, copy / "model.safetensors")
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    ("std zero", lambda c, _: c["data_config"].update(std=[0, 0, 0]), "data_config.std"),
+    ("two means", lambda c, _: c["data_config"].update(mean=[0.5, 0.5]), "data_config.mean"),
+    ("interpolation", lambda c, _: c["data_config"].update(interpolation="sinc"), "data_config.interpolation"),
+    ("seed text", lambda c, _: c.update(seed="abc"), "seed must be"),
+    ("tiny temperature", lambda c, _: c.update(temperature=1e-320), "temperature"),
+    ("NaN temperature", lambda c, _: c.update(temperature=float("nan")), "temperature"),
+    ("classes reordered", lambda c, _: c.update(classes=c["classes"][::-1]), "in that order"),
+    ("classes twice", lambda c, _: c.update(classes=[c["classes"][0]] * 3), "more than once"),
+    ("NaN weights", _nan_weights, "non-finite"),
+])
+def test_a_tampered_run_folder_is_refused_in_one_line(trained_run, tmp_path, capsys, name, edit, expected):
+    run, data, _ = trained_run
+    copy = _tampered(run, tmp_path, name.replace(" ", "_"), edit)
+    image = sorted((data / "circle").iterdir())[0]
+    assert main(["predict", str(copy), str(image), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_an_onnx_file_exported_at_another_size_is_refused_at_load(trained_run, tmp_path, capsys):
+    run, data, _ = trained_run
+    copy = _tampered(run, tmp_path, "run", lambda c, _: None)
+    assert main(["export", str(copy), "--quiet"]) == 0
+    copy = _tampered(copy, tmp_path, "resized", lambda c, _: c["data_config"].update(image_size=48))
+    image = sorted((data / "circle").iterdir())[0]
+    assert main(["predict", str(copy), str(image), "--runtime", "onnx", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes input of shape" in err and "export it again" in err, err
+
+
+def test_sigterm_during_export_leaves_no_temporary_files(trained_run, tmp_path):
+    """Stopped while the ONNX file is being checked (its temporary copy exists), export removes what it
+    had written, as on Ctrl-C, and exits 143."""
+    import signal
+    import time
+
+    run, _, _ = trained_run
+    copy = _tampered(run, tmp_path, "run", lambda c, _: None)
+    before = set(os.listdir(copy))
+    proc = subprocess.Popen([sys.executable, "-m", "imgtune", "export", str(copy), "--quantize", "int8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = False
+    while proc.poll() is None and not seen:  # polls for the temporary file, however long the start takes
+        seen = any(n.startswith(".model.onnx.") for n in os.listdir(copy))
+        time.sleep(0.005)
+    assert seen, "export ended before its temporary file could be seen"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143 and "terminated; no partial files were left" in err, err
+    assert set(os.listdir(copy)) == before and "Traceback" not in err
+
+
+def test_a_chunked_upload_is_stopped_at_the_request_cap(trained_run):
+    """No Content-Length, the body in 64 KiB chunks: the app reads up to the cap and answers 413; the
+    rest is never read (before, it was spooled to disk in full, then refused)."""
+    import asyncio
+
+    from imgtune.serve import create_app
+
+    cap, chunk, total = 1 << 20, 1 << 16, 40 << 20
+    app = create_app(ImageClassifier.load(trained_run[0], quiet=True), max_request_bytes=cap)
+    boundary = b"xyz"
+    head = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n")
+    sent, answer = 0, []
+
+    async def receive():
+        nonlocal sent
+        body = head if sent == 0 else b"\0" * chunk
+        sent += len(body)
+        return {"type": "http.request", "body": body, "more_body": sent < total}
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary),
+                         (b"transfer-encoding", b"chunked")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in answer if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body")
+    assert status == 413 and b"over the limit of 1,048,576" in body, (status, body)
+    assert sent <= cap + 2 * chunk
+
+
+def test_a_malformed_multipart_body_is_answered_with_an_error_field(trained_run):
+    import asyncio
+
+    from imgtune.serve import create_app
+
+    app = create_app(ImageClassifier.load(trained_run[0], quiet=True))
+    answer = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"--xyz\r\nno headers and no end", "more_body": False}
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in answer if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body"))
+    assert 400 <= status < 500 and "error" in body and "detail" not in body, (status, body)
