@@ -165,6 +165,21 @@ def per_class_tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def report(args) -> None:
+    labels = args.report.split(",")
+    chosen: dict[tuple[str, str], dict] = {}
+    for line in (args.out / "results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("label") in labels:
+            key = (r["set"], r["method"])
+            if key not in chosen or labels.index(r["label"]) >= labels.index(chosen[key]["label"]):
+                chosen[key] = r
+    sets, methods = args.sets.split(","), args.methods.split(",")
+    rows = [chosen[(s, m)] for s in sets for m in methods if (s, m) in chosen]
+    print(table(rows))
+    print(per_class_tables(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", default=",".join(accuracy_data.SETS))
@@ -176,12 +191,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/accuracy"))
     p.add_argument("--warm-cache", metavar="DIR", help="share one feature cache between runs (development only: "
                                                        "wall times then leave extraction out)")
+    p.add_argument("--report", metavar="LABEL[,LABEL...]",
+                   help="run nothing: print the tables from OUT/results.jsonl, the latest row of each data set "
+                        "and method among these labels (the later label wins)")
     p.add_argument("--probe-only", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.probe_only:
         return probe_only(args.probe_only, args.json, args.cache_dir)
+    if args.report:
+        return report(args)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for s in args.sets.split(","):
