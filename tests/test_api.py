@@ -23,7 +23,13 @@ def test_fit_predict_save_load(trained_run, tmp_path):
     assert [p["label"] for p in preds[:2]] == ["triangle", "square"]
     assert [p["path"] for p in preds[:2]] == ["<image 0>", "<image 1>"]
     assert len(preds) == 2 + 14 and sum(p["label"] == "circle" for p in preds[2:]) >= 12
-    assert all(abs(sum(p for _, p in r["top_k"]) - 1) < 1e-4 for r in preds)
+    for r in preds:  # top_k: the k most probable classes, most probable first, led by the prediction
+        probs = [p for _, p in r["top_k"]]
+        assert probs == sorted(probs, reverse=True) and r["top_k"][0] == (r["label"], r["probability"])
+    shortlist = clf.predict(pil, top_k=2)[0]["top_k"]
+    full = clf.predict(pil, top_k=3)[0]["top_k"]
+    assert shortlist == full[:2] and sum(p for _, p in full) == pytest.approx(1, abs=1e-4)
+    assert len({label for label, _ in full}) == 3
 
     saved = clf.save(tmp_path / "copy")
     again = ImageClassifier.load(saved, quiet=True)
