@@ -52,10 +52,22 @@ def test_frozen_batchnorm_keeps_its_statistics(trained_run):
     for p in model.backbone.blocks[-1].parameters():
         p.requires_grad = True
     before = model.backbone.bn1.running_mean.clone()
+    trained_bn = model.backbone.blocks[-1][0].bn1
+    # the seed recipe (bn_train=True): BatchNorm in the trained blocks updates its statistics, frozen BN never
     set_train_mode(model)
-    assert not model.backbone.bn1.training and model.backbone.blocks[-1][0].bn1.training
+    assert not model.backbone.bn1.training and trained_bn.training
     model(torch.randn(4, 3, 32, 32))
     assert torch.equal(before, model.backbone.bn1.running_mean)
+    # the default (bn_train=False): every BatchNorm keeps its pretrained statistics, trained blocks included,
+    # while their affine weights still take gradients
+    from imgtune.config import DEFAULT
+
+    assert DEFAULT.finetune.bn_train is False
+    stats = trained_bn.running_mean.clone()
+    set_train_mode(model, bn_train=False)
+    assert not trained_bn.training and model.training
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(stats, trained_bn.running_mean) and trained_bn.weight.grad is not None
 
 
 def _copy_run(run, dst):
