@@ -15,7 +15,6 @@ seeded split (a marker file says a set is complete; delete the folder to write i
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
 import shutil
@@ -26,22 +25,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fashion_mnist import CLASSES as FMNIST_CLASSES, read_idx  # a sibling script
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLIPART = Path("/usr/share/openclipart/png")
-FMNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                  "Ankle_boot"]
 CLIPART_CLASSES = ["animals", "buildings", "food", "people", "plants", "tools", "transportation"]
 CLIPART_SYMBOLS = ("people/smilies", "transportation/roadsigns", "transportation/aiga-symbols")
 SEED = 0
 MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit, which imgtune keeps
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def _save(img: Image.Image, path: Path) -> None:

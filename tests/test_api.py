@@ -23,7 +23,13 @@ def test_fit_predict_save_load(trained_run, tmp_path):
     assert [p["label"] for p in preds[:2]] == ["triangle", "square"]
     assert [p["path"] for p in preds[:2]] == ["<image 0>", "<image 1>"]
     assert len(preds) == 2 + 14 and sum(p["label"] == "circle" for p in preds[2:]) >= 12
-    assert all(abs(sum(p for _, p in r["top_k"]) - 1) < 1e-4 for r in preds)
+    for r in preds:  # top_k: the k most probable classes, most probable first, led by the prediction
+        probs = [p for _, p in r["top_k"]]
+        assert probs == sorted(probs, reverse=True) and r["top_k"][0] == (r["label"], r["probability"])
+    shortlist = clf.predict(pil, top_k=2)[0]["top_k"]
+    full = clf.predict(pil, top_k=3)[0]["top_k"]
+    assert shortlist == full[:2] and sum(p for _, p in full) == pytest.approx(1, abs=1e-4)
+    assert len({label for label, _ in full}) == 3
 
     saved = clf.save(tmp_path / "copy")
     again = ImageClassifier.load(saved, quiet=True)
@@ -46,10 +52,22 @@ def test_frozen_batchnorm_keeps_its_statistics(trained_run):
     for p in model.backbone.blocks[-1].parameters():
         p.requires_grad = True
     before = model.backbone.bn1.running_mean.clone()
+    trained_bn = model.backbone.blocks[-1][0].bn1
+    # the seed recipe (bn_train=True): BatchNorm in the trained blocks updates its statistics, frozen BN never
     set_train_mode(model)
-    assert not model.backbone.bn1.training and model.backbone.blocks[-1][0].bn1.training
+    assert not model.backbone.bn1.training and trained_bn.training
     model(torch.randn(4, 3, 32, 32))
     assert torch.equal(before, model.backbone.bn1.running_mean)
+    # the default (bn_train=False): every BatchNorm keeps its pretrained statistics, trained blocks included,
+    # while their affine weights still take gradients
+    from imgtune.config import DEFAULT
+
+    assert DEFAULT.finetune.bn_train is False
+    stats = trained_bn.running_mean.clone()
+    set_train_mode(model, bn_train=False)
+    assert not trained_bn.training and model.training
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(stats, trained_bn.running_mean) and trained_bn.weight.grad is not None
 
 
 def _copy_run(run, dst):

@@ -150,3 +150,31 @@ def test_builtin_digits_data(tmp_path):
     assert folders == [str(d) for d in range(10)]
     assert sum(1 for _ in (tmp_path / "datasets" / "digits").rglob("*.png")) == 1797
     assert resolve("builtin:digits", tmp_path) == root
+
+
+def test_without_a_test_split_metrics_are_on_val(tmp_path, capsys):
+    root = tmp_path / "photos"
+    write_class_folders(root / "train", 6, seed=11)
+    write_class_folders(root / "val", 3, seed=12)
+    run = tmp_path / "run"
+    assert main(["train", str(root), "--out", str(run), "--image-size", "32", "--epochs", "0",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["n_images"] == 9
+
+
+def test_the_seed_recipe_end_to_end(tmp_path, capsys):
+    """The reference recipe as it was: Dense-256 head trained by epochs, SGD fine-tuning of the last block
+    under the heavy affine augmentation, the best epoch on validation kept, argmax decisions."""
+    data = write_class_folders(tmp_path / "photos", 8, seed=13)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--recipe", "seed", "--head-epochs", "2", "--epochs", "1",
+                 "--image-size", "32", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["name"] == "seed" and config["head"]["kind"] == "mlp"
+    assert config["recipe"]["finetune"]["optimizer"] == "sgd" and config["recipe"]["finetune"]["augment"] == "seed"
+    assert config["decision"]["offsets"] == [0.0, 0.0, 0.0]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history if h["stage"] == "head"] == [1, 2]
+    assert [h["epoch"] for h in history if h["stage"] == "fine-tune"] == [0, 1]
+    assert json.loads((run / "metrics.json").read_text())["n_images"] == 3

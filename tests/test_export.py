@@ -22,7 +22,7 @@ def exported(trained_run, tmp_path_factory):
     return copy, data
 
 
-def test_export_checks_parity_and_carries_what_a_consumer_needs(exported, capsys):
+def test_export_carries_what_a_consumer_needs(exported, capsys):
     run, _ = exported
     model = onnx.load(str(run / "model.onnx"))
     meta = metadata(model)
@@ -33,14 +33,24 @@ def test_export_checks_parity_and_carries_what_a_consumer_needs(exported, capsys
     assert (run / "model.int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size / 2
 
 
-def test_export_prints_its_parity_and_int8_figures(trained_run, tmp_path, capsys):
+def test_export_prints_its_parity_and_int8_figures(trained_run, tmp_path, capsys, monkeypatch):
     run, _, _ = trained_run
     out = tmp_path / "m.onnx"
-    assert main(["export", str(run), "--output", str(out), "--quiet"]) == 0
-    line = capsys.readouterr().out
-    assert "top-1 agreement 100.00%" in line and "max |logit difference|" in line
-    assert float(line.split("max |logit difference| ")[1].split(".\n")[0].rstrip(".")) <= 1e-4
+    assert main(["export", str(run), "--output", str(out), "--quantize", "int8", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 agreement 100.00%" in printed and "max |logit difference|" in printed
+    assert float(printed.split("max |logit difference| ")[1].split(".\n")[0].rstrip(".")) <= 1e-4
     assert not (run / "model.onnx").exists()  # --output was honoured
+    int8 = next(ln for ln in printed.splitlines() if ln.startswith(f"Wrote {tmp_path / 'm.int8.onnx'}"))
+    assert "validation accuracy" in int8 and "points lost" in int8 and "x the fp32 speed" in int8
+    assert (tmp_path / "m.int8.onnx").stat().st_size < out.stat().st_size / 2
+    # where int8 loses more than the limit allows, the same export warns
+    import imgtune.export as export_lib
+
+    monkeypatch.setattr(export_lib, "INT8_DROP_MAX", -1.0)
+    assert main(["export", str(run), "--output", str(tmp_path / "w.onnx"), "--quantize", "int8", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: int8 loses more than" in captured.out + captured.err
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
@@ -122,3 +132,15 @@ def test_decision_offsets_are_part_of_the_model_in_torch_onnx_and_serve(trained_
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_export_refuses_and_writes_nothing_when_parity_fails(trained_run, tmp_path, capsys, monkeypatch):
+    import imgtune.export as export_lib
+
+    run, _, _ = trained_run
+    monkeypatch.setattr(export_lib, "MAX_ABS_DIFF", -1.0)  # no graph can be this close: parity "fails"
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--output", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "top-1 agreement" in err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one

@@ -28,7 +28,9 @@ def test_matches_scikit_learn(predictions):
         pc = m["per_class"][c]
         assert (pc["precision"], pc["recall"], pc["f1"], pc["support"]) == pytest.approx((p[i], r[i], f[i], s[i]))
         assert pc["accuracy"] == pc["recall"]
-    assert m["top_k_accuracy"]["5"] == 1.0
+    assert set(m["top_k_accuracy"]) == {"1", "5"}  # k=5 of 5 classes is listed (it is 1 by definition)
+    three = metrics.evaluate(y, probs, list("abcde"), ks=(3,))["top_k_accuracy"]["3"]
+    assert three == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3)) and three < 1
     assert metrics.top_k_accuracy(y, probs, 2) == pytest.approx(skm.top_k_accuracy_score(y, probs, k=2))
 
 

@@ -5,11 +5,13 @@ import torch
 from imgtune.runtime import Precision, prepare, to_device
 
 
-def _one_step(precision):
+def _one_step(precision, seen: list | None = None):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
     model(x)
+    if seen is not None:  # the dtype the convolution computed in
+        model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with precision.autocast():
         loss = torch.nn.functional.cross_entropy(model(x).float(), y)
@@ -33,8 +35,12 @@ def test_cpu_runs_plain_fp32_steps():
 
 def test_mixed_precision_path_trains():
     p = Precision(torch.device("cpu"), dtype=torch.bfloat16)
-    loss, model = _one_step(p)
-    assert torch.isfinite(loss) and all(w.dtype == torch.float32 for w in model.parameters())
+    seen = []
+    before = _one_step(Precision(torch.device("cpu")))[1]
+    loss, model = _one_step(p, seen)
+    assert seen == [torch.bfloat16]  # the step really ran in bf16
+    assert torch.isfinite(loss) and all(w.dtype == torch.float32 for w in model.parameters())  # fp32 master weights
+    assert not torch.equal(model[0].weight, before[0].weight)  # and its gradients differ from fp32's
 
 
 def test_image_batches_and_models_become_channels_last_with_the_same_outputs():

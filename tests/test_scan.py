@@ -47,7 +47,10 @@ def test_csv_with_relative_paths_and_skips(tmp_path):
     assert m.classes == ["circle", "square"] and len(m.items) == 10
     assert m.skipped == [(str(tmp_path / "photos/gone.png"), "file not found")]
     assert "(1 skipped)" in m.summary()
-    assert root.exists()
+    # paths relative to the CSV's folder, each listed file found once with its label
+    assert sorted((it.path, it.label) for it in m.items) == sorted(
+        (str(root / c / f"{c}_{i:03d}.{'jpg' if i % 2 else 'png'}"), k) for k, c in enumerate(("circle", "square"))
+        for i in range(5))
 
 
 def test_split_csv_round_trips(tmp_path):

@@ -114,13 +114,24 @@ def test_missing_field_metadata_and_openapi(server):
     assert code == 200 and "/predict" in spec["paths"]
 
 
-def test_min_confidence_labels_doubtful_images_unknown(trained_run, capsys):
+def test_min_confidence_labels_doubtful_images_unknown(trained_run, capsys, tmp_path):
     run, data, _ = trained_run
     clf = ImageClassifier.load(run, quiet=True)
     image = make_image("triangle", np.random.default_rng(4))
     p = clf.predict(image)[0]["probability"]
     assert clf.predict(image, min_confidence=p - 1e-9)[0]["label"] == "triangle"
     assert clf.predict(image, min_confidence=min(1.0, p + 1e-9))[0]["label"] == "unknown"
+    # from the CLI: exactly the images under the threshold (here the median confidence) are "unknown"
+    plain = {r["path"]: r for r in clf.predict(str(data / "circle"))}
+    threshold = float(np.median([r["probability"] for r in plain.values()]))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(data / "circle"), "--min-confidence", repr(threshold),
+                 "--output", str(out), "--quiet"]) == 0
+    labels = {ln.split(",")[0]: ln.split(",")[1] for ln in out.read_text().splitlines()[1:]}
+    assert labels.keys() == plain.keys()
+    for path, label in labels.items():
+        r = plain[path]
+        assert label == ("unknown" if r["probability"] < threshold else r["label"]), (r, label)
     with pytest.raises(SystemExit) as bad_flag:
         main(["predict", str(run), str(data / "circle"), "--min-confidence", "1.5"])
     assert bad_flag.value.code == 2

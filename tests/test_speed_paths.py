@@ -73,8 +73,13 @@ def test_transforms_resample_tensors_as_pillow_would():
 def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
     data = write_class_folders(tmp_path / "photos", 12, seed=3)
     kw = dict(image_size=32, epochs=2, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu")
-    first = ImageClassifier(**kw).fit(data, out=tmp_path / "a")
-    second = ImageClassifier(**kw).fit(data, out=tmp_path / "b")  # every view comes from the cache
+    first = ImageClassifier(**{**kw, "quiet": False}).fit(data, out=tmp_path / "a")
+    assert "Trunk view 1" in capsys.readouterr().err  # the first run computes the views
+    shards_before = sorted(p.name for p in (tmp_path / "cache" / "trunk").rglob("*.its"))
+    second = ImageClassifier(**{**kw, "quiet": False}).fit(data, out=tmp_path / "b")  # every view from the cache
+    # reused, not recomputed: no trunk view was computed and no shard was written
+    assert sorted(p.name for p in (tmp_path / "cache" / "trunk").rglob("*.its")) == shards_before
+    assert "Trunk view" not in capsys.readouterr().err  # the progress bar of a computed view
     for k, v in first.model_.state_dict().items():
         assert torch.equal(v, second.model_.state_dict()[k]), k
     assert first.metrics_["accuracy"] == second.metrics_["accuracy"]
