@@ -9,7 +9,6 @@ import torch
 
 from imgtune import ImageClassifier, RunFolderError
 from imgtune.calibration import fit_temperature, softmax
-from imgtune.data.transforms import eval_transform
 from imgtune.metrics import expected_calibration_error
 
 from conftest import make_image

@@ -110,3 +110,20 @@ def test_fit_on_imbalanced_folders_says_what_it_chose_and_decided(tmp_path, capf
     assert set(metrics["baselines"]) == {"majority", "logistic_probe"}
     assert metrics["baselines"]["majority"]["class"] == "circle"
     assert "Against the simple baselines" in (run / "report.html").read_text()
+
+
+def test_baseline_warnings_say_when_the_gap_is_within_the_noise():
+    from imgtune.baselines import baseline_lines
+
+    def doc(acc, n):
+        return {"accuracy": acc, "macro_f1": acc, "n_images": n,
+                "baselines": {"majority": {"class": "a", "accuracy": 0.5, "macro_f1": 0.33},
+                              "logistic_probe": {"c": 1.0, "accuracy": 0.78, "macro_f1": 0.78}}}
+
+    far = baseline_lines(doc(0.50, 2000))  # the failure the accuracy issue describes: 0.50 against 0.78
+    assert "warning: the model is below a logistic regression on the same features in accuracy: 0.50 against " \
+           "0.78." in far
+    assert not any("always answering" in line for line in far[1:])  # 0.50 is not below 0.50
+    near = baseline_lines(doc(0.77, 179))  # two images on 179
+    assert any("within the noise of 179 images" in line for line in near)
+    assert baseline_lines(doc(0.78, 179))[1:] == []  # level: no warning

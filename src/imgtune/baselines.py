@@ -10,6 +10,7 @@ check: a trained model below it has a problem that a logistic regression on the 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -59,7 +60,12 @@ def baseline_lines(metrics: dict) -> list[str]:
     for name, base in (("always answering the largest class", maj), ("a logistic regression on the same features",
                                                                      probe)):
         for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-            if metrics[key] < base[key] - 1 / n:
+            gap = base[key] - metrics[key]
+            if gap > 1 / n:
+                # the standard error of a score near this one on n images: a gap under twice it may be luck
+                se = math.sqrt(max(base[key] * (1 - base[key]), 1 / n) / n)
+                noise = (f" (within the noise of {n:,} images, +-{2 * se * 100:.1f} points)" if gap < 2 * se
+                         else "")
                 lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
-                             f"{base[key]:.2f}.")
+                             f"{base[key]:.2f}{noise}.")
     return lines
