@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -256,3 +257,23 @@ def test_a_malformed_multipart_body_is_answered_with_an_error_field(trained_run)
     status = next(m["status"] for m in answer if m["type"] == "http.response.start")
     body = json.loads(b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body"))
     assert 400 <= status < 500 and "error" in body and "detail" not in body, (status, body)
+
+
+@pytest.mark.parametrize("image, expected", [
+    (np.zeros((3, 20, 20), np.uint8), "looks like CxHxW"),
+    (np.zeros((0, 0, 3), np.uint8), "empty array"),
+    (np.zeros((20, 20, 3), np.float32), "uint8 array"),
+    ({"not": "an image"}, "received dict"),
+])
+def test_odd_arrays_get_one_clear_message(trained_run, image, expected):
+    clf = ImageClassifier.load(trained_run[0], quiet=True)
+    with pytest.raises(DataError, match=expected):
+        clf.predict(image)
+
+
+def test_grey_arrays_with_one_channel_and_a_list_given_to_fit(trained_run, tmp_path):
+    clf = ImageClassifier.load(trained_run[0], quiet=True)
+    grey = np.full((20, 20, 1), 128, np.uint8)
+    assert clf.predict(grey)[0]["label"] == clf.predict(grey[..., 0])[0]["label"]
+    with pytest.raises(DataError, match="fit takes a folder"):
+        ImageClassifier(image_size=32, quiet=True).fit([str(trained_run[1])], out=tmp_path / "run")

@@ -95,10 +95,10 @@ def _interrupting(hook: str, when):
     return run_stage
 
 
-def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
     data = photos.relative_to(tmp_path)
-    settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True)
+    settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True, device="cpu")
     ImageClassifier(**settings).fit(data, out="full")
 
     with monkeypatch.context() as patch:
@@ -106,9 +106,14 @@ def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_pat
         with pytest.raises(KeyboardInterrupt):
             ImageClassifier(**settings).fit(data, out="cut")
     assert not (tmp_path / "cut" / "model.safetensors").exists()
+    head = (tmp_path / "cut" / "checkpoints" / "head.safetensors").read_bytes()
     with pytest.raises(ConfigError, match="settings differ from the interrupted run"):
         ImageClassifier(**{**settings, "epochs": 3}).fit(data, out="cut", resume=True)
-    ImageClassifier(**settings).fit(data, out="cut", resume=True)
+    capfd.readouterr()
+    ImageClassifier(**{**settings, "quiet": False}).fit(data, out="cut", resume=True)
+    # the head is the interrupted run's, not fitted again
+    assert "Head: restored from the interrupted run's checkpoint." in " ".join(capfd.readouterr().err.split())
+    assert (tmp_path / "cut" / "checkpoints" / "head.safetensors").read_bytes() == head
 
     full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
     assert full.keys() == cut.keys()
@@ -120,7 +125,7 @@ def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_pat
 def test_interrupted_mid_epoch_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
     # batches of 8: four per epoch; checkpoint after every batch, stop after batch 2 of epoch 2
     settings = dict(image_size=32, epochs=2, batch_size=8, cache_dir=str(cache_dir), quiet=True,
-                    checkpoint_every=0.0)
+                    checkpoint_every=0.0, device="cpu")
     ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
     with monkeypatch.context() as patch:
         patch.setattr(classifier, "run_stage", _interrupting("on_batch", lambda st: (st.epoch, st.batch) == (1, 2)))

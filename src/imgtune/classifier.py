@@ -103,6 +103,10 @@ class ImageClassifier:
             resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
         `tensorboard` writes per-epoch scalars to out/tensorboard/."""
+        if not _is_path(data):
+            raise DataError(f"fit takes a folder of class folders, a CSV file or builtin:NAME; received "
+                            f"{type(data).__name__}. For a list of labelled files, write them to a CSV with "
+                            "columns path,label.")
         limit = budget_lib.TimeLimit.of(self.time_limit)
         clock = limit.clock if limit else time.perf_counter  # what the budget is counted on
         started = clock()
@@ -1005,9 +1009,23 @@ def _as_pil(image):
 
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
-        raise DataError(f"Expected an HxW or HxWxC uint8 array; received dtype {arr.dtype}, shape {arr.shape}.")
+    try:
+        arr = np.asarray(image)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise DataError(f"Expected a path, a PIL image or an HxW / HxWxC uint8 array; received "
+                        f"{type(image).__name__}.")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        raise DataError(f"Expected channels last (HxWxC); received shape {arr.shape}, which looks like CxHxW: "
+                        "pass array.transpose(1, 2, 0).")
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"Expected an HxW or HxWxC (C = 1, 3 or 4) uint8 array; received dtype {arr.dtype}, "
+                        f"shape {arr.shape}.")
+    if arr.size == 0:
+        raise DataError(f"Expected an image with pixels; received an empty array of shape {arr.shape}.")
+    if arr.ndim == 3 and arr.shape[-1] == 1:  # one channel: grey
+        arr = arr[..., 0]
     return to_rgb(Image.fromarray(arr))
 
 
