@@ -181,39 +181,57 @@ def test_an_onnx_file_exported_at_another_size_is_refused_at_load(trained_run, t
 
 def test_sigterm_during_export_leaves_no_temporary_files(trained_run, tmp_path):
     """Stopped while the ONNX file is being checked (its temporary copy exists), export removes what it
-    had written, as on Ctrl-C, and exits 143."""
-    import signal
-    import time
-
+    had written, as on Ctrl-C, and exits 143. The SIGTERM is sent by the process to itself at the moment
+    the check opens the temporary copy, so where it lands does not depend on the machine's speed."""
     run, _, _ = trained_run
     copy = _tampered(run, tmp_path, "run", lambda c, _: None)
     before = set(os.listdir(copy))
-    proc = subprocess.Popen([sys.executable, "-m", "imgtune", "export", str(copy), "--quantize", "int8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = False
-    while proc.poll() is None and not seen:  # polls for the temporary file, however long the start takes
-        seen = any(n.startswith(".model.onnx.") for n in os.listdir(copy))
-        time.sleep(0.005)
-    assert seen, "export ended before its temporary file could be seen"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 143 and "terminated; no partial files were left" in err, err
-    assert set(os.listdir(copy)) == before and "Traceback" not in err
+    r = _python(f"""
+        import os, signal, sys
+        import imgtune.export as export_lib
+        from imgtune.cli import main
+        real = export_lib.OnnxModule
+
+        def checked(path, **kw):  # the parity check of the temporary file: terminate here
+            assert os.path.basename(str(path)).startswith(".model.onnx.")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(path, **kw)
+
+        export_lib.OnnxModule = checked
+        sys.exit(main(["export", {str(copy)!r}, "--quantize", "int8"]))
+    """)
+    assert r.returncode == 143 and "terminated; no partial files were left" in r.stderr, r.stderr
+    assert set(os.listdir(copy)) == before and "Traceback" not in r.stderr
+
+
+def _asgi_post(app, content_type: bytes, receive, *, chunked: bool = False) -> tuple[int, bytes]:
+    """POST /predict straight to the ASGI app -> (status, body), its request body from `receive`."""
+    import asyncio
+
+    answer = []
+
+    async def send(message):
+        answer.append(message)
+
+    headers = [(b"content-type", content_type)] + ([(b"transfer-encoding", b"chunked")] if chunked else [])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in answer if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body")
 
 
 def test_a_chunked_upload_is_stopped_at_the_request_cap(trained_run):
     """No Content-Length, the body in 64 KiB chunks: the app reads up to the cap and answers 413; the
     rest is never read (before, it was spooled to disk in full, then refused)."""
-    import asyncio
-
     from imgtune.serve import create_app
 
     cap, chunk, total = 1 << 20, 1 << 16, 40 << 20
     app = create_app(ImageClassifier.load(trained_run[0], quiet=True), max_request_bytes=cap)
-    boundary = b"xyz"
     head = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
             b"Content-Type: application/octet-stream\r\n\r\n")
-    sent, answer = 0, []
+    sent = 0
 
     async def receive():
         nonlocal sent
@@ -221,41 +239,21 @@ def test_a_chunked_upload_is_stopped_at_the_request_cap(trained_run):
         sent += len(body)
         return {"type": "http.request", "body": body, "more_body": sent < total}
 
-    async def send(message):
-        answer.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary),
-                         (b"transfer-encoding", b"chunked")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in answer if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body")
+    status, body = _asgi_post(app, b"multipart/form-data; boundary=xyz", receive, chunked=True)
     assert status == 413 and b"over the limit of 1,048,576" in body, (status, body)
     assert sent <= cap + 2 * chunk
 
 
 def test_a_malformed_multipart_body_is_answered_with_an_error_field(trained_run):
-    import asyncio
-
     from imgtune.serve import create_app
 
     app = create_app(ImageClassifier.load(trained_run[0], quiet=True))
-    answer = []
 
     async def receive():
         return {"type": "http.request", "body": b"--xyz\r\nno headers and no end", "more_body": False}
 
-    async def send(message):
-        answer.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"multipart/form-data; boundary=xyz")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    asyncio.run(app(scope, receive, send))
-    status = next(m["status"] for m in answer if m["type"] == "http.response.start")
-    body = json.loads(b"".join(m.get("body", b"") for m in answer if m["type"] == "http.response.body"))
+    status, raw = _asgi_post(app, b"multipart/form-data; boundary=xyz", receive)
+    body = json.loads(raw)
     assert 400 <= status < 500 and "error" in body and "detail" not in body, (status, body)
 
 

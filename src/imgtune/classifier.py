@@ -122,7 +122,7 @@ class ImageClassifier:
         rt.setup(self.seed)
         rep = Reporter(self.quiet or not ranks.main)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
-        if data is None or not str(data).startswith("builtin:"):
+        if not str(data).startswith("builtin:"):
             _refuse_run_inside_data(run, data)
         with run.locked() if ranks.main else contextlib.nullcontext():  # one training process per run folder
             return self._fit_into(run, data, resume=resume, tensorboard=tensorboard, recipe=recipe, limit=limit,

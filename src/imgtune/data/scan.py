@@ -219,8 +219,6 @@ def _row_path(row: dict[str, str], base: Path) -> str:
 
 def _missing_reason(p: str) -> str | None:
     """Why a listed path cannot be read as an image file, without opening it; None when it can."""
-    if os.path.isfile(p):
-        return not_regular(p)
     return not_regular(p) if os.path.exists(p) else "file not found"
 
 

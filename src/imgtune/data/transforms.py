@@ -83,7 +83,7 @@ class _MiddleBand:
     PIL images and [C, H, W] tensors."""
 
     def __call__(self, img):
-        w, h = img.size if hasattr(img, "size") and not callable(img.size) else (img.shape[-1], img.shape[-2])
+        h, w = T.functional.get_size(img)
         if max(w, h) <= MAX_ASPECT * min(w, h):
             return img
         cw, ch = min(w, MAX_ASPECT * h), min(h, MAX_ASPECT * w)
