@@ -29,12 +29,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def fastai_python(out: Path) -> Path:
+    """A virtual environment with fastai, imgtune and this interpreter's torch. Run from a virtualenv,
+    `--system-site-packages` sees the base interpreter's packages, not this one's, so imgtune and torch
+    are installed into it (pinned to the versions here) rather than assumed."""
+    import torch
+    import torchvision
+
     env = out / "fastai-env"
     python = env / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env)], check=True)
-    if subprocess.run([str(python), "-c", "import fastai"], capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "fastai"], check=True)
+    if subprocess.run([str(python), "-c", "import fastai, imgtune"], capture_output=True).returncode != 0:
+        pins = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins, "-e", str(HERE.parent), "fastai"],
+                       check=True)
     return python
 
 

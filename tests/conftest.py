@@ -45,9 +45,20 @@ def photos(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the whole session, in every process the tests start, and never the user's
+    ~/.cache. Sharing is safe: an entry is keyed by the image's content, the transform and the backbone,
+    so a test reads exactly what it would have computed. Tests about the cache itself pass their own."""
+    cache = tmp_path_factory.mktemp("feature-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMGTUNE_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture
-def cache_dir(tmp_path) -> Path:
-    return tmp_path / "cache"
+def cache_dir(shared_feature_cache) -> Path:
+    return shared_feature_cache
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +68,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     base = tmp_path_factory.mktemp("trained")
     data = write_class_folders(base / "photos", 14, seed=1)
-    run, cache = base / "run", base / "cache"
+    run, cache = base / "run", base / "cache"  # its own cache: tests read what it holds
     assert main(["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "1",
                  "--cache-dir", str(cache), "--quiet"]) == 0
     return run, data, cache

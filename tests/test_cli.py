@@ -2,15 +2,16 @@
 
 import csv
 import json
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+from conftest import write_class_folders
 from safetensors import safe_open
 
 from imgtune.cli import main
-
-from conftest import write_class_folders
 
 
 def imgtune(*args, cwd=None):
@@ -59,8 +60,8 @@ def test_train_evaluate_predict(photos, cache_dir, tmp_path, capsys):
     assert pj.returncode == 0 and json.loads((tmp_path / "p.json").read_text())[0]["label"] == "square"
 
 
-def test_second_train_extracts_nothing(photos, cache_dir, tmp_path, capsys):
-    args = [str(photos), "--image-size", "32", "--epochs", "0", "--cache-dir", str(cache_dir)]
+def test_second_train_extracts_nothing(photos, tmp_path, capsys):
+    args = [str(photos), "--image-size", "32", "--epochs", "0", "--cache-dir", str(tmp_path / "own-cache")]
     assert main(["train", *args, "--out", str(tmp_path / "a")]) == 0
     assert "Features: 42 extracted, 0 from the cache" in capsys.readouterr().err
     assert main(["train", *args, "--out", str(tmp_path / "b")]) == 0
@@ -91,6 +92,7 @@ def _bad_cases(tmp_path, trained):
     first = sorted((tmp_path / "data" / "circle").iterdir())[0].name
     (tmp_path / "data" / "twice.csv").write_text(f"path,label\ncircle/{first},circle\ncircle/{first},square\n")
     (tmp_path / "data" / "holdout.csv").write_text(f"path,label,split\ncircle/{first},circle,holdout\n")
+    (tmp_path / "preds.csv").mkdir()
     return {
         "out inside the data": (["train", tmp_path / "data", "--out", tmp_path / "data" / "run"], "inside the data"),
         "time limit spent at start": (["train", data, "--out", tmp_path / "r13", "--time-limit", "1s"],
@@ -119,6 +121,9 @@ def _bad_cases(tmp_path, trained):
         "predict missing file": (["predict", run, tmp_path / "nope.jpg", "--quiet"], "found none usable"),
         "predict only bad files": (["predict", run, tmp_path / "file.jpg", "--quiet"], "found none usable"),
         "bad output suffix": (["predict", run, data / "circle", "--output", tmp_path / "x.txt"], ".csv or .json"),
+        "output names a folder": (["predict", run, data / "circle", "--output", tmp_path / "preds.csv"], "is a folder"),
+        "export output names a folder": (["export", run, "--output", tmp_path / "empty"], "is a folder"),
+        "metrics file names a folder": (["evaluate", run, data, "--json", tmp_path / "empty"], "is a folder"),
     }
 
 
@@ -178,3 +183,22 @@ def test_the_seed_recipe_end_to_end(tmp_path, capsys):
     assert [h["epoch"] for h in history if h["stage"] == "head"] == [1, 2]
     assert [h["epoch"] for h in history if h["stage"] == "fine-tune"] == [0, 1]
     assert json.loads((run / "metrics.json").read_text())["n_images"] == 3
+
+
+def test_the_readme_first_command_trains_on_the_embedded_digits(tmp_path):
+    """The README's first set-up command, as written there, in a fresh folder and a fresh process: exit 0,
+    the per-class table of all ten digits at the end, and a run folder that scores like one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "imgtune train builtin:" in ln and "&&" in ln)
+    argv = shlex.split(line.split("&&", 1)[1])
+    assert argv[:2] == ["imgtune", "train"]
+    r = subprocess.run([sys.executable, "-m", "imgtune", *argv[1:]], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=1800)  # a guard against a hang, not a speed test
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = argv[argv.index("--out") + 1]
+    metrics = json.loads((tmp_path / out / "metrics.json").read_text())
+    assert sorted(metrics["per_class"]) == [str(d) for d in range(10)]
+    assert metrics["accuracy"] > 0.85
+    table = r.stdout.splitlines()[-20:]  # the table is what the command prints last on stdout
+    first_cells = {ln.replace("│", " ").split()[0] for ln in table if ln.replace("│", " ").split()}
+    assert {str(d) for d in range(10)} <= first_cells, table

@@ -6,18 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 
 import pytest
 import torch
+from conftest import write_class_folders
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import imgtune.atomic as atomic
 from imgtune.cli import main
 from imgtune.run import load_tensors_and_meta
-
-from conftest import write_class_folders
 
 ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "0", "--quiet", "--device", "cpu"]
 
@@ -47,18 +46,35 @@ def _position(ckpt):
 
 
 def test_kill_9_mid_epoch_then_resume_gives_identical_weights(reference, tmp_path):
+    """SIGKILL right after the checkpoint of batch 1 of the last epoch is on disk: the process sends it to
+    itself there, so where it lands does not depend on the machine's speed, and a resume has a whole epoch
+    and a half to redo."""
     data, cache, weights = reference
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while (_position(run / "checkpoints" / "finetune.safetensors") or (0, 0)) < (0, 2):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    args = ["train", str(data), "--out", str(run), "--cache-dir", str(cache), *ARGS]
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import json, os, signal, sys
+        from safetensors import safe_open
+        import imgtune.run as run_lib
+        from imgtune.cli import main
+        real = run_lib.write_bytes_atomic
+
+        def write_then_die(path, data, **kw):
+            real(path, data, **kw)
+            if str(path).endswith("finetune.safetensors"):
+                with safe_open(str(path), "pt") as f:
+                    state = json.loads(f.metadata()["imgtune"])["state"]
+                if (state["epoch"], state["batch"]) == (1, 1):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        run_lib.write_bytes_atomic = write_then_die
+        sys.exit(main({args!r}))
+    """)], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"not killed at epoch 1, batch 1: {killed.stderr[-2000:]}"
+    assert _position(run / "checkpoints" / "finetune.safetensors") == (1, 1)
     assert not (run / "model.safetensors").exists()
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "imgtune", *args, "--resume"], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert _same(weights, run)
 
@@ -110,6 +126,7 @@ def _digests(root):
 
 def test_a_corpus_of_odd_and_broken_files_trains_and_every_bad_file_is_listed(tmp_path):
     import csv
+
     from corpus import write_corpus
 
     root = write_class_folders(tmp_path / "photos", 10, seed=8)

@@ -13,12 +13,11 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import make_image
+from corpus import bomb_png
 
 from imgtune import ImageClassifier
 from imgtune.cli import main
-
-from conftest import make_image
-from corpus import bomb_png
 
 
 def _free_port() -> int:
@@ -76,7 +75,7 @@ def _start_server(run, *flags):
 @pytest.fixture(scope="module")
 def server(trained_run):
     run, _, _ = trained_run
-    proc, url = _start_server(run, "--max-upload-mb", "1", "--top-k", "3")
+    proc, url = _start_server(run, "--max-upload-mb", "1", "--top-k", "3", "--header-timeout", "3")
     yield url
     proc.terminate()
     proc.wait(timeout=60)
@@ -140,9 +139,8 @@ def test_min_confidence_labels_doubtful_images_unknown(trained_run, capsys, tmp_
 
 
 def test_tensorboard_scalars_can_be_read_back(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from conftest import write_class_folders
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     data = write_class_folders(tmp_path / "photos", 8, seed=5)
     run = tmp_path / "run"
@@ -164,3 +162,32 @@ def test_a_port_in_use_is_one_line(trained_run, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", str(run), "--port", str(port)]) == 2
     assert "Address already in use" in capsys.readouterr().err
+
+
+def test_a_client_that_sends_its_headers_slowly_is_disconnected(server):
+    """One header line a second (slowloris) would hold the connection forever under uvicorn's own timers;
+    with --header-timeout 3 the server closes it without answering."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        deadline = time.monotonic() + 60  # a guard against a hang, not a speed test
+        closed = False
+        while time.monotonic() < deadline:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+            except OSError:  # reset: closed
+                closed = True
+                break
+            s.settimeout(1)
+            try:
+                data = s.recv(1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            assert data == b"", f"answered before the headers were complete: {data[:200]!r}"
+            closed = True
+            break
+    assert closed, "the connection was still open after 60 s of slow headers"
+    assert _request(server + "/health")[0] == 200  # and the server still answers others

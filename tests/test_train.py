@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import write_class_folders
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision.transforms import v2 as T
@@ -95,48 +96,58 @@ def _interrupting(hook: str, when):
     return run_stage
 
 
-def test_interrupted_run_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch, capfd):
-    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
-    data = photos.relative_to(tmp_path)
-    settings = dict(image_size=32, epochs=2, cache_dir=str(cache_dir), quiet=True, device="cpu")
-    ImageClassifier(**settings).fit(data, out="full")
+# batches of 8: four per epoch, a checkpoint after every batch
+SETTINGS = dict(image_size=32, epochs=2, batch_size=8, checkpoint_every=0.0, quiet=True, device="cpu")
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The data and the weights of one uninterrupted run, which every interrupted run must reproduce."""
+    base = tmp_path_factory.mktemp("train-reference")
+    data = write_class_folders(base / "photos", 14)
+    ImageClassifier(**SETTINGS).fit(data, out=base / "full")
+    return data, load_file(base / "full" / "model.safetensors")
+
+
+def _same_weights(weights, run) -> bool:
+    other = load_file(run / "model.safetensors")
+    return weights.keys() == other.keys() and all(torch.equal(weights[k], other[k]) for k in weights)
+
+
+def test_interrupted_run_resumes_to_identical_weights(reference, tmp_path, monkeypatch, capfd):
+    data, weights = reference
+    monkeypatch.chdir(data.parent)  # relative paths, as a user types them
+    cut = tmp_path / "cut"
+    settings = dict(SETTINGS)
     with monkeypatch.context() as patch:
         patch.setattr(classifier, "run_stage", _interrupting("on_epoch", lambda st: st.epoch == 1))
         with pytest.raises(KeyboardInterrupt):
-            ImageClassifier(**settings).fit(data, out="cut")
-    assert not (tmp_path / "cut" / "model.safetensors").exists()
-    head = (tmp_path / "cut" / "checkpoints" / "head.safetensors").read_bytes()
+            ImageClassifier(**settings).fit(data.name, out=cut)
+    assert not (cut / "model.safetensors").exists()
+    head = (cut / "checkpoints" / "head.safetensors").read_bytes()
     with pytest.raises(ConfigError, match="settings differ from the interrupted run"):
-        ImageClassifier(**{**settings, "epochs": 3}).fit(data, out="cut", resume=True)
+        ImageClassifier(**{**settings, "epochs": 3}).fit(data.name, out=cut, resume=True)
     capfd.readouterr()
-    ImageClassifier(**{**settings, "quiet": False}).fit(data, out="cut", resume=True)
+    ImageClassifier(**{**settings, "quiet": False}).fit(data.name, out=cut, resume=True)
     # the head is the interrupted run's, not fitted again
     assert "Head: restored from the interrupted run's checkpoint." in " ".join(capfd.readouterr().err.split())
-    assert (tmp_path / "cut" / "checkpoints" / "head.safetensors").read_bytes() == head
-
-    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
-    assert full.keys() == cut.keys()
-    assert all(torch.equal(full[k], cut[k]) for k in full)
-    history = [json.loads(x) for x in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert (cut / "checkpoints" / "head.safetensors").read_bytes() == head
+    assert _same_weights(weights, cut)
+    history = [json.loads(x) for x in (cut / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history if h["stage"] == "fine-tune"] == [0, 1, 2]
 
 
-def test_interrupted_mid_epoch_resumes_to_identical_weights(photos, cache_dir, tmp_path, monkeypatch):
-    # batches of 8: four per epoch; checkpoint after every batch, stop after batch 2 of epoch 2
-    settings = dict(image_size=32, epochs=2, batch_size=8, cache_dir=str(cache_dir), quiet=True,
-                    checkpoint_every=0.0, device="cpu")
-    ImageClassifier(**settings).fit(photos, out=tmp_path / "full")
-    with monkeypatch.context() as patch:
+def test_interrupted_mid_epoch_resumes_to_identical_weights(reference, tmp_path, monkeypatch):
+    data, weights = reference
+    with monkeypatch.context() as patch:  # stop after batch 2 of epoch 2
         patch.setattr(classifier, "run_stage", _interrupting("on_batch", lambda st: (st.epoch, st.batch) == (1, 2)))
         with pytest.raises(KeyboardInterrupt):
-            ImageClassifier(**settings).fit(photos, out=tmp_path / "cut")
+            ImageClassifier(**SETTINGS).fit(data, out=tmp_path / "cut")
     meta = json.loads(safe_open(str(tmp_path / "cut" / "checkpoints" / "finetune.safetensors"), "pt")
                       .metadata()["imgtune"])
     assert (meta["state"]["epoch"], meta["state"]["batch"]) == (1, 2)
-    ImageClassifier(**settings).fit(photos, out=tmp_path / "cut", resume=True)
-    full, cut = (load_file(tmp_path / r / "model.safetensors") for r in ("full", "cut"))
-    assert all(torch.equal(full[k], cut[k]) for k in full)
+    ImageClassifier(**SETTINGS).fit(data, out=tmp_path / "cut", resume=True)
+    assert _same_weights(weights, tmp_path / "cut")
 
 
 def test_the_kept_weights_are_the_best_epoch_on_validation(trained_run, tmp_path):
@@ -169,6 +180,7 @@ def test_a_diverging_fine_tune_restarts_once_from_the_head_and_says_so(tmp_path,
     import dataclasses
 
     from conftest import write_class_folders
+
     from imgtune.config import DEFAULT
 
     data = write_class_folders(tmp_path / "photos", 8, seed=6)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
 
 from . import __version__
-from .errors import ImgtuneError
+from .errors import ConfigError, ImgtuneError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tta", action="store_true")
     v.add_argument("--max-upload-mb", type=_int_at_least(1), default=25, metavar="MB",
                    help="larger uploads are refused with 413 (default 25)")
+    v.add_argument("--header-timeout", type=_int_at_least(1, 3600), default=10, metavar="S",
+                   help="a connection that has not sent a whole request's headers S seconds after connecting "
+                        "(or after its previous answer) is closed (default 10)")
     v.add_argument("--runtime", default="torch", choices=RUNTIMES)
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -179,6 +183,7 @@ def _sigterm_unwinds():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _refuse_folders_as_files(args)
         with _sigterm_unwinds():
             return _COMMANDS[args.command](args)
     except ImgtuneError as e:
@@ -193,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, permissions: say which file and why, without a traceback
         print(f"imgtune: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
+
+
+def _refuse_folders_as_files(args) -> None:
+    """An output file named by an existing folder is refused before any work, not after it."""
+    for flag in ("output", "json"):
+        value = getattr(args, flag, None)
+        if value and os.path.isdir(value):
+            raise ConfigError(f"--{flag} {value!r} is a folder; give the name of a file to write.")
 
 
 def _train(args) -> int:
@@ -298,7 +311,7 @@ def _serve(args) -> int:
 
     serve(args.run, host=args.host, port=args.port, workers=args.workers, device=args.device,
           runtime=args.runtime, top_k=args.top_k, min_confidence=args.min_confidence, tta=args.tta,
-          max_bytes=args.max_upload_mb * 2**20)
+          max_bytes=args.max_upload_mb * 2**20, header_timeout=args.header_timeout)
     return 0
 
 

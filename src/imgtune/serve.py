@@ -177,7 +177,7 @@ def _check_free(host: str, port: int) -> None:
 
 
 def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime: str, top_k: int,
-          min_confidence: float | None, tta: bool, max_bytes: int = MAX_UPLOAD_BYTES) -> None:
+          min_confidence: float | None, tta: bool, max_bytes: int = MAX_UPLOAD_BYTES, header_timeout: int = 10) -> None:
     _require()
     import uvicorn
 
@@ -188,8 +188,9 @@ def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime:
     _check_free(host, port)
     print(f"Serving {run} on http://{host}:{port} (API page: http://{host}:{port}/docs); Ctrl-C stops.",
           flush=True)
+    server = dict(host=host, port=port, log_level="warning", http="imgtune.serve_protocol:HeaderDeadline",
+                  timeout_keep_alive=header_timeout)
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.run(app, **server)
     else:  # each worker process builds its own app from the environment
-        uvicorn.run("imgtune.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning")
+        uvicorn.run("imgtune.serve:app_from_environment", factory=True, workers=workers, **server)
