@@ -13,7 +13,7 @@ of its own:
   its validation split from train and reports on test);
 - seed: the same with `--recipe seed --time-limit LIMIT`;
 - probe: scikit-learn StandardScaler + LogisticRegression on the pooled features of imgtune's own
-  backbone and eval transform, C by 5-fold cross-validation on train (imgtune.baselines);
+  backbone and eval transform, C by 5-fold cross-validation on train (imgtune.train.baselines);
 - majority: always the largest training class.
 
 Prints (and appends to OUT/results.jsonl) accuracy, macro-F1, balanced accuracy, per-class accuracy,
@@ -34,9 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import accuracy_data
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("default", "seed", "probe", "majority")
@@ -94,16 +93,16 @@ def files(data: Path, split: str, classes: list[str]) -> tuple[list[str], np.nda
 
 
 def probe_only(data: Path, out: Path, cache_dir: Path) -> None:
-    """The probe in this process: features through imgtune's extraction path, then imgtune.baselines."""
+    """The probe in this process: features through imgtune's extraction path, then imgtune.train.baselines."""
     import functools
 
     import torch
 
-    from imgtune.backbones import create_backbone
-    from imgtune.baselines import logistic_probe
-    from imgtune.features import FeatureCache, extract_features
-    from imgtune.frozen import fast_frozen
-    from imgtune.metrics import evaluate
+    from imgtune.cache.features import FeatureCache, extract_features
+    from imgtune.infer.metrics import evaluate
+    from imgtune.model.backbones import create_backbone
+    from imgtune.model.frozen import fast_frozen
+    from imgtune.train.baselines import logistic_probe
 
     classes = sorted(d.name for d in (data / "train").iterdir() if d.is_dir())
     (tr, y_tr), (te, y_te) = files(data, "train", classes), files(data, "test", classes)
@@ -126,8 +125,8 @@ def probe_only(data: Path, out: Path, cache_dir: Path) -> None:
 
 
 def majority(data: Path) -> dict:
-    from imgtune.baselines import majority_class
-    from imgtune.metrics import evaluate
+    from imgtune.infer.metrics import evaluate
+    from imgtune.train.baselines import majority_class
 
     classes = sorted(d.name for d in (data / "train").iterdir() if d.is_dir())
     _, y_tr = files(data, "train", classes)

@@ -23,9 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from fashion_mnist import CLASSES as FMNIST_CLASSES  # a sibling script
+from fashion_mnist import read_idx
 from PIL import Image
-
-from fashion_mnist import CLASSES as FMNIST_CLASSES, read_idx  # a sibling script
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLIPART = Path("/usr/share/openclipart/png")

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgtune.backbones import create_backbone
-from imgtune.features import FeatureCache, extract_features
-from imgtune.frozen import fast_frozen
-from imgtune.onnx_runtime import OnnxModule, trace
-from imgtune.runtime import setup
-from imgtune.trunk import TrunkViews, split_stage
+from imgtune.cache.features import FeatureCache, extract_features
+from imgtune.engine import setup
+from imgtune.model.backbones import create_backbone
+from imgtune.model.frozen import fast_frozen
+from imgtune.model.onnx_module import OnnxModule, trace
+from imgtune.model.trunk import TrunkViews, split_stage
 
 BATCH = 32
 

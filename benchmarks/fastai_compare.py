@@ -52,7 +52,7 @@ def lite0_weights(out: Path) -> Path:
     if not path.exists():
         from safetensors.torch import save_file
 
-        from imgtune.backbones import create_imagenet_model
+        from imgtune.model.backbones import create_imagenet_model
 
         model, _ = create_imagenet_model("efficientnet_lite0")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -17,10 +17,16 @@ from pathlib import Path
 
 started = time.perf_counter()
 
-from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Resize, accuracy,  # noqa: E402
-                               aug_transforms, vision_learner)
-
 import torch  # noqa: E402
+from fastai.vision.all import (  # noqa: E402
+    CategoryBlock,
+    DataBlock,
+    ImageBlock,
+    Resize,
+    accuracy,
+    aug_transforms,
+    vision_learner,
+)
 
 from imgtune.data.scan import scan  # noqa: E402  (only to reproduce the same split)
 

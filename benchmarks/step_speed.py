@@ -23,11 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from imgtune.backbones import create_backbone
-from imgtune.heads import Classifier, Dropout
-from imgtune.runtime import setup
-from imgtune.train import set_train_mode
-from imgtune.trunk import Tail
+from imgtune.engine import setup
+from imgtune.model.backbones import create_backbone
+from imgtune.model.heads import Classifier, Dropout
+from imgtune.model.trunk import Tail
+from imgtune.train.loop import set_train_mode
 
 TRAINED = ("blocks.5.", "blocks.6.", "conv_head.", "bn2.")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fashion_mnist import prepare
 
-from imgtune.budget import parse_duration
+from imgtune.train.budget import parse_duration
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from imgtune.store import ShardStore
+from imgtune.cache.store import ShardStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import write_class_folders  # noqa: E402  (the tests' generated shapes)

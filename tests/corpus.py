@@ -6,9 +6,8 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
-
 from conftest import make_image
+from PIL import Image
 
 
 def _png_with_bad_crc(img) -> bytes:

@@ -7,10 +7,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import make_image
 
 from imgtune import ImageClassifier, RunFolderError
-
-from conftest import make_image
 
 
 def test_fit_predict_save_load(trained_run, tmp_path):
@@ -44,7 +43,7 @@ def test_predict_before_fit_is_a_clear_error():
 
 def test_frozen_batchnorm_keeps_its_statistics(trained_run):
     run, _, _ = trained_run
-    from imgtune.train import set_train_mode
+    from imgtune.train.loop import set_train_mode
 
     model = ImageClassifier.load(run, quiet=True).model_
     for p in model.parameters():

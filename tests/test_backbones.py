@@ -7,9 +7,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from imgtune.backbones import create_backbone, create_imagenet_model
 from imgtune.data.transforms import DataConfig, eval_transform
 from imgtune.errors import ConfigError
+from imgtune.model.backbones import create_backbone, create_imagenet_model
 
 
 @pytest.mark.parametrize("photo, imagenet_class", [("chelsea", 285), ("coffee", 967)])

@@ -2,12 +2,11 @@
 
 import numpy as np
 import torch
+from conftest import write_class_folders
 from PIL import Image
 
-from imgtune.backbones import create_backbone
-from imgtune.features import FeatureCache, extract_features
-
-from conftest import write_class_folders
+from imgtune.cache.features import FeatureCache, extract_features
+from imgtune.model.backbones import create_backbone
 
 
 def _paths(root):

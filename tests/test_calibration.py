@@ -3,15 +3,14 @@
 import json
 
 import numpy as np
-from PIL import Image
 import pytest
 import torch
+from conftest import make_image
+from PIL import Image
 
 from imgtune import ImageClassifier, RunFolderError
-from imgtune.calibration import fit_temperature, softmax
-from imgtune.metrics import expected_calibration_error
-
-from conftest import make_image
+from imgtune.infer.calibration import fit_temperature, softmax
+from imgtune.infer.metrics import expected_calibration_error
 
 
 def _logits(n: int, scale: float, seed: int):

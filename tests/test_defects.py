@@ -10,15 +10,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import write_class_folders
 from PIL import Image
 
 from imgtune import ImageClassifier
 from imgtune.cli import main
 from imgtune.data.scan import labelled_files, scan
 from imgtune.errors import DataError
-from imgtune.run import RunFolder
-
-from conftest import write_class_folders
+from imgtune.runs.folder import RunFolder
 
 
 def _python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -188,7 +187,7 @@ def test_sigterm_during_export_leaves_no_temporary_files(trained_run, tmp_path):
     before = set(os.listdir(copy))
     r = _python(f"""
         import os, signal, sys
-        import imgtune.export as export_lib
+        import imgtune.deploy.export as export_lib
         from imgtune.cli import main
         real = export_lib.OnnxModule
 
@@ -225,7 +224,7 @@ def _asgi_post(app, content_type: bytes, receive, *, chunked: bool = False) -> t
 def test_a_chunked_upload_is_stopped_at_the_request_cap(trained_run):
     """No Content-Length, the body in 64 KiB chunks: the app reads up to the cap and answers 413; the
     rest is never read (before, it was spooled to disk in full, then refused)."""
-    from imgtune.serve import create_app
+    from imgtune.deploy.serve import create_app
 
     cap, chunk, total = 1 << 20, 1 << 16, 40 << 20
     app = create_app(ImageClassifier.load(trained_run[0], quiet=True), max_request_bytes=cap)
@@ -245,7 +244,7 @@ def test_a_chunked_upload_is_stopped_at_the_request_cap(trained_run):
 
 
 def test_a_malformed_multipart_body_is_answered_with_an_error_field(trained_run):
-    from imgtune.serve import create_app
+    from imgtune.deploy.serve import create_app
 
     app = create_app(ImageClassifier.load(trained_run[0], quiet=True))
 

@@ -5,10 +5,9 @@ import json
 import subprocess
 import sys
 
-
-from imgtune.store import ShardStore
-
 from conftest import write_class_folders
+
+from imgtune.cache.store import ShardStore
 
 
 def _train(cmd_prefix, data, run, cache):

@@ -10,7 +10,7 @@ from onnx.external_data_helper import set_external_data
 
 from imgtune import ImageClassifier, RunFolderError
 from imgtune.cli import main
-from imgtune.onnx_runtime import metadata
+from imgtune.model.onnx_module import metadata
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_export_prints_its_parity_and_int8_figures(trained_run, tmp_path, capsys
     assert "validation accuracy" in int8 and "points lost" in int8 and "x the fp32 speed" in int8
     assert (tmp_path / "m.int8.onnx").stat().st_size < out.stat().st_size / 2
     # where int8 loses more than the limit allows, the same export warns
-    import imgtune.export as export_lib
+    import imgtune.deploy.export as export_lib
 
     monkeypatch.setattr(export_lib, "INT8_DROP_MAX", -1.0)
     assert main(["export", str(run), "--output", str(tmp_path / "w.onnx"), "--quantize", "int8", "--quiet"]) == 0
@@ -98,7 +98,6 @@ def test_decision_offsets_are_part_of_the_model_in_torch_onnx_and_serve(trained_
     """Planted offsets (strongly for "circle") change the decisions identically in PyTorch, in the ONNX
     graph through ONNX Runtime, and behind the HTTP server."""
     import torch
-
     from test_serve import _request, _start_server
 
     run, data, _ = trained_run
@@ -135,7 +134,7 @@ def test_decision_offsets_are_part_of_the_model_in_torch_onnx_and_serve(trained_
 
 
 def test_export_refuses_and_writes_nothing_when_parity_fails(trained_run, tmp_path, capsys, monkeypatch):
-    import imgtune.export as export_lib
+    import imgtune.deploy.export as export_lib
 
     run, _, _ = trained_run
     monkeypatch.setattr(export_lib, "MAX_ABS_DIFF", -1.0)  # no graph can be this close: parity "fails"

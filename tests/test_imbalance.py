@@ -5,12 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_class_folders
 
 from imgtune.cli import main
-from imgtune.decide import decide, offsets_that_generalise, paired_gain, score
-from imgtune.selection import Candidate, cross_validate, fit_head, logits, select_head
-
-from conftest import write_class_folders
+from imgtune.train.decide import decide, offsets_that_generalise, paired_gain, score
+from imgtune.train.selection import Candidate, cross_validate, fit_head, logits, select_head
 
 
 def _gaussians(rng, counts, shift=1.2, dims=6):
@@ -113,7 +112,7 @@ def test_fit_on_imbalanced_folders_says_what_it_chose_and_decided(tmp_path, capf
 
 
 def test_baseline_warnings_say_when_the_gap_is_within_the_noise():
-    from imgtune.baselines import baseline_lines
+    from imgtune.train.baselines import baseline_lines
 
     def doc(acc, n):
         return {"accuracy": acc, "macro_f1": acc, "n_images": n,

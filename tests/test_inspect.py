@@ -7,11 +7,10 @@ import os
 import shutil
 
 import numpy as np
+from conftest import make_image, write_class_folders
 from PIL import Image
 
 from imgtune.cli import main
-
-from conftest import make_image, write_class_folders
 
 
 def _fingerprint(root):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from imgtune import metrics
+from imgtune.infer import metrics
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import imgtune.atomic as atomic
 from imgtune.cli import main
-from imgtune.run import load_tensors_and_meta
+from imgtune.runs.folder import load_tensors_and_meta
 
 ARGS = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "0", "--quiet", "--device", "cpu"]
 
@@ -55,7 +55,7 @@ def test_kill_9_mid_epoch_then_resume_gives_identical_weights(reference, tmp_pat
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import json, os, signal, sys
         from safetensors import safe_open
-        import imgtune.run as run_lib
+        import imgtune.runs.folder as run_lib
         from imgtune.cli import main
         real = run_lib.write_bytes_atomic
 

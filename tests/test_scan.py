@@ -3,11 +3,10 @@
 import os
 
 import pytest
+from conftest import write_class_folders
 
 from imgtune.data.scan import labelled_files, scan
 from imgtune.errors import DataError
-
-from conftest import write_class_folders
 
 
 def test_class_folders_get_a_seeded_stratified_split(tmp_path):

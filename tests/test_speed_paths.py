@@ -7,19 +7,18 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import write_class_folders
 from PIL import Image
 
-from imgtune.backbones import create_backbone
-from imgtune.budget import Plan, Rates, TickingClock, TimeLimit, parse_duration, plan_epochs
 from imgtune.classifier import ImageClassifier
 from imgtune.data.transforms import DataConfig, eval_transform
 from imgtune.errors import ConfigError
-from imgtune.frozen import fast_frozen, fixed_padding
-from imgtune.train import StageState, run_stage
-from imgtune.trunk import Tail, Trunk, split_stage
+from imgtune.model.backbones import create_backbone
+from imgtune.model.frozen import fast_frozen, fixed_padding
+from imgtune.model.trunk import Tail, Trunk, split_stage
 from imgtune.progress import Reporter
-
-from conftest import write_class_folders
+from imgtune.train.budget import Plan, Rates, TickingClock, TimeLimit, parse_duration, plan_epochs
+from imgtune.train.loop import StageState, run_stage
 
 
 def _trainable(model, prefixes):

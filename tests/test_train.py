@@ -46,12 +46,12 @@ def test_fine_tuning_starts_where_the_head_ended():
     the whole network and through the trunk-cache split alike; no shock at the hand-over."""
     import numpy as np
 
-    from imgtune.backbones import create_backbone
     from imgtune.config import DEFAULT
-    from imgtune.heads import Classifier, make_head
-    from imgtune.selection import Candidate, fit_head, head_loss, load_into
-    from imgtune.train import Objective, set_train_mode, start_loss
-    from imgtune.trunk import Tail, Trunk, split_stage
+    from imgtune.model.backbones import create_backbone
+    from imgtune.model.heads import Classifier, make_head
+    from imgtune.model.trunk import Tail, Trunk, split_stage
+    from imgtune.train.loop import Objective, set_train_mode, start_loss
+    from imgtune.train.selection import Candidate, fit_head, head_loss, load_into
 
     b = create_backbone(image_size=32)
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def test_the_kept_weights_are_the_best_epoch_on_validation(trained_run, tmp_path
 
 
 def test_head_dropout_drops_its_share_and_keeps_the_expected_value():
-    from imgtune.heads import Dropout
+    from imgtune.model.heads import Dropout
 
     torch.manual_seed(0)
     d = Dropout(0.2).train()

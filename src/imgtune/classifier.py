@@ -21,31 +21,46 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__, budget as budget_lib, distributed, metrics as metrics_lib, resolution, runtime as rt
+from . import __version__, distributed
+from . import engine as rt
 from .atomic import write_json_atomic
-from .backbones import architecture, create_backbone, param_groups
-from .baselines import baseline_lines
-from .calibration import softmax
+from .cache.features import FeatureCache, default_cache_dir, extract_features, run_network
 from .config import HeadConfig, Recipe, get_recipe, with_overrides
-from .decide import Decision, decide, decision_line, paired_gain, score, scores
 from .data.builtin import resolve as resolve_data
 from .data.datasets import ImageFiles
 from .data.images import to_rgb
 from .data.scan import Manifest, find_images, image_files, labelled_files, require_usable, scan
 from .data.transforms import DataConfig, TTAViews, eval_transform, train_transform
 from .errors import ConfigError, DataError, RunFolderError
-from .features import FeatureCache, default_cache_dir, extract_features, run_network
-from .frozen import fast_frozen
-from .heads import Classifier, EachView, make_head
+from .infer import metrics as metrics_lib
+from .infer.calibration import softmax
+from .model.backbones import architecture, create_backbone, param_groups
+from .model.frozen import fast_frozen
+from .model.heads import Classifier, EachView, make_head
+from .model.trunk import Tail, TrunkViews, split_stage
 from .progress import Reporter
-from .report_page import write_report
-from .tensorboard_log import TensorBoardLog
-from .run import RunFolder, load_tensors_and_meta, save_tensors
-from .selection import HeadChoice, fit_head, load_into, logits as selection_logits, select_head
-from .train import (Objective, StageState, collect_logits, load_optimizer_tensors, make_optimizer, make_scheduler,
-                    optimizer_tensors, run_stage, set_schedule_length, start_loss, validate)
-from .trunk import Tail, TrunkViews, split_stage
-
+from .report.page import write_report
+from .report.tensorboard import TensorBoardLog
+from .runs.folder import RunFolder, load_tensors_and_meta, save_tensors
+from .train import budget as budget_lib
+from .train import resolution
+from .train.baselines import baseline_lines
+from .train.decide import Decision, decide, decision_line, paired_gain, score, scores
+from .train.loop import (
+    Objective,
+    StageState,
+    collect_logits,
+    load_optimizer_tensors,
+    make_optimizer,
+    make_scheduler,
+    optimizer_tensors,
+    run_stage,
+    set_schedule_length,
+    start_loss,
+    validate,
+)
+from .train.selection import HeadChoice, fit_head, load_into, select_head
+from .train.selection import logits as selection_logits
 
 UNKNOWN = "unknown"  # the label of an image below --min-confidence
 
@@ -935,7 +950,7 @@ def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, classes: list[
 
 
 def _onnx_model(run: RunFolder, kind: str, classes: list[str], image_size: int):
-    from .onnx_runtime import OnnxModule
+    from .model.onnx_module import OnnxModule
 
     path = run.path / ("model.int8.onnx" if kind == "onnx-int8" else "model.onnx")
     if not path.is_file():

@@ -211,10 +211,10 @@ def _refuse_folders_as_files(args) -> None:
 def _train(args) -> int:
     import time
 
-    from .budget import TimeLimit, parse_duration, process_age
     from .classifier import ImageClassifier
-    from .report import print_metrics
-    from .run import RunFolder
+    from .report.console import print_metrics
+    from .runs.folder import RunFolder
+    from .train.budget import TimeLimit, parse_duration, process_age
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size,
@@ -239,9 +239,9 @@ def _evaluate(args) -> int:
 
     from .atomic import write_json_atomic
     from .classifier import ImageClassifier
-    from .report import print_metrics
-    from .report_page import write_report
-    from .run import RunFolder
+    from .report.console import print_metrics
+    from .report.page import write_report
+    from .runs.folder import RunFolder
 
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     m = clf.evaluate(args.data, tta=args.tta)
@@ -263,7 +263,7 @@ def _evaluate(args) -> int:
 
 def _predict(args) -> int:
     from .classifier import ImageClassifier
-    from .predict import check_output, format_predictions, write_predictions
+    from .deploy.writers import check_output, format_predictions, write_predictions
 
     if args.output:
         check_output(args.output)
@@ -286,7 +286,7 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from .classifier import ImageClassifier
-    from .export import export_onnx
+    from .deploy.export import export_onnx
     from .progress import Reporter
 
     clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
@@ -307,7 +307,7 @@ def _export(args) -> int:
 
 
 def _serve(args) -> int:
-    from .serve import serve
+    from .deploy.serve import serve
 
     serve(args.run, host=args.host, port=args.port, workers=args.workers, device=args.device,
           runtime=args.runtime, top_k=args.top_k, min_confidence=args.min_confidence, tta=args.tta,
@@ -320,9 +320,9 @@ def _inspect(args) -> int:
 
     from .atomic import write_json_atomic, write_text_atomic
     from .audit import audit
-    from .inspect_page import build_inspect_page, summary_lines
     from .progress import Reporter
-    from .run import RunFolder
+    from .report.inspect_page import build_inspect_page, summary_lines
+    from .runs.folder import RunFolder
 
     clf = None
     if args.run:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .runtime import resolve_device
+from .engine import resolve_device
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import timm
 import torch
 from torch import nn
 
-from .data.transforms import DataConfig
-from .errors import ConfigError, RunFolderError
+from ..data.transforms import DataConfig
+from ..errors import ConfigError, RunFolderError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import write_bytes_atomic
+from ..atomic import write_bytes_atomic
 
 MAX_DIFF = 1e-3  # largest |difference| from PyTorch accepted for the ONNX Runtime copy
 
@@ -62,7 +62,7 @@ def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_
     if device.type != "cpu" or os.environ.get("IMGTUNE_ONNX_EXTRACTION", "1") == "0":
         return fixed
     try:
-        from .onnx_runtime import OnnxModule, trace
+        from .onnx_module import OnnxModule, trace
 
         structure = hashlib.sha256(repr(fixed).encode()).hexdigest()[:16]  # what the network computes
         info = {**key_info, "image_size": image_size, "torch": torch.__version__, "structure": structure}

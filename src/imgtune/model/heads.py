@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import HeadConfig
-from .errors import ConfigError
+from ..config import HeadConfig
+from ..errors import ConfigError
 
 
 class Dropout(nn.Dropout):

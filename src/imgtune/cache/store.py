@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_json_atomic
+from ..atomic import write_bytes_atomic, write_json_atomic
 
 MAGIC = b"ITS1"
 SUFFIX = ".its"

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .metrics import confusion_matrix, macro_scores, per_class
-from .progress import Reporter
-from .runtime import Precision, to_device
+from ..engine import Precision, to_device
+from ..errors import ConfigError
+from ..infer.metrics import confusion_matrix, macro_scores, per_class
+from ..progress import Reporter
+
 
 class Objective:
     """What a stage trains and judges by: the metric (checkpoints are chosen on its validation value), the

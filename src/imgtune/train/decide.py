@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import fit_temperature
-from .errors import ConfigError
-from .metrics import confusion_matrix, macro_scores, per_class
+from ..errors import ConfigError
+from ..infer.calibration import fit_temperature
+from ..infer.metrics import confusion_matrix, macro_scores, per_class
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 OFFSET_RANGE = 6.0  # log-probability units either way: an imbalance of e^6 ~ 400 at most

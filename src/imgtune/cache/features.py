@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from .backbones import Backbone
-from .data.datasets import ImageFiles
-from .data.images import BadImage, read_bytes
-from .data.transforms import eval_transform
-from .distributed import Ranks
-from .progress import Reporter
-from .runtime import loader_workers, release_free_memory
+from ..data.datasets import ImageFiles
+from ..data.images import BadImage, read_bytes
+from ..data.transforms import eval_transform
+from ..distributed import Ranks
+from ..engine import loader_workers, release_free_memory
+from ..model.backbones import Backbone
+from ..progress import Reporter
 from .store import ShardStore
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RunFolderError
+from ..errors import RunFolderError
 
 METADATA_KEY = "imgtune"
 

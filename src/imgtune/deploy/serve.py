@@ -13,8 +13,8 @@ why; the server keeps serving. Decoding uses the same code, with the same limits
 import json
 import os
 
-from .data.images import BadImage, decode_rgb
-from .errors import ConfigError
+from ..data.images import BadImage, decode_rgb
+from ..errors import ConfigError
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
@@ -157,7 +157,7 @@ def _metrics_summary(clf) -> dict | None:
 
 def app_from_environment():
     """uvicorn's factory for --workers N: each worker process loads the run named in the environment."""
-    from .classifier import ImageClassifier
+    from ..classifier import ImageClassifier
 
     settings = json.loads(os.environ["IMGTUNE_SERVE"])
     clf = ImageClassifier.load(settings["run"], device=settings["device"], quiet=True, runtime=settings["runtime"])
@@ -188,9 +188,9 @@ def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime:
     _check_free(host, port)
     print(f"Serving {run} on http://{host}:{port} (API page: http://{host}:{port}/docs); Ctrl-C stops.",
           flush=True)
-    server = dict(host=host, port=port, log_level="warning", http="imgtune.serve_protocol:HeaderDeadline",
+    server = dict(host=host, port=port, log_level="warning", http="imgtune.deploy.serve_protocol:HeaderDeadline",
                   timeout_keep_alive=header_timeout)
     if workers == 1:
         uvicorn.run(app, **server)
     else:  # each worker process builds its own app from the environment
-        uvicorn.run("imgtune.serve:app_from_environment", factory=True, workers=workers, **server)
+        uvicorn.run("imgtune.deploy.serve:app_from_environment", factory=True, workers=workers, **server)

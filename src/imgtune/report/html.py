@@ -8,8 +8,8 @@ import html
 import io
 from datetime import datetime, timezone
 
-from . import __version__
-from .data.images import BadImage, load_rgb
+from .. import __version__
+from ..data.images import BadImage, load_rgb
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .train import set_train_mode
+from ..errors import ConfigError
+from .loop import set_train_mode
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 FIXED_SECONDS = 8.0  # calibration, metrics, report and writing the run: 6-8 s measured (Fashion-MNIST)

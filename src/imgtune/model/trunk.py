@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache.features import run_network
+from ..cache.store import ShardStore
+from ..data.transforms import eval_transform, train_transform
+from ..errors import DataError
+from ..progress import Reporter
 from .backbones import Backbone
-from .data.transforms import eval_transform, train_transform
-from .errors import DataError
-from .features import run_network
-from .progress import Reporter
-from .store import ShardStore
 
 _PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "forward_head")
 

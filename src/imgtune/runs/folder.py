@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from .errors import RunFolderError
+from ..atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..errors import RunFolderError
 
 FORMAT = "imgtune-run"
 FORMAT_VERSION = 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SCALARS = ("loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "lr", "seconds")
 

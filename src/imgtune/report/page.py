@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..atomic import write_text_atomic
+from ..runs.folder import RunFolder
+from ..train.baselines import baseline_lines
 from . import plots
-from .atomic import write_text_atomic
-from .baselines import baseline_lines
-from .htmlpage import cards, esc, figure, gallery, page, section, table, tile
-from .run import RunFolder
+from .html import cards, esc, figure, gallery, page, section, table, tile
 
 
 def write_report(run_dir: str | os.PathLike, metrics: dict, out: str | os.PathLike) -> Path:

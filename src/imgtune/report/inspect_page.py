@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import plots
-from .htmlpage import cards, esc, figure, gallery, page, section, table, tile
+from .html import cards, esc, figure, gallery, page, section, table, tile
 
 SHOWN = 60  # entries per list on the page; inspect.json has them all
 

@@ -7,8 +7,8 @@ import io
 import json
 from pathlib import Path
 
-from .atomic import write_text_atomic
-from .errors import ConfigError
+from ..atomic import write_text_atomic
+from ..errors import ConfigError
 
 
 def check_output(output: str | Path) -> str:

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import write_atomic
-from .data.scan import find_images
-from .data.transforms import eval_transform
-from .errors import ImgtuneError
-from .features import run_network
-from .onnx_runtime import METADATA_KEY, OnnxModule, _require_onnx, trace
-from .progress import Reporter
-from .run import RunFolder
+from .. import __version__
+from ..atomic import write_atomic
+from ..cache.features import run_network
+from ..data.scan import find_images
+from ..data.transforms import eval_transform
+from ..errors import ImgtuneError
+from ..model.onnx_module import METADATA_KEY, OnnxModule, _require_onnx, trace
+from ..progress import Reporter
+from ..runs.folder import RunFolder
 
 AGREEMENT_MIN = 0.999  # top-1 agreement with PyTorch
 MAX_ABS_DIFF = 1e-4  # largest |logit difference| allowed in fp32
