@@ -32,11 +32,12 @@ import torch
 from PIL import Image
 
 from imgtune.cache.features import FeatureCache, extract_features
+from imgtune.cache.trunk_views import TrunkViews
 from imgtune.engine import setup
 from imgtune.model.backbones import create_backbone
 from imgtune.model.frozen import fast_frozen
 from imgtune.model.onnx_module import OnnxModule, trace
-from imgtune.model.trunk import TrunkViews, split_stage
+from imgtune.model.trunk import split_stage
 
 BATCH = 32
 

@@ -112,7 +112,7 @@ def test_fit_on_imbalanced_folders_says_what_it_chose_and_decided(tmp_path, capf
 
 
 def test_baseline_warnings_say_when_the_gap_is_within_the_noise():
-    from imgtune.train.baselines import baseline_lines
+    from imgtune.report.console import baseline_lines
 
     def doc(acc, n):
         return {"accuracy": acc, "macro_f1": acc, "n_images": n,

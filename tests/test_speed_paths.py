@@ -18,7 +18,7 @@ from imgtune.model.frozen import fast_frozen, fixed_padding
 from imgtune.model.trunk import Tail, Trunk, split_stage
 from imgtune.progress import Reporter
 from imgtune.train.budget import Plan, Rates, TickingClock, TimeLimit, parse_duration, plan_epochs
-from imgtune.train.loop import StageState, run_stage
+from imgtune.train.loop import Stage, StageState, StopAt, run_stage
 
 
 def _trainable(model, prefixes):
@@ -115,10 +115,10 @@ def test_a_stage_does_not_start_an_epoch_past_its_deadline():
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
-    state = run_stage("head", model, train_batches=lambda e: batches, n_batches=1, val_batches=lambda: batches,
-                      optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), epochs=5,
-                      patience=None, label_smoothing=0.0, seed=0, device=torch.device("cpu"),
-                      reporter=Reporter(quiet=True), stop_at=time.perf_counter() - 1)
+    stage = Stage("head", lambda e: batches, 1, lambda: batches, opt,
+                  torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 5)
+    state = run_stage(stage, model, device=torch.device("cpu"), reporter=Reporter(quiet=True),
+                      hooks=[StopAt(time.perf_counter() - 1, Reporter(quiet=True))])
     assert isinstance(state, StageState) and state.history == []
 
 

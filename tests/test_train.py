@@ -9,11 +9,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision.transforms import v2 as T
 
-import imgtune.classifier as classifier
+import imgtune.train.finetune as finetune
 from imgtune import ImageClassifier
 from imgtune.config import get_recipe, with_overrides
 from imgtune.data.transforms import DataConfig, train_transform
 from imgtune.errors import ConfigError
+from imgtune.train.loop import Hook
 
 
 def test_seed_recipe_is_the_original_one():
@@ -47,7 +48,7 @@ def test_fine_tuning_starts_where_the_head_ended():
     import numpy as np
 
     from imgtune.config import DEFAULT
-    from imgtune.model.backbones import create_backbone
+    from imgtune.model.backbones import create_backbone, unfrozen_names
     from imgtune.model.heads import Classifier, make_head
     from imgtune.model.trunk import Tail, Trunk, split_stage
     from imgtune.train.loop import Objective, set_train_mode, start_loss
@@ -62,7 +63,7 @@ def test_fine_tuning_starts_where_the_head_ended():
     head = make_head(DEFAULT.head, b.num_features, 3)
     load_into(head[-1], fitted)
     model = Classifier(b.model, head)
-    unfrozen = classifier._unfrozen(b.model, DEFAULT.finetune.unfreeze, "efficientnet_lite0")
+    unfrozen = unfrozen_names(b.model, DEFAULT.finetune.unfreeze, "efficientnet_lite0")
     for n, p in model.backbone.named_parameters():
         p.requires_grad = n in unfrozen
     set_train_mode(model, bn_train=DEFAULT.finetune.bn_train)
@@ -79,19 +80,22 @@ def test_fine_tuning_starts_where_the_head_ended():
 
 
 def _interrupting(hook: str, when):
-    """run_stage whose fine-tune `hook` (on_epoch or on_batch) raises KeyboardInterrupt, as Ctrl-C would,
-    right after the checkpoint for which `when(state)` holds."""
-    real = classifier.run_stage
+    """run_stage whose fine-tune stage raises KeyboardInterrupt, as Ctrl-C would, right after the
+    checkpoint (`hook`: "after_epoch" or "after_batch") for which `when(state)` holds."""
+    real = finetune.run_stage
+
+    class CtrlC(Hook):
+        def after_epoch(self, state):
+            if hook == "after_epoch" and when(state):
+                raise KeyboardInterrupt
+
+        def after_batch(self, state, done, loss_sum, seen):
+            if hook == "after_batch" and when(state):
+                raise KeyboardInterrupt
 
     def run_stage(stage, model, **kw):
-        if stage == "fine-tune":
-            inner = kw[hook]
-
-            def hooked(state):
-                inner(state)
-                if when(state):
-                    raise KeyboardInterrupt
-            kw[hook] = hooked
+        if stage.name == "fine-tune":  # after the stage's own hooks, so the checkpoint is written first
+            kw["hooks"] = [*kw["hooks"], CtrlC()]
         return real(stage, model, **kw)
     return run_stage
 
@@ -120,7 +124,7 @@ def test_interrupted_run_resumes_to_identical_weights(reference, tmp_path, monke
     cut = tmp_path / "cut"
     settings = dict(SETTINGS)
     with monkeypatch.context() as patch:
-        patch.setattr(classifier, "run_stage", _interrupting("on_epoch", lambda st: st.epoch == 1))
+        patch.setattr(finetune, "run_stage", _interrupting("after_epoch", lambda st: st.epoch == 1))
         with pytest.raises(KeyboardInterrupt):
             ImageClassifier(**settings).fit(data.name, out=cut)
     assert not (cut / "model.safetensors").exists()
@@ -140,7 +144,7 @@ def test_interrupted_run_resumes_to_identical_weights(reference, tmp_path, monke
 def test_interrupted_mid_epoch_resumes_to_identical_weights(reference, tmp_path, monkeypatch):
     data, weights = reference
     with monkeypatch.context() as patch:  # stop after batch 2 of epoch 2
-        patch.setattr(classifier, "run_stage", _interrupting("on_batch", lambda st: (st.epoch, st.batch) == (1, 2)))
+        patch.setattr(finetune, "run_stage", _interrupting("after_batch", lambda st: (st.epoch, st.batch) == (1, 2)))
         with pytest.raises(KeyboardInterrupt):
             ImageClassifier(**SETTINGS).fit(data, out=tmp_path / "cut")
     meta = json.loads(safe_open(str(tmp_path / "cut" / "checkpoints" / "finetune.safetensors"), "pt")

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from . import __version__
-from .errors import ConfigError, ImgtuneError
+from .errors import ConfigError, ImgtuneError, ParameterError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_folders_as_files(args)
         with _sigterm_unwinds():
             return _COMMANDS[args.command](args)
+    except ParameterError as e:  # worded for the command line: the flag, not the Python parameter
+        print(f"imgtune: error: {e.worded_for('--' + e.param.replace('_', '-'))}", file=sys.stderr)
+        return 2
     except ImgtuneError as e:
         print(f"imgtune: error: {e}", file=sys.stderr)
         return 2
@@ -269,7 +272,7 @@ def _predict(args) -> int:
         check_output(args.output)
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
-    for path, reason in clf.skipped_:
+    for path, reason in rows.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not rows:
         print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",

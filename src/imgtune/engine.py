@@ -1,16 +1,22 @@
-"""Device, seeding, threads and numerics: the only place that branches on them."""
+"""Where the work runs: the device, the ranks under torchrun, precision, threads, numerics and random
+state; the only place that branches on them. What changes the process (seeding, flush-denormal, the
+process group) is scoped here as context managers the entry points enter; library code passes
+explicit torch.Generators."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ParameterError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -20,19 +26,40 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto.")
+            raise ParameterError("device", "{name} cuda was asked for, but no CUDA GPU is visible; use cpu or "
+                                           "auto.")
         return torch.device("cuda")
-    raise ConfigError(f"--device must be auto, cpu or cuda; received {name!r}.")
+    raise ParameterError("device", f"must be auto, cpu or cuda; received {name!r}.")
 
 
-def setup(seed: int) -> None:
-    """Seed every generator and set CPU numerics once per process."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    # TF-ported weights produce denormal floats; without flushing them one optimiser step on CPU was
-    # measured several times slower.
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None):
+    """Inside: Python's, NumPy's and torch's global generators seeded from `seed` (torchvision's v2
+    transforms and dropout draw from torch's); after: every one as it was, so a caller's random state is
+    not the library's business."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            random.seed(seed)
+            np.random.seed(seed % (2**32))
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def cpu_numerics():
+    """Denormal floats flushed to zero inside: TF-ported weights produce them, and without flushing one
+    optimiser step on CPU was measured several times slower. PyTorch cannot read the setting back, so it
+    is turned off again on the way out, as a fresh process has it."""
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def loader_workers() -> int:
@@ -106,3 +133,69 @@ def prepare(model: torch.nn.Module, device: torch.device, *, compile: bool = Fal
     EfficientNet-Lite0 at 128 px took 257 ms instead of 384 ms on 2 cores (benchmarks/step_speed.py)."""
     model = model.to(device, memory_format=torch.channels_last)
     return torch.compile(model) if compile else model
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes the run folder, prints and reports."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def total(self, value: float) -> float:
+        """The sum of `value` over the ranks."""
+        return float(sum(self.gather(value))) if self.active else value
+
+
+@contextlib.contextmanager
+def ranks_and_device(device_name: str = "auto"):
+    """-> (ranks, this rank's device) for one fit. Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK in the
+    environment) this joins the process group, gloo on CPU and NCCL on CUDA with one GPU per local rank,
+    and leaves it on the way out when it was the one that joined; in one process it does nothing."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world <= 1:
+        yield Ranks(), device
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(rank, world, local), device
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def data_parallel(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """The model DistributedDataParallel trains with (its trainable parameters' gradients averaged over
+    the ranks), or the model itself in one process."""
+    if not ranks.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -15,7 +15,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ParameterError
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,13 @@ class DataConfig:
     interpolation: str = "bicubic"
 
     def __post_init__(self):
-        if not isinstance(self.image_size, int) or self.image_size < 16 or self.image_size > 2048:
-            raise ConfigError(f"--image-size must be a whole number from 16 to 2048; received {self.image_size}.")
+        self.check_image_size(self.image_size)
+
+    @staticmethod
+    def check_image_size(size) -> None:
+        """The one check of an input size, wherever it comes from (a parameter, a flag, config.json)."""
+        if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 2048:
+            raise ParameterError("image_size", f"must be a whole number from 16 to 2048; received {size!r}.")
 
     @property
     def signature(self) -> str:

@@ -18,11 +18,12 @@ import torch
 
 from .. import __version__
 from ..atomic import write_atomic
-from ..cache.features import run_network
+from ..data.datasets import ImageFiles
 from ..data.scan import find_images
 from ..data.transforms import eval_transform
 from ..errors import ImgtuneError
-from ..model.onnx_module import METADATA_KEY, OnnxModule, _require_onnx, trace
+from ..infer.runner import run_network
+from ..model.onnx_module import METADATA_KEY, OnnxModule, require_onnx, trace
 from ..progress import Reporter
 from ..runs.folder import RunFolder
 
@@ -35,7 +36,7 @@ def export_onnx(clf, output: str | os.PathLike | None = None, *, quantize: str |
                 reporter: Reporter | None = None) -> dict:
     """Write RUN/model.onnx (or `output`) and, with quantize="int8", model.int8.onnx beside it.
     Returns the figures that were checked."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     rep = reporter or Reporter(quiet=True)
     run = RunFolder(clf.run_dir_)
     output = Path(output) if output else run.path / "model.onnx"
@@ -93,8 +94,8 @@ def _split_files(run: RunFolder) -> tuple[list[tuple[str, int]], list[tuple[str,
 
 
 def _logits(net, paths: list[str], cfg, rep: Reporter, description: str) -> dict[str, np.ndarray]:
-    outputs, _ = run_network(net, paths, eval_transform(cfg), cfg.image_size, device=torch.device("cpu"),
-                             reporter=rep, description=description)
+    outputs, _ = run_network(net, ImageFiles(paths, None, eval_transform(cfg), cfg.image_size),
+                             device=torch.device("cpu"), reporter=rep, description=description)
     return {paths[i]: v for i, v in outputs.items()}
 
 
@@ -149,7 +150,7 @@ def _quantize(fp32: Path, val, train, cfg, rep: Reporter) -> dict:
 def _tensors(paths: list[str], cfg) -> tuple[np.ndarray, list[int]]:
     """Preprocessed images as one float32 array, and the indices of the paths they came from (unreadable
     files are left out)."""
-    outputs, _ = run_network(torch.nn.Identity(), paths, eval_transform(cfg), cfg.image_size,
+    outputs, _ = run_network(torch.nn.Identity(), ImageFiles(paths, None, eval_transform(cfg), cfg.image_size),
                              device=torch.device("cpu"))
     kept = sorted(outputs)
     if not kept:

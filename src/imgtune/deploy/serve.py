@@ -14,7 +14,7 @@ import json
 import os
 
 from ..data.images import BadImage, decode_rgb
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
@@ -22,13 +22,9 @@ MAX_FILES = 64
 
 
 def _require():
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401  (FastAPI's form parser)
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise ConfigError("imgtune serve needs FastAPI, uvicorn and python-multipart: "
-                          "pip install 'imgtune[serve]'.") from None
+    # python_multipart: FastAPI's form parser
+    require(("fastapi", "python_multipart", "uvicorn"), packages="FastAPI, uvicorn and python-multipart",
+            extra="serve", feature="imgtune serve")
 
 
 class RequestCap:
@@ -93,7 +89,7 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="imgtune", version=str(getattr(clf, "fit_info_", {}).get("weights", "")) or "1",
+    app = FastAPI(title="imgtune", version=str(clf.fit_info_.get("weights", "")) or "1",
                   description=f"Image classifier over {len(clf.classes_)} classes: {', '.join(clf.classes_)}.")
     app.add_middleware(RequestCap, limit=max_request_bytes)
     summary = _metrics_summary(clf)
@@ -111,7 +107,7 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
     @app.get("/metadata")
     def meta() -> dict:
         return {"classes": clf.classes_, "backbone": clf.backbone, "image_size": clf.data_config_.image_size,
-                "temperature": clf.temperature_, "runtime": getattr(clf, "runtime_", "torch"),
+                "temperature": clf.temperature_, "runtime": clf.runtime_,
                 "top_k": top_k, "min_confidence": min_confidence, "tta": tta, "max_upload_bytes": max_bytes,
                 "metrics": summary}
 
@@ -146,7 +142,7 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
 
 
 def _metrics_summary(clf) -> dict | None:
-    path = os.path.join(str(getattr(clf, "run_dir_", "")), "metrics.json")
+    path = os.path.join(str(clf.run_dir_ or ""), "metrics.json")
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)

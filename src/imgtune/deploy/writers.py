@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..errors import ConfigError
+from ..errors import ParameterError
 
 
 def check_output(output: str | Path) -> str:
     suffix = Path(output).suffix.lower()
     if suffix not in (".csv", ".json"):
-        raise ConfigError(f"--output must end in .csv or .json; received {str(output)!r}.")
+        raise ParameterError("output", f"must end in .csv or .json; received {str(output)!r}.")
     return suffix
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import DataConfig
-from ..errors import ConfigError, RunFolderError
+from ..errors import ConfigError, ParameterError, RunFolderError
 
 
 @dataclass
@@ -135,18 +135,18 @@ def _from_file(name: str, weights: str):
 
     path = Path(weights)
     if not path.is_file():
-        raise ConfigError(f"--weights {weights!r} is not a file: expected a .safetensors state dict for {name!r}.")
+        raise ParameterError("weights", f"{{name}} {weights!r} is not a file: expected a .safetensors state dict for {name!r}.")
     model = timm.create_model(f"tf_{name}" if name in _REGISTRY else name, pretrained=False)
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a bad header
-        raise ConfigError(f"--weights {weights!r} is not a readable safetensors file ({e}).") from None
+        raise ParameterError("weights", f"{{name}} {weights!r} is not a readable safetensors file ({e}).") from None
     result = model.load_state_dict(state, strict=False)
     ignorable = {k for k in result.missing_keys + result.unexpected_keys
                  if k.startswith(model.default_cfg.get("classifier", "classifier"))}
     wrong = sorted(set(result.missing_keys + result.unexpected_keys) - ignorable)
     if wrong:
-        raise ConfigError(f"--weights {weights!r} does not fit {name!r}: {len(wrong)} keys differ "
+        raise ParameterError("weights", f"{{name}} {weights!r} does not fit {name!r}: {len(wrong)} keys differ "
                           f"(e.g. {wrong[:3]}).")
     return model, f"file:{_file_digest(path)}"
 
@@ -178,3 +178,11 @@ def param_groups(model: nn.Module) -> list[list[str]]:
         raise RunFolderError(f"{type(model).__name__} has no group_matcher: cannot choose blocks to unfreeze.")
     groups = group_parameters(model, model.group_matcher(coarse=True))
     return [groups[k] for k in sorted(groups)]
+
+
+def unfrozen_names(backbone: torch.nn.Module, unfreeze: int, name: str) -> set[str]:
+    """Names of the backbone parameters in its last `unfreeze` block groups."""
+    groups = param_groups(backbone)
+    if not 1 <= unfreeze <= len(groups):
+        raise ConfigError(f"unfreeze must be 1 to {len(groups)} for {name}; received {unfreeze}.")
+    return {n for g in groups[-unfreeze:] for n in g}

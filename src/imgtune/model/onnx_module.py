@@ -17,24 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import RunFolderError
+from ..errors import RunFolderError, require
 
 METADATA_KEY = "imgtune"
 
 
-def _require_onnx():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError:
-        raise RunFolderError("ONNX support needs the onnx and onnxruntime packages: "
-                             "pip install 'imgtune[onnx]'.") from None
-    return onnx, onnxruntime
+def require_onnx():
+    """(onnx, onnxruntime), or one MissingDependency naming the extra."""
+    return tuple(require(("onnx", "onnxruntime"), packages="the onnx and onnxruntime packages", extra="onnx",
+                         feature="ONNX support"))
 
 
 def read_checked(path: str | os.PathLike):
     """Load an ONNX file's graph (without external tensors) and refuse external data outside its folder."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     path = Path(path)
     if not path.is_file():
         raise RunFolderError(f"{str(path)!r} is missing: run `imgtune export RUN` first.")
@@ -82,7 +78,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         model = read_checked(path)
         self.metadata = metadata(model)
-        _, ort = _require_onnx()
+        _, ort = require_onnx()
         options = ort.SessionOptions()
         self.parts = max(1, torch.get_num_threads()) if per_core else 1
         if per_core:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
@@ -27,3 +29,28 @@ def per_class_table(metrics: dict, title: str | None = None) -> Table:
 
 def print_metrics(metrics: dict, title: str | None = None) -> None:
     Console(highlight=False).print(per_class_table(metrics, title))
+
+
+def baseline_lines(metrics: dict) -> list[str]:
+    """The console's lines on the baselines of a metrics document: the scores, then a warning in plain
+    words for each baseline the model is below (by more than one image's worth)."""
+    b = metrics.get("baselines")
+    if not b:
+        return []
+    n = max(1, metrics.get("n_images", 1))
+    maj, probe = b["majority"], b["logistic_probe"]
+    lines = [f"Baselines on the same split: always {maj['class']!r} {maj['accuracy']:.4f} accuracy, "
+             f"{maj['macro_f1']:.4f} macro-F1; logistic regression on the same features (C={probe['c']:g}) "
+             f"{probe['accuracy']:.4f} accuracy, {probe['macro_f1']:.4f} macro-F1."]
+    for name, base in (("always answering the largest class", maj), ("a logistic regression on the same features",
+                                                                     probe)):
+        for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            gap = base[key] - metrics[key]
+            if gap > 1 / n:
+                # the standard error of a score near this one on n images: a gap under twice it may be luck
+                se = math.sqrt(max(base[key] * (1 - base[key]), 1 / n) / n)
+                noise = (f" (within the noise of {n:,} images, +-{2 * se * 100:.1f} points)" if gap < 2 * se
+                         else "")
+                lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
+                             f"{base[key]:.2f}{noise}.")
+    return lines

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..runs.folder import RunFolder
-from ..train.baselines import baseline_lines
 from . import plots
+from .console import baseline_lines
 from .html import cards, esc, figure, gallery, page, section, table, tile
 
 

@@ -10,7 +10,6 @@ check: a trained model below it has a problem that a logistic regression on the 
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -46,26 +45,23 @@ def logistic_probe(x_train: np.ndarray, y_train: np.ndarray, *, folds: int = 5, 
     return search.best_estimator_
 
 
-def baseline_lines(metrics: dict) -> list[str]:
-    """The console's lines on the baselines of a metrics document: the scores, then a warning in plain
-    words for each baseline the model is below (by more than one image's worth)."""
-    b = metrics.get("baselines")
-    if not b:
-        return []
-    n = max(1, metrics.get("n_images", 1))
-    maj, probe = b["majority"], b["logistic_probe"]
-    lines = [f"Baselines on the same split: always {maj['class']!r} {maj['accuracy']:.4f} accuracy, "
-             f"{maj['macro_f1']:.4f} macro-F1; logistic regression on the same features (C={probe['c']:g}) "
-             f"{probe['accuracy']:.4f} accuracy, {probe['macro_f1']:.4f} macro-F1."]
-    for name, base in (("always answering the largest class", maj), ("a logistic regression on the same features",
-                                                                     probe)):
-        for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-            gap = base[key] - metrics[key]
-            if gap > 1 / n:
-                # the standard error of a score near this one on n images: a gap under twice it may be luck
-                se = math.sqrt(max(base[key] * (1 - base[key]), 1 / n) / n)
-                noise = (f" (within the noise of {n:,} images, +-{2 * se * 100:.1f} points)" if gap < 2 * se
-                         else "")
-                lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
-                             f"{base[key]:.2f}{noise}.")
-    return lines
+def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: list[str], seed: int) -> dict:
+    """The majority class and the logistic-regression probe of a run, on `rows` of `split` (those that
+    were evaluated), from its cached features. The probe is the head selection's own logistic regression
+    without class weights, its C cross-validated (reused from the selection when it ran)."""
+    from .decide import scores
+    from .selection import fit_head, select_head
+    from .selection import logits as selection_logits
+
+    (x, y), (xv, yv) = feats["train"], feats["val"]
+    xe, ye = feats[split]
+    xe, ye = xe[rows], ye[rows]
+    n_classes = len(classes)
+    majority = majority_class(y, n_classes)
+    out = {"majority": {"class": classes[majority], **scores(ye, np.full(len(ye), majority), n_classes)}}
+    if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
+        choice = select_head(x, y, xv, yv, n_classes, metric="accuracy", seed=seed, weightings=("none",))
+    probe = choice.probe()
+    head = fit_head(np.concatenate([x, xv]), np.concatenate([y, yv]), n_classes, probe)
+    out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head).argmax(1), n_classes)}
+    return out

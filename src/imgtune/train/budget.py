@@ -14,6 +14,7 @@ what a run plans never depends on how busy the machine is.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -26,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .loop import set_train_mode
+from ..atomic import write_json_atomic
+from ..errors import ParameterError
+from .loop import Hook, set_train_mode
+from .optim import set_schedule_length
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 FIXED_SECONDS = 8.0  # calibration, metrics, report and writing the run: 6-8 s measured (Fashion-MNIST)
@@ -49,8 +52,8 @@ def parse_duration(text: str) -> float:
     """'600', '90s', '10m', '1.5h' -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
     if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"--time-limit must be a positive duration such as 600, 90s, 10m or 1.5h; "
-                          f"received {text!r}.")
+        raise ParameterError("time_limit", f"must be a positive duration such as 600, 90s, 10m or 1.5h; "
+                                           f"received {text!r}.")
     return float(m.group(1)) * _UNITS[m.group(2) or ""]
 
 
@@ -86,7 +89,7 @@ class TimeLimit:
 
     def __post_init__(self):
         if not (isinstance(self.seconds, (int, float)) and 0 < self.seconds < float("inf")):
-            raise ConfigError(f"time_limit must be a positive number of seconds; received {self.seconds!r}.")
+            raise ParameterError("time_limit", f"must be a positive number of seconds; received {self.seconds!r}.")
 
     @classmethod
     def of(cls, value: "float | str | TimeLimit | None") -> "TimeLimit | None":
@@ -159,3 +162,23 @@ def forward_rate(module: nn.Module, example: torch.Tensor, *, rounds: int = 2) -
     for _ in range(rounds):
         module(example)
     return rounds * len(example) / (time.perf_counter() - started)
+
+
+class Replan(Hook):
+    """After the first epoch, the epochs that fit by its measured duration: the schedule is stretched or
+    shortened to match, and the plan in `plan_file` updated for --resume."""
+
+    def __init__(self, plan_file: Path, stop_at: float, n_batches: int, scheduler, reporter, clock):
+        self.plan_file, self.stop_at, self.n_batches = plan_file, stop_at, n_batches
+        self.scheduler, self.reporter, self.clock = scheduler, reporter, clock
+
+    def after_epoch(self, state) -> int | None:
+        if state.epoch != 1:
+            return None
+        seconds = state.history[-1]["seconds"]
+        epochs = 1 + epochs_that_fit(self.stop_at - self.clock(), seconds)
+        set_schedule_length(self.scheduler, epochs * self.n_batches)
+        write_json_atomic(self.plan_file, {**json.loads(self.plan_file.read_text()), "epochs": epochs,
+                                           "epoch_seconds": seconds})
+        self.reporter.say(f"Time limit: the first epoch took {seconds:.1f} s; {epochs} epoch(s) in all.")
+        return epochs

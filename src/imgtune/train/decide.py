@@ -175,3 +175,17 @@ def paired_gain(y: np.ndarray, pred_new: np.ndarray, pred_old: np.ndarray, metri
         i = rng.integers(0, len(y), len(y))
         diffs[r] = score(y[i], a[i], metric, n_classes) - score(y[i], b[i], metric, n_classes)
     return gain, float(diffs.std())
+
+
+def decision_for_kept(recipe, choice, tuned: bool, val_logits: np.ndarray, val_y: np.ndarray) -> Decision:
+    """The offsets and temperature of the model that is kept. The head alone: those fitted on its
+    out-of-fold predictions over train+val. A fine-tuned model: the head's offsets (in calibrated
+    units), its own temperature on validation. The seed recipe's: a temperature, no offsets."""
+    if choice is not None and not tuned:
+        return choice.decision
+    if choice is not None:
+        return decide(val_logits, val_y, recipe.metric, offsets_log_prob=choice.decision.offsets_log_prob,
+                      fitted_on=f"validation ({len(val_y):,} images); offsets from the head's out-of-fold "
+                                "predictions")
+    return decide(val_logits, val_y, recipe.metric, offsets=False,
+                  fitted_on=f"validation ({len(val_y):,} images); no offsets (the {recipe.name} recipe)")

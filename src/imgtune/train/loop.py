@@ -2,13 +2,13 @@
 
 Plain PyTorch: a fresh optimizer per stage built from the parameters that stage trains, one scheduler
 step per batch, validation after every epoch, the best epoch's weights kept and restored at the end.
-Every epoch starts from a generator seeded with (seed, epoch), so a run resumed at an epoch boundary
+Optional behaviour (checkpoints, the time limit, logging) comes in as hooks. Every epoch starts from a
+generator seeded with (seed, epoch), so a run resumed at an epoch boundary
 sees the same shuffles and augmentations as one that never stopped.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Precision, to_device
-from ..errors import ConfigError
 from ..infer.metrics import confusion_matrix, macro_scores, per_class
 from ..progress import Reporter
 
@@ -50,50 +49,6 @@ class Objective:
         from .decide import decisions_with
 
         return lambda z, y: decisions_with(z, y, self.offsets_log_prob)
-
-
-def make_optimizer(name: str, groups: list[dict], *, momentum: float, weight_decay: float):
-    if name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
-    if name == "rmsprop":  # Keras' RMSprop defaults: rho 0.9, epsilon 1e-7
-        return torch.optim.RMSprop(groups, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
-    raise ConfigError(f"Unknown optimizer {name!r}: expected adamw, sgd or rmsprop.")
-
-
-class WarmupCosine:
-    """LR factor: linear warm-up over the first `warmup` share of steps, then cosine decay to 2% at `total`.
-    An object rather than a closure, so that its length can change (--time-limit re-plans after the first
-    epoch) and travels in the scheduler's state_dict."""
-
-    def __init__(self, total_steps: int, warmup: float = 0.1):
-        self.warmup = warmup
-        self.set_total(total_steps)
-
-    def set_total(self, total_steps: int) -> None:
-        self.total = max(1, int(total_steps))
-        self.warm = max(1, int(self.total * self.warmup))
-
-    def __call__(self, step: int) -> float:
-        if step < self.warm:
-            return (step + 1) / self.warm
-        t = min(step - self.warm, self.total - self.warm) / max(1, self.total - self.warm)
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def make_scheduler(kind: str, optimizer, total_steps: int, *, warmup: float = 0.1):
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup))
-    raise ConfigError(f"Unknown schedule {kind!r}: expected cosine or constant.")
-
-
-def set_schedule_length(scheduler, total_steps: int) -> None:
-    for factor in scheduler.lr_lambdas:
-        if isinstance(factor, WarmupCosine):
-            factor.set_total(total_steps)
 
 
 def set_train_mode(model: nn.Module, *, bn_train: bool = True) -> None:
@@ -191,104 +146,181 @@ def validate(model: nn.Module, batches: Iterable, device: torch.device,
             "val_balanced_accuracy": balanced_accuracy, "val_macro_f1": macro_f1}
 
 
-def run_stage(stage: str, model: nn.Module, *,
-              train_batches: Callable[[int], Iterable], n_batches: int, val_batches: Callable[[], Iterable],
-              optimizer, scheduler, epochs: int, patience: int | None, label_smoothing: float, seed: int,
-              device: torch.device, reporter: Reporter, state: StageState | None = None,
-              on_epoch: Callable[[StageState], None] | None = None, bn_train: bool = True,
-              baseline: bool = False, class_weights: torch.Tensor | None = None,
-              select: str = "val_accuracy", on_batch: Callable[[StageState], None] | None = None,
-              checkpoint_every: float | None = None, trainer: nn.Module | None = None,
-              total: Callable[[float], float] = float, precision: Precision | None = None,
-              stop_at: float | None = None, replan: Callable[[StageState], int | None] | None = None,
-              clock: Callable[[], float] = time.perf_counter,
-              decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-              clip_grad: float | None = None) -> StageState:
-    """Train `model` (its parameters with requires_grad) for up to `epochs`; keep the best epoch on
-    validation (`select`, then loss), weights and BatchNorm statistics alike, and restore it at the end.
-
-    `on_epoch(state)` follows every epoch. `on_batch(state)` follows a batch when `checkpoint_every`
-    seconds have passed since the last call, with `state.batch` and `state.rng` saying where the epoch
-    stands; a state with batch > 0 continues that epoch exactly: its batches so far are drawn again
-    (same order, same augmentation) without training, then the random state is restored.
-
-    Under torchrun, `trainer` is the DistributedDataParallel wrapper the training batches go through
-    (each rank sees its share), and `total` sums a number over the ranks for the epoch's record.
-
-    `decider(logits, labels)` makes the validation decisions the scores judge (default: argmax).
-
+@dataclass
+class Stage:
+    """What one stage trains with: its batches (`train_batches(epoch)`, `val_batches()`), optimiser and
+    schedule (one step per batch), loss settings, and how epochs are judged: `select` (then the loss) on
+    validation, with `decider(logits, labels)` making the decisions the scores judge (default: argmax).
     With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
-    never leaves the model worse on validation than it found it.
+    never leaves the model worse on validation than it found it. Epoch durations are read on `clock`."""
 
-    With `stop_at` (a reading of `clock`), the stage ends before an epoch that would not finish by
-    then, judging by the last epoch's duration (also read on `clock`). `replan(state)`, after each epoch, may return a new
-    number of epochs.
-    """
+    name: str
+    train_batches: Callable[[int], Iterable]
+    n_batches: int
+    val_batches: Callable[[], Iterable]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    epochs: int
+    seed: int = 0
+    patience: int | None = None
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+    select: str = "val_accuracy"
+    decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    bn_train: bool = True
+    baseline: bool = False
+    clip_grad: float | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+
+class Hook:
+    """Optional behaviour around a stage's epochs and batches (checkpoints, the time limit, logging);
+    each method does nothing unless a hook overrides it."""
+
+    def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
+        """False ends the stage before this epoch."""
+        return True
+
+    def after_batch(self, state: "StageState", done: int, loss_sum: float, seen: int) -> None:
+        """After each trained batch: `done` batches of the epoch, their summed loss and images."""
+
+    def after_epoch(self, state: "StageState") -> int | None:
+        """After each epoch (its record is state.history[-1]); may return a new number of epochs."""
+        return None
+
+
+def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter: Reporter,
+              state: "StageState | None" = None, hooks: Iterable[Hook] = (), trainer: nn.Module | None = None,
+              total: Callable[[float], float] = float) -> "StageState":
+    """Train `model` (its parameters with requires_grad) for up to `stage.epochs`; keep the best epoch on
+    validation, weights and BatchNorm statistics alike, and restore it at the end. A state with batch > 0
+    continues that epoch exactly: its batches so far are drawn again (same order, same augmentation)
+    without training, then the random state is restored. Under torchrun, `trainer` is the
+    DistributedDataParallel wrapper the training batches go through (each rank sees its share), and
+    `total` sums a number over the ranks for the epoch's record."""
+    hooks = list(hooks)
     if state is None:
         state = StageState()
-        if baseline:
-            record = {"stage": stage, "epoch": 0, "loss": None, **validate(model, val_batches(), device, decider),
-                      "lr": 0.0, "seconds": 0.0}
-            state.best_score, state.best_epoch = (record[select], -record["val_loss"]), 0
+        if stage.baseline:
+            record = {"stage": stage.name, "epoch": 0, "loss": None,
+                      **validate(model, stage.val_batches(), device, stage.decider), "lr": 0.0, "seconds": 0.0}
+            state.best_score, state.best_epoch = (record[stage.select], -record["val_loss"]), 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             state.history.append(record)
-            reporter.say(f"{stage} epoch 0 (before training): {_scores(record, select)}")
-    while state.epoch < epochs and not (patience is not None and state.bad_epochs >= patience):
+            reporter.say(f"{stage.name} epoch 0 (before training): {_scores(record, stage.select)}")
+    precision, epochs = Precision(device), stage.epochs
+    while state.epoch < epochs and not (stage.patience is not None and state.bad_epochs >= stage.patience):
         last = state.history[-1]["seconds"] if state.history and state.history[-1]["epoch"] > 0 else 0.0
-        if stop_at is not None and clock() + last > stop_at:
-            reporter.say(f"{stage}: stopping after epoch {state.epoch} of {epochs}: another would pass the time "
-                         "limit.")
+        if not all(h.before_epoch(stage, state, last) for h in hooks):
             break
-        epoch = state.epoch
-        skip, saved_rng = state.batch, state.rng
-        torch.manual_seed(seed * 1000 + epoch)  # augmentation drawn in this process
-        started, last_save = clock(), time.perf_counter()
-        set_train_mode(model, bn_train=bn_train)
-        loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
-        net = trainer or model
-        precision = precision or Precision(device)
-        with reporter.bar(f"{stage} epoch {epoch + 1}/{epochs}", n_batches) as advance:
-            for i, (x, y) in enumerate(train_batches(epoch)):
-                if i < skip:  # done before the interruption: drawn again so that what follows is the same
-                    if i == skip - 1 and saved_rng is not None:
-                        torch.set_rng_state(saved_rng)
-                    advance(1)
-                    continue
-                x, y = to_device(x, device), to_device(y, device)
-                with precision.autocast():
-                    loss = F.cross_entropy(net(x).float(), y, weight=class_weights, label_smoothing=label_smoothing)
-                precision.step(loss, optimizer, clip_grad)
-                scheduler.step()
-                loss_sum += loss.item() * len(y)
-                seen += len(y)
-                advance(1, info=f"loss {loss_sum / seen:.3f}")
-                if on_batch and checkpoint_every is not None and time.perf_counter() - last_save >= checkpoint_every:
-                    state.batch, state.loss_total, state.seen = i + 1, loss_sum, seen
-                    state.rng = torch.get_rng_state()
-                    on_batch(state)
-                    last_save = time.perf_counter()
-        state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
+        started = stage.clock()
+        loss_sum, seen = _train_epoch(stage, model, trainer or model, state, precision, device, reporter, hooks,
+                                      epochs)
         images = int(total(seen))
-        record = {"stage": stage, "epoch": epoch + 1, "loss": total(loss_sum) / max(images, 1), "images": images,
-                  **validate(model, val_batches(), device, decider), "lr": optimizer.param_groups[0]["lr"]}
-        record["seconds"] = round(clock() - started, 3)
-        score = (record[select], -record["val_loss"])
-        if state.best_score is None or score > state.best_score:
-            state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_epochs += 1
-        state.history.append(record)
-        state.epoch = epoch + 1
-        reporter.say(f"{stage} epoch {epoch + 1}: loss {record['loss']:.4f}, {_scores(record, select)}, "
-                     f"{record['seconds']:.1f}s" + (" (best)" if state.best_epoch == epoch + 1 else ""))
-        if on_epoch:
-            on_epoch(state)
-        if replan:
-            epochs = replan(state) or epochs
+        record = {"stage": stage.name, "epoch": state.epoch + 1, "loss": total(loss_sum) / max(images, 1),
+                  "images": images, **validate(model, stage.val_batches(), device, stage.decider),
+                  "lr": stage.optimizer.param_groups[0]["lr"], "seconds": round(stage.clock() - started, 3)}
+        _record_epoch(stage, model, state, record, reporter)
+        for h in hooks:
+            epochs = h.after_epoch(state) or epochs
     if state.best_weights:
         model.load_state_dict(state.best_weights)
     return state
+
+
+def _train_epoch(stage: Stage, model: nn.Module, net: nn.Module, state: "StageState", precision: Precision,
+                 device: torch.device, reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
+    """One epoch's training batches (those of an interrupted epoch drawn again untrained) -> (summed loss,
+    images)."""
+    epoch, skip, saved_rng = state.epoch, state.batch, state.rng
+    torch.manual_seed(epoch_seed(stage.seed, epoch))  # augmentation drawn in this process
+    set_train_mode(model, bn_train=stage.bn_train)
+    loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
+    with reporter.bar(f"{stage.name} epoch {epoch + 1}/{epochs}", stage.n_batches) as advance:
+        for i, (x, y) in enumerate(stage.train_batches(epoch)):
+            if i < skip:  # done before the interruption: drawn again so that what follows is the same
+                if i == skip - 1 and saved_rng is not None:
+                    torch.set_rng_state(saved_rng)
+                advance(1)
+                continue
+            x, y = to_device(x, device), to_device(y, device)
+            with precision.autocast():
+                loss = F.cross_entropy(net(x).float(), y, weight=stage.class_weights,
+                                       label_smoothing=stage.label_smoothing)
+            precision.step(loss, stage.optimizer, stage.clip_grad)
+            stage.scheduler.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            advance(1, info=f"loss {loss_sum / seen:.3f}")
+            for h in hooks:
+                h.after_batch(state, i + 1, loss_sum, seen)
+    state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
+    return loss_sum, seen
+
+
+def _record_epoch(stage: Stage, model: nn.Module, state: "StageState", record: dict, reporter: Reporter) -> None:
+    score = (record[stage.select], -record["val_loss"])
+    if state.best_score is None or score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_epochs = score, record["epoch"], 0
+        state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        state.bad_epochs += 1
+    state.history.append(record)
+    state.epoch = record["epoch"]
+    reporter.say(f"{stage.name} epoch {record['epoch']}: loss {record['loss']:.4f}, "
+                 f"{_scores(record, stage.select)}, {record['seconds']:.1f}s"
+                 + (" (best)" if state.best_epoch == record["epoch"] else ""))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and augmentation: the same for a resumed run as for one that never
+    stopped."""
+    return seed * 1000 + epoch
+
+
+class StopAt(Hook):
+    """--time-limit: end the stage before an epoch that would not finish by `stop_at` (a reading of the
+    stage's clock), judging by the last epoch's duration."""
+
+    def __init__(self, stop_at: float, reporter: Reporter):
+        self.stop_at, self.reporter = stop_at, reporter
+
+    def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
+        if stage.clock() + last_seconds <= self.stop_at:
+            return True
+        self.reporter.say(f"{stage.name}: stopping after epoch {state.epoch} of {stage.epochs}: another would "
+                          "pass the time limit.")
+        return False
+
+
+class EveryEpoch(Hook):
+    """`fn(state)` after every epoch."""
+
+    def __init__(self, fn: Callable[["StageState"], None]):
+        self.fn = fn
+
+    def after_epoch(self, state: "StageState") -> None:
+        self.fn(state)
+
+
+class BatchCheckpoints(Hook):
+    """`save(state)` after a batch once `every` seconds have passed since the last save, with
+    `state.batch` and `state.rng` saying where the epoch stands."""
+
+    def __init__(self, save: Callable[["StageState"], None], every: float):
+        self.save, self.every = save, every
+        self.last = time.perf_counter()
+
+    def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
+        self.last = time.perf_counter()
+        return True
+
+    def after_batch(self, state: "StageState", done: int, loss_sum: float, seen: int) -> None:
+        if time.perf_counter() - self.last >= self.every:
+            state.batch, state.loss_total, state.seen = done, loss_sum, seen
+            state.rng = torch.get_rng_state()
+            self.save(state)
+            self.last = time.perf_counter()
 
 
 def _scores(record: dict, select: str) -> str:
@@ -296,28 +328,3 @@ def _scores(record: dict, select: str) -> str:
     if select != "val_accuracy":
         text += f", {select.removeprefix('val_').replace('_', ' ')} {record[select]:.4f}"
     return text
-
-
-def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's state as flat tensors (for safetensors) plus JSON-able settings."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def load_optimizer_tensors(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, k = key.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

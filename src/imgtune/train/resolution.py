@@ -12,9 +12,16 @@ images chose 320 px, which was 1.8 points less accurate than 224 px on the held-
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+
 import numpy as np
 from PIL import Image
 
+from ..atomic import write_json_atomic
+from ..cache.features import FeatureCache, extract_features
+from ..model.frozen import fast_frozen
 from .decide import paired_gain, score
 from .selection import cross_validate, stratified_folds
 
@@ -66,3 +73,51 @@ def compare(small: np.ndarray, large: np.ndarray, y: np.ndarray, n_classes: int,
     gain, noise = paired_gain(y, preds["large"], preds["small"], metric, n_classes, seed=seed)
     return {"small": score(y, preds["small"], metric, n_classes), "large": score(y, preds["large"], metric, n_classes),
             "gain": gain, "noise": noise, "pays": bool(gain > MARGIN * noise and gain > 0), "images": int(len(y))}
+
+
+def auto_image_size(ctx, backbone, manifest):
+    """The backbone at its default input, or at a larger one where most images are large enough and
+    the cross-validated head on a sample of the training images is better there than the noise of the
+    comparison. Decided once: a resumed run reads checkpoints/image_size.json."""
+    stored = ctx.run.checkpoints / "image_size.json"
+    default = backbone.data_config.image_size
+    if stored.exists():
+        size = int(json.loads(stored.read_text())["image_size"])
+    else:
+        size, how = _measured_size(ctx, backbone, manifest)
+        ctx.say(f"Image size: {size} px ({how}).")
+        if ctx.ranks.main:
+            write_json_atomic(stored, {"image_size": size, "why": how})
+    return backbone if size == default else _at_size(backbone, size)
+
+
+def _at_size(backbone, size: int):
+    return dataclasses.replace(backbone, data_config=dataclasses.replace(backbone.data_config, image_size=size))
+
+
+def _measured_size(ctx, backbone, manifest) -> tuple[int, str]:
+    """-> (the input size, why), from the features of a sample of the training images at both sizes."""
+    default, metric = backbone.data_config.image_size, ctx.recipe.metric
+    train = manifest.split("train")
+    short = median_short_side([it.path for it in train], seed=ctx.seed)
+    large = larger_size(default, short)
+    how = f"the images' median shorter side is {short:.0f} px" if short else "no image size read"
+    if large is None:
+        return default, how
+    labels = np.array([it.label for it in train])
+    pick = sample(labels, ctx.seed)
+    paths = [train[i].path for i in pick]
+    feats = {}
+    for name, s in (("small", default), ("large", large)):
+        bb = _at_size(backbone, s)
+        cache = FeatureCache(ctx.cache_root, bb)
+        net = functools.partial(fast_frozen, bb.model, s, device=ctx.device, cache_root=ctx.cache_root,
+                                key_info={**cache.key_info, "part": "features"})
+        feats[name] = extract_features(bb, paths, cache, device=ctx.device, reporter=ctx.reporter, network=net)[0]
+    ok = ~(np.isnan(feats["small"]).any(1) | np.isnan(feats["large"]).any(1))
+    r = compare(feats["small"][ok], feats["large"][ok], labels[pick][ok], len(manifest.classes), metric=metric,
+                seed=ctx.seed)
+    how += (f"; on {r['images']} training images the cross-validated head's {metric.replace('_', ' ')} was "
+            f"{r['small']:.4f} at {default} px and {r['large']:.4f} at {large} px ({r['gain'] * 100:+.1f} points, "
+            f"noise +-{r['noise'] * 100:.1f}; a larger input must win by {MARGIN:g}x the noise)")
+    return (large if r["pays"] else default), how

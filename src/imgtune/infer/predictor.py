@@ -1,0 +1,149 @@
+"""A trained model's answers: calibrated probabilities, labels and metrics for image files, PIL images
+and arrays. Reads a runs.trained.TrainedModel and changes nothing in it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..data.datasets import ImageFiles
+from ..data.images import to_rgb
+from ..data.scan import image_files
+from ..data.transforms import TTAViews, eval_transform
+from ..errors import ConfigError, DataError
+from ..model.heads import EachView
+from ..progress import Reporter
+from . import metrics as metrics_lib
+from .calibration import softmax
+from .runner import run_network
+
+UNKNOWN = "unknown"  # the label of an image below --min-confidence
+
+
+class Predictions(list):
+    """One dict per image (see `predict`), with `skipped`: [(path, reason)] for the files left out."""
+
+    def __init__(self, rows, skipped):
+        super().__init__(rows)
+        self.skipped = skipped
+
+
+def is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def infer(m, paths: list[str], reporter: Reporter, *, tta: bool = False, network=None
+          ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Image files -> (logits [N, K], or [N, V, K] with `tta`; the paths they belong to;
+    [(bad path, reason)]). `network` stands in for the model when it computes the same logits faster."""
+    cfg = m.data_config
+    transform = TTAViews(cfg) if tta else eval_transform(cfg)
+    outputs, bad = run_network(EachView(network or m.model), ImageFiles(paths, None, transform, cfg.image_size),
+                               device=m.device, reporter=reporter, description="Predicting")
+    order = sorted(outputs)
+    shape = (0, len(TTAViews.names), len(m.classes)) if tta else (0, len(m.classes))
+    logits = np.stack([outputs[i] for i in order]) if order else np.zeros(shape)
+    return logits, [paths[i] for i in order], sorted(bad.items())
+
+
+def logits_for(m, items, reporter: Reporter, *, tta: bool = False, network=None
+               ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
+    """Labelled items -> (logits, labels, paths) of those that decoded, and [(bad path, reason)]."""
+    logits, kept, failed = infer(m, [it.path for it in items], reporter, tta=tta, network=network)
+    label = {it.path: it.label for it in items}
+    return logits, np.array([label[p] for p in kept], dtype=int), kept, failed
+
+
+def probabilities(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [N, K] or per view [N, V, K] -> (calibrated probabilities averaged over the views, those
+    of the first, plain view alone)."""
+    views = logits if logits.ndim == 3 else logits[:, None]
+    p = softmax(views, temperature)
+    return p.mean(axis=1), p[:, 0]
+
+
+def metrics_of(m, logits: np.ndarray, y: np.ndarray, paths: list[str]) -> dict:
+    """The metrics.json document of logits (per view with TTA) against labels."""
+    probs, single = probabilities(logits, m.temperature)
+    views = logits if logits.ndim == 3 else logits[:, None]
+    return {**metrics_lib.evaluate(y, probs, m.classes, paths=paths, uncalibrated=softmax(views).mean(axis=1),
+                                   single_view=single if logits.ndim == 3 else None),
+            "temperature": m.temperature}
+
+
+def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: float | None = None,
+            reporter: Reporter | None = None) -> Predictions:
+    """Paths (files or folders), PIL images or HxWxC uint8 arrays -> one dict per image, in the order
+    given (a folder's files in sorted order): {"path", "label", "probability", "top_k": [(label,
+    probability), ...]}, calibrated. With `min_confidence`, an image whose top probability is below it
+    is labelled "unknown" (its top_k still lists the classes)."""
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ConfigError(f"min_confidence must be from 0 to 1; received {min_confidence}.")
+    if is_path(inputs) or not isinstance(inputs, (list, tuple)):
+        inputs = [inputs]
+    rows, skipped = _probability_rows(m, inputs, tta, reporter or Reporter(quiet=True))
+    k = max(1, min(top_k, len(m.classes)))
+    out = []
+    for path, p in rows:
+        order = np.argsort(-p, kind="stable")[:k]
+        unknown = min_confidence is not None and p[order[0]] < min_confidence
+        out.append({"path": path, "label": UNKNOWN if unknown else m.classes[order[0]],
+                    "probability": float(p[order[0]]), "top_k": [(m.classes[j], float(p[j])) for j in order]})
+    return Predictions(out, skipped)
+
+
+def _probability_rows(m, inputs: list, tta: bool, reporter: Reporter):
+    """-> ([(path or "<image i>", calibrated probabilities)], [(skipped path, reason)])."""
+    groups: list[list[str] | None] = []  # per input: its image files, or None for an in-memory image
+    skipped: list[tuple[str, str]] = []
+    for x in inputs:
+        if is_path(x):
+            files, missing = image_files([x])  # each folder is walked once
+            groups.append(files)
+            skipped += missing
+        else:
+            groups.append(None)
+    logits, kept, bad = infer(m, [f for g in groups if g for f in g], reporter, tta=tta)
+    by_path = dict(zip(kept, probabilities(logits, m.temperature)[0]))
+    images = [x for x, g in zip(inputs, groups) if g is None]
+    if images:
+        tf = TTAViews(m.data_config) if tta else eval_transform(m.data_config)
+        batch = torch.stack([tf(as_pil(im)) for im in images]).to(m.device)
+        with torch.inference_mode():
+            image_probs = iter(probabilities(EachView(m.model)(batch).cpu().numpy(), m.temperature)[0])
+    rows = []
+    for i, g in enumerate(groups):
+        if g is None:
+            rows.append((f"<image {i}>", next(image_probs)))
+        else:
+            rows += [(f, by_path[f]) for f in g if f in by_path]
+    return rows, skipped + bad
+
+
+def as_pil(image):
+    """A PIL image, or an HxW / HxWxC (C = 1, 3 or 4) uint8 array -> an RGB PIL image; anything else is
+    one clear DataError."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    try:
+        arr = np.asarray(image)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise DataError(f"Expected a path, a PIL image or an HxW / HxWxC uint8 array; received "
+                        f"{type(image).__name__}.")
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        raise DataError(f"Expected channels last (HxWxC); received shape {arr.shape}, which looks like CxHxW: "
+                        "pass array.transpose(1, 2, 0).")
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"Expected an HxW or HxWxC (C = 1, 3 or 4) uint8 array; received dtype {arr.dtype}, "
+                        f"shape {arr.shape}.")
+    if arr.size == 0:
+        raise DataError(f"Expected an image with pixels; received an empty array of shape {arr.shape}.")
+    if arr.ndim == 3 and arr.shape[-1] == 1:  # one channel: grey
+        arr = arr[..., 0]
+    return to_rgb(Image.fromarray(arr))

@@ -1,0 +1,178 @@
+"""One trained model, as `fit` produces it and a run folder holds it: what predict, evaluate, export,
+serve and inspect use. Saved as config.json + model.safetensors; loaded with config.json checked as a
+schema, so a tampered or hand-edited file is refused with what is wrong, never used half-valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import HeadConfig
+from ..data.transforms import DataConfig
+from ..engine import resolve_device
+from ..errors import ConfigError, RunFolderError
+from ..model.backbones import architecture
+from ..model.heads import Classifier, make_head
+from ..model.onnx_module import OnnxModule
+from .folder import RunFolder
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+# what config.json carries about how the model was fitted, beside the model itself
+FIT_INFO = ("weights", "recipe", "data", "counts", "class_counts", "skipped", "head_selection", "finetune",
+            "decision", "calibration", "seconds")
+
+
+@dataclass
+class TrainedModel:
+    """The fitted state: the network (with its decision offsets) and everything needed to read its outputs."""
+
+    backbone: str
+    classes: list[str]
+    model: torch.nn.Module  # a heads.Classifier, or an ONNX Runtime module with the same outputs
+    data_config: DataConfig
+    head_config: HeadConfig
+    temperature: float
+    metric: str = "accuracy"
+    recipe: str = "default"
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    runtime: str = "torch"
+    run_dir: Path | None = None
+    fit_info: dict = field(default_factory=dict)
+    metrics: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def save_run(trained: TrainedModel, path) -> Path:
+    """config.json + model.safetensors (+ metrics and history when known) into `path`."""
+    if trained.runtime != "torch":
+        raise RunFolderError("A classifier loaded with an ONNX runtime cannot be saved as a run; load it "
+                             "with the torch runtime.")
+    run = RunFolder(path)
+    run.save_weights(trained.model.state_dict(), trained.classes)
+    run.write_config({
+        **trained.fit_info, "backbone": trained.backbone, "classes": trained.classes,
+        "data_config": trained.data_config.to_dict(), "head": dataclasses.asdict(trained.head_config),
+        "seed": trained.seed, "temperature": trained.temperature,
+        "versions": {"imgtune": __version__, "torch": torch.__version__, "timm": _timm_version(),
+                     "python": platform.python_version()}})
+    if trained.metrics:
+        run.write_metrics(trained.metrics)
+    if trained.history:
+        run.write_history(trained.history)
+    return run.path
+
+
+def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "torch") -> TrainedModel:
+    """A run folder -> its TrainedModel. Only JSON, safetensors and (runtime "onnx" or "onnx-int8") ONNX
+    are read; nothing is unpickled."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"Unknown runtime {runtime!r}: expected torch, onnx or onnx-int8.")
+    run = RunFolder(path)
+    cfg = run.read_config()
+    try:
+        classes, data_config, seed = _checked_config(cfg)
+        head_cfg = HeadConfig(**cfg["head"])
+        name = str(cfg["backbone"])
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise RunFolderError(f"{str(run.config)!r} is incomplete or malformed ({type(e).__name__}: {e}).") from None
+    if runtime == "torch":
+        model = _torch_model(run, name, head_cfg, classes)
+    else:
+        model, device = _onnx_model(run, runtime, classes, data_config.image_size), "cpu"
+    recipe = cfg.get("recipe") or {}
+    where = device if isinstance(device, torch.device) else resolve_device(device)
+    return TrainedModel(name, classes, model.to(where).eval(), data_config, head_cfg, _temperature(cfg, run),
+                        metric=str(recipe.get("metric", "accuracy")), recipe=str(recipe.get("name", "default")),
+                        seed=seed, device=where, runtime=runtime, run_dir=run.path,
+                        fit_info={k: cfg[k] for k in FIT_INFO if k in cfg})
+
+
+def _temperature(cfg: dict, run: RunFolder) -> float:
+    try:
+        t = float(cfg.get("temperature", 1.0))
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:  # NaN fails too
+        raise RunFolderError(f"{str(run.config)!r} has temperature {cfg.get('temperature')!r}: expected a "
+                             f"number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}.")
+    return t
+
+
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3  # beyond them softmax underflows to NaN or says nothing
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _checked_config(cfg: dict) -> tuple[list[str], DataConfig, int]:
+    """config.json's classes, data config and seed, checked as a schema: a tampered or hand-edited file
+    is refused with what is wrong (ValueError/TypeError, worded for the reader), never used half-valid."""
+    classes = cfg["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)):
+        raise ValueError(f"classes must be a list of 2 or more names; found {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes are listed more than once: {sorted({c for c in classes if classes.count(c) > 1})}")
+    d = cfg["data_config"]
+
+    def numbers(key: str, positive: bool) -> tuple[float, float, float]:
+        v = d[key]
+        ok = isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v)
+        if not ok:
+            raise ValueError(f"data_config.{key} must be 3 finite numbers{' above 0' if positive else ''}; found {v!r}")
+        return tuple(float(x) for x in v)
+
+    interpolation = d.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"data_config.interpolation must be one of {', '.join(INTERPOLATIONS)}; found {interpolation!r}")
+    if not isinstance(d["image_size"], int) or isinstance(d["image_size"], bool):
+        raise ValueError(f"data_config.image_size must be a whole number; found {d['image_size']!r}")
+    data_config = DataConfig(d["image_size"], numbers("mean", False), numbers("std", True), interpolation)
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be a whole number from 0 to 2**32 - 1; found {seed!r}")
+    return list(classes), data_config, seed
+
+
+def _torch_model(run: RunFolder, name: str, head_cfg: HeadConfig, classes: list[str]) -> Classifier:
+    n_classes = len(classes)
+    body = architecture(name)
+    model = Classifier(body, make_head(head_cfg, body.num_features, n_classes))
+    state = run.load_weights(classes)
+    state.setdefault("offsets", torch.zeros(n_classes))  # runs from before decision offsets decided by argmax
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise RunFolderError(f"{str(run.weights)!r} does not match config.json (backbone {name!r}, "
+                             f"{n_classes} classes): {' '.join(first[:2])[:300]}") from None
+    return model
+
+
+def _onnx_model(run: RunFolder, kind: str, classes: list[str], image_size: int):
+    path = run.path / ("model.int8.onnx" if kind == "onnx-int8" else "model.onnx")
+    if not path.is_file():
+        flag = " --quantize int8" if kind == "onnx-int8" else ""
+        raise RunFolderError(f"{str(path)!r} is missing: run `imgtune export {run.path}{flag}` first.")
+    model = OnnxModule(path)
+    if model.metadata.get("classes") != classes:
+        raise RunFolderError(f"{str(path)!r} was exported for other classes than config.json lists; export "
+                             "it again.")
+    shape = list(model.session.get_inputs()[0].shape)
+    wanted = [3, image_size, image_size]
+    if len(shape) != 4 or shape[1:] != wanted:
+        raise RunFolderError(f"{str(path)!r} takes input of shape {shape}, but the run's images are "
+                             f"[batch, 3, {image_size}, {image_size}]: export it again from this run.")
+    return model
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__

@@ -1,0 +1,353 @@
+"""Fine-tuning: the last block groups and the head on images (or on cached trunk views), kept only where
+it beats the head on validation.
+
+Guarded twice: when the training loss after warm-up (the second epoch) stays above the loss the head
+started from on the augmented training batches, the stage restarts once from the head at a tenth of the
+learning rate; and the fine-tuned weights are kept only where they beat the head on validation by more
+than the bootstrap noise of the validation split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..atomic import write_json_atomic
+from ..cache.trunk_views import TrunkViews
+from ..config import FineTuneConfig
+from ..data.datasets import ImageFiles
+from ..data.scan import Manifest
+from ..data.transforms import DataConfig, eval_transform, train_transform
+from ..engine import data_parallel, generator, loader_workers
+from ..model.backbones import unfrozen_names
+from ..model.heads import Classifier
+from ..model.trunk import Tail
+from ..runs.folder import load_tensors_and_meta, save_tensors
+from . import budget
+from .context import FitContext
+from .decide import paired_gain, score
+from .head import Head, share_batches
+from .loop import (
+    BatchCheckpoints,
+    EveryEpoch,
+    Stage,
+    StageState,
+    StopAt,
+    collect_logits,
+    epoch_seed,
+    run_stage,
+    start_loss,
+)
+from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
+
+# Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
+# from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->
+# 0.296 -> 0.239), but a model pushed off its solution (clip art, body lr 1e-3: 0.80 -> 1.23).
+DIVERGED = 1.05
+
+
+class Diverged(Exception):
+    """Fine-tuning's first epochs trained above the loss the head started from."""
+
+    def __init__(self, loss: float):
+        super().__init__(loss)
+        self.loss = loss
+
+
+@dataclass
+class Images:
+    """What fine-tuning trains on: the scanned split, how images are read, the trunk-view cache (None:
+    whole images), and each file's content digest (the caches' keys)."""
+
+    manifest: Manifest
+    data_config: DataConfig
+    views: TrunkViews | None
+    digest_of: dict[str, str]
+    backbone_name: str
+
+
+@dataclass
+class _Training:
+    """One fine-tuning stage's moving parts."""
+
+    ctx: FitContext
+    cfg: FineTuneConfig
+    model: Classifier  # whose weights are checkpointed and kept
+    trained: torch.nn.Module  # what the epochs run: the classifier on images, or its tail on cached views
+    body: list[torch.nn.Parameter]
+    batches: tuple  # (train_batches(epoch), val_batches(), batches per epoch)
+    head: Head
+    log_epoch: object
+    stop_at: float | None
+    fresh_plan: bool
+    n_train: int
+
+    @property
+    def ckpt(self) -> Path:
+        return self.ctx.run.checkpoints / "finetune.safetensors"
+
+
+def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, log_epoch,
+              extract_rate: float | None) -> tuple[list[dict], dict]:
+    """Fine-tune the last block groups and the head -> (history, what was kept and why)."""
+    cfg = ctx.recipe.finetune
+    unfrozen = unfrozen_names(model.backbone, cfg.unfreeze, images.backbone_name)
+    for n, p in model.backbone.named_parameters():
+        p.requires_grad = n in unfrozen
+    for p in model.head.parameters():
+        p.requires_grad = True
+    body = [p for n, p in model.backbone.named_parameters() if n in unfrozen]
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the head on the pretrained body
+    train_items = images.manifest.split("train")
+    ranks = ctx.ranks
+    bs = max(1, cfg.batch_size // ranks.world)  # per rank: the global batch stays what the recipe says
+    per_rank = -(-len(train_items) // ranks.world)  # DistributedSampler pads the last share
+    if ranks.active and per_rank * ranks.world > len(train_items):
+        ctx.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
+                f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
+    stop_at, fresh = None, False
+    if ctx.deadline is not None:
+        cfg, stop_at, fresh = _plan(ctx, cfg, model, images, bs, extract_rate)
+        if cfg.epochs == 0:
+            ctx.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
+            return [], {"kept": False, "reason": "no time left for an epoch within the time limit"}
+    trained, batches = _batches(ctx, cfg, model, images, bs, (per_rank + bs - 1) // bs)
+    t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, len(train_items))
+    state, guard = _guarded(t, start)
+    for p in model.parameters():
+        p.requires_grad = False
+    outcome = keep_or_not(ctx, model, trained, start, state, batches[1], head.objective)
+    if guard["lr_scale"] != 1.0:
+        outcome["restarted"] = {"loss_after_warmup": guard.get("diverged_loss"),
+                                "start_loss": guard["start_loss"], "lr_scale": guard["lr_scale"]}
+    return state.history, outcome
+
+
+def _batches(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, images: Images, bs: int, n_batches: int):
+    """-> (the module the epochs train, (train_batches(epoch), val_batches(), batches per epoch))."""
+    m = images.manifest
+    if images.views is not None:
+        trained = Classifier(Tail(model.backbone, images.views.stage), model.head, model.offsets)
+        return trained, (*_view_batches(ctx, cfg, images, bs), n_batches)
+    ranks, workers, data_config = ctx.ranks, loader_workers(), images.data_config
+
+    def files(items, transform):
+        return ImageFiles([it.path for it in items], [it.label for it in items], transform, data_config.image_size)
+
+    train_set = files(m.split("train"), train_transform(data_config, cfg.augment))
+    val_set = files(m.split("val"), eval_transform(data_config))
+
+    def batches(dataset, *, shuffle: bool, epoch: int = 0):
+        sampler = None
+        if shuffle and ranks.active:  # each rank its share of one seeded permutation per epoch
+            sampler = DistributedSampler(dataset, ranks.world, ranks.rank, shuffle=True, seed=ctx.seed)
+            sampler.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle and sampler is None, sampler=sampler,
+                            num_workers=workers, generator=generator(epoch_seed(ctx.seed, epoch)),
+                            pin_memory=ctx.device.type == "cuda")
+        for x, y, _, reasons in loader:
+            if any(reasons):  # the file changed since it was checked; leave it out of this batch
+                keep = [not r for r in reasons]
+                x, y = x[keep], y[keep]
+            if len(y):
+                yield x, y
+
+    return model, (lambda e: batches(train_set, shuffle=True, epoch=e), lambda: batches(val_set, shuffle=False),
+                   n_batches)
+
+
+def _view_batches(ctx: FitContext, cfg: FineTuneConfig, images: Images, bs: int):
+    """(train_batches(epoch), val_batches()) over cached trunk outputs. Each image has the plain view
+    and `cfg.cached_views` augmented ones; its own seeded permutation of them decides which one each
+    epoch uses, so every view is seen once per cycle."""
+    views, ranks, device, rep = images.views, ctx.ranks, ctx.device, ctx.reporter
+    train_items, val_items = images.manifest.split("train"), images.manifest.split("val")
+    n_views = cfg.cached_views + 1
+    tp, td = [it.path for it in train_items], [images.digest_of[it.path] for it in train_items]
+    vp, vd = [it.path for it in val_items], [images.digest_of[it.path] for it in val_items]
+    views.store.refresh()  # every rank plans from the same shards, then shares the work out
+    todo_train, todo_val = views.missing(td, range(n_views)), views.missing(vd, range(1))
+    ranks.barrier()
+    views.fill(tp, td, todo_train, device=device, reporter=rep, share=(ranks.rank, ranks.world))
+    views.fill(vp, vd, todo_val, device=device, reporter=rep, share=(ranks.rank, ranks.world))
+    ranks.barrier()
+    views.store.refresh()  # the shards the other ranks wrote
+    y = torch.tensor([it.label for it in train_items], dtype=torch.long)
+    yv = torch.tensor([it.label for it in val_items], dtype=torch.long)
+    g = generator(ctx.seed)
+    cycle = torch.stack([torch.randperm(n_views, generator=g) for _ in train_items]) if train_items else None
+    xv = views.rows(vp, vd, [0] * len(vp), device=device, reporter=rep)
+
+    def train_batches(epoch: int):
+        x = views.rows(tp, td, cycle[:, epoch % n_views].tolist(), device=device, reporter=rep)
+        order = torch.randperm(len(y), generator=generator(epoch_seed(ctx.seed, epoch)))
+        for idx in share_batches(order, bs * ranks.world, ranks):
+            yield x[idx].float(), y[idx]
+
+    def val_batches():
+        for i in range(0, len(yv), 256):
+            yield xv[i:i + 256].float(), yv[i:i + 256]
+
+    return train_batches, val_batches
+
+
+def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
+    """The stage, restarted once from the head at a tenth of the learning rate when it diverges ->
+    (its final state, the guard: the loss the head started from and the rate scale used)."""
+    saved = load_tensors_and_meta(t.ckpt) if t.ckpt.exists() else None
+    guard = saved[1].get("guard") if saved else None
+    train_batches, val_batches, n_batches = t.batches
+    cfg = t.cfg
+    if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
+        guard = {"start_loss": start_loss(t.trained, train_batches(0), t.ctx.device, t.head.objective, cfg),
+                 "lr_scale": 1.0}
+    n_body = sum(p.numel() for p in t.body)
+    how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
+           if t.trained is not t.model else f"{cfg.augment} augmentation")
+    t.ctx.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
+              f"head on {t.n_train:,} images, {how}, up to "
+              f"{cfg.epochs} epochs; the head starts at training loss {guard['start_loss']:.4f}.")
+    while True:
+        try:
+            return _attempt(t, guard, saved), guard
+        except Diverged as e:
+            if t.ctx.ranks.main:
+                t.ckpt.unlink(missing_ok=True)  # a resume from here starts over, and diverges the same way
+            t.ctx.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above the head's "
+                      f"{guard['start_loss']:.4f}: restarting from the head at a tenth of the learning rate.")
+            t.model.load_state_dict(start)
+            guard, saved = {**guard, "lr_scale": 0.1, "diverged_loss": e.loss}, None
+
+
+def _attempt(t: _Training, guard: dict, saved) -> StageState:
+    """One run of the stage at the guard's rate scale, continued from `saved` (a checkpoint) if given."""
+    cfg, ctx, scale = t.cfg, t.ctx, guard["lr_scale"]
+    train_batches, val_batches, n_batches = t.batches
+    # a fresh optimizer over exactly the parameters this stage trains
+    optimizer = make_optimizer(cfg.optimizer, [{"params": t.body, "lr": cfg.lr * scale},
+                                               {"params": list(t.model.head.parameters()),
+                                                "lr": cfg.head_lr * scale}],
+                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches, warmup=cfg.warmup)
+    state = None
+    if saved is not None:
+        tensors, meta = saved
+        t.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_tensors(optimizer, tensors, meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        state = StageState.from_meta(meta["state"], {k[5:]: v for k, v in tensors.items()
+                                                     if k.startswith("best.")}, tensors.get("rng"))
+        where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"epoch {state.epoch}"
+        ctx.say(f"Fine-tune: continuing after {where} of the interrupted run.")
+    stage = Stage("fine-tune", train_batches, n_batches, val_batches, optimizer, scheduler, cfg.epochs,
+                  seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
+                  class_weights=t.head.objective.tensor(ctx.device), select=t.head.objective.select,
+                  decider=t.head.objective.decider(), bn_train=cfg.bn_train, baseline=True,
+                  clip_grad=cfg.clip_grad, clock=ctx.clock)
+    return run_stage(stage, t.trained, device=ctx.device, reporter=ctx.reporter, state=state,
+                     hooks=_hooks(t, stage, guard), trainer=data_parallel(t.trained, ctx.ranks, ctx.device),
+                     total=ctx.ranks.total)
+
+
+def _hooks(t: _Training, stage: Stage, guard: dict) -> list:
+    """Checkpoints after every epoch (and every --checkpoint-every seconds inside one), the divergence
+    guard, and the time limit's stop and re-plan."""
+    ctx, cfg = t.ctx, t.cfg
+
+    def save_checkpoint(st: StageState) -> None:
+        opt_tensors, opt_meta = optimizer_tensors(stage.optimizer)
+        tensors = {**{f"model.{k}": v for k, v in t.model.state_dict().items()},
+                   **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
+                   **({"rng": st.rng} if st.batch and st.rng is not None else {})}
+        save_tensors(t.ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
+                                       "scheduler": stage.scheduler.state_dict(), "guard": guard})
+
+    def after_epoch(st: StageState) -> None:
+        if ctx.ranks.main:
+            save_checkpoint(st)
+            ctx.run.write_history(t.head.history + st.history)
+            t.log_epoch(st.history[-1], len(t.head.history) + st.epoch)
+        last = st.history[-1]  # after warm-up: the second epoch (the first of a one-epoch stage)
+        if last["epoch"] == min(2, cfg.epochs) and guard["lr_scale"] == 1.0 and \
+                not last["loss"] <= DIVERGED * guard["start_loss"]:  # a NaN loss has diverged too
+            raise Diverged(last["loss"])
+
+    hooks = [EveryEpoch(after_epoch)]
+    if not ctx.ranks.active and ctx.checkpoint_every is not None:
+        hooks.append(BatchCheckpoints(save_checkpoint, ctx.checkpoint_every))
+    if t.stop_at is not None:
+        hooks.append(StopAt(t.stop_at, ctx.reporter))
+        if t.fresh_plan:
+            hooks.append(budget.Replan(ctx.run.checkpoints / "plan.json", t.stop_at, stage.n_batches,
+                                       stage.scheduler, ctx.reporter, ctx.clock))
+    return hooks
+
+
+def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state: StageState, val_batches,
+                objective) -> dict:
+    """Keep the fine-tuned weights only where they beat the head on validation by more than the
+    noise of the validation split (a paired bootstrap of the metric); otherwise restore the head."""
+    device = ctx.device
+    tuned_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    z_ft, y = collect_logits(trained, val_batches(), device)
+    model.load_state_dict(start)
+    z_head, _ = collect_logits(trained, val_batches(), device)
+    decider = objective.decider() or (lambda z, _: z.argmax(1))
+    p_ft, p_head = decider(z_ft, y), decider(z_head, y)
+    k = z_ft.shape[1]
+    gain, se = paired_gain(y, p_ft, p_head, objective.metric, k, seed=ctx.seed)
+    ft_score = score(y, p_ft, objective.metric, k)
+    head_score = score(y, p_head, objective.metric, k)
+    kept = state.best_epoch > 0 and gain > se
+    name = objective.name
+    against = (f"{ft_score:.4f} validation {name} (epoch {state.best_epoch}) against the head's {head_score:.4f}: "
+               f"{gain * 100:+.1f} points")
+    noise = f"the noise of {len(y):,} validation images (+-{se * 100:.1f})"
+    if kept:
+        model.load_state_dict(tuned_weights)
+        why = f"{against}, more than {noise}; kept the fine-tuned model"
+    elif state.best_epoch == 0:
+        why = f"no epoch beat the head's {head_score:.4f} validation {name}; kept the head"
+    else:
+        why = f"{against}, within {noise}; kept the head"
+    ctx.say(f"Fine-tuning: {why}.")
+    return {"kept": kept, "reason": why, "best_epoch": state.best_epoch, "val_finetuned": ft_score,
+            "val_head": head_score, "gain": gain, "noise": se, "metric": objective.metric}
+
+
+def _plan(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, images: Images, bs: int,
+          extract_rate: float | None) -> tuple[FineTuneConfig, float, bool]:
+    """--time-limit: (the fine-tune settings with the epochs that fit, the time to stop starting epochs,
+    whether the plan is new). Kept in checkpoints/plan.json, so a resumed run trains the epochs it
+    planned."""
+    m, views, limit = images.manifest, images.views, ctx.limit
+    train, val = m.split("train"), m.split("val")
+    stored = ctx.run.checkpoints / "plan.json"
+    fresh = not stored.exists()
+    if not fresh:
+        plan = budget.Plan(**json.loads(stored.read_text()))
+    else:
+        size = images.data_config.image_size
+        if views is not None:
+            probe, example = Classifier(Tail(model.backbone, views.stage), model.head), (bs, *views.shape)
+            todo = len(views.missing([images.digest_of[it.path] for it in train], range(cfg.cached_views + 1)))
+            todo += len(views.missing([images.digest_of[it.path] for it in val], range(1)))
+            fast = views.runner()
+        else:
+            probe, example, todo, fast = model, (bs, 3, size, size), 0, model
+        device = next(model.parameters()).device
+        if limit.rates is not None:  # given (tests): nothing is measured
+            rate, step = limit.rates.forward, limit.rates.step
+        else:
+            rate = extract_rate or budget.forward_rate(fast, torch.zeros(32, 3, size, size, device=device))
+            step = budget.step_rate(probe, torch.zeros(example, device=device), bn_train=cfg.bn_train)
+        plan = budget.plan_epochs(ctx.deadline - limit.clock(), n_train=len(train), n_val=len(val),
+                                  n_eval=len(val) + len(m.split("test")), views_to_compute=todo,
+                                  forward_rate=rate, step_rate=step)
+        write_json_atomic(stored, dataclasses.asdict(plan))
+    ctx.say(plan.describe())
+    return dataclasses.replace(cfg, epochs=plan.epochs), ctx.deadline - plan.evaluate_seconds, fresh

@@ -1,0 +1,257 @@
+"""One fit, as the list of its steps: check the run folder, scan, backbone, features, head, fine-tune,
+decide and calibrate, evaluate, save. Each step keeps the run folder up to date, so an interrupted fit
+continues with resume=True."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import write_json_atomic
+from ..cache.features import FeatureCache, extract_features
+from ..cache.trunk_views import TrunkViews
+from ..data.builtin import resolve as resolve_data
+from ..data.scan import Manifest, find_images, require_usable, scan
+from ..engine import prepare
+from ..errors import ConfigError, DataError, ParameterError, RunFolderError
+from ..infer import metrics as metrics_lib
+from ..infer.calibration import softmax
+from ..infer.predictor import logits_for, metrics_of
+from ..model.backbones import Backbone, create_backbone, unfrozen_names
+from ..model.frozen import fast_frozen
+from ..model.heads import Classifier
+from ..model.trunk import Tail, split_stage
+from ..report.console import baseline_lines
+from ..report.page import write_report
+from ..report.tensorboard import TensorBoardLog
+from ..runs.trained import TrainedModel, load_run, save_run
+from .baselines import run_baselines
+from .context import FitContext
+from .decide import decision_for_kept, decision_line
+from .finetune import Images, fine_tune
+from .head import fit_head
+from .resolution import auto_image_size
+from .selection import load_into
+
+
+@dataclass
+class Features:
+    """The scanned files that decoded, their cached features per split, and what extraction measured."""
+
+    manifest: Manifest
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    digest_of: dict[str, str]
+    extract_rate: float | None  # images/s through the frozen network, decoding included
+
+
+def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool) -> TrainedModel:
+    """`spec`: the backbone's name, weights and image size (None: auto) -> the trained model, saved in
+    ctx.run. Ranks other than 0 return the model rank 0 saved."""
+    source = resolve_data(str(data), ctx.cache_root)
+    manifest = check_and_scan(ctx, source, spec, resume)
+    backbone = create_backbone(spec["backbone"], weights=spec["weights"], image_size=spec["image_size"])
+    ctx.say(manifest.summary())
+    if spec["image_size"] is None:  # auto: a larger input where the images are large and it pays
+        backbone = auto_image_size(ctx, backbone, manifest)
+    views = trunk_views(ctx, backbone, spec["backbone"])
+    feats = features(ctx, backbone, manifest, views)
+    with TensorBoardLog.maybe(ctx.run.path / "tensorboard", tensorboard and ctx.ranks.main) as tb:
+        with _timed(ctx, "head"):
+            head = fit_head(ctx, feats.splits, backbone.num_features, len(feats.manifest.classes), tb.epoch)
+        model = prepare(Classifier(backbone.model, head.module.to(ctx.device)), ctx.device)
+        finetune, ft_history = {"kept": False, "reason": "not asked for (--epochs 0)"}, []
+        with _timed(ctx, "finetune"):
+            if ctx.recipe.finetune.epochs > 0:
+                images = Images(feats.manifest, backbone.data_config, views, feats.digest_of, spec["backbone"])
+                ft_history, finetune = fine_tune(ctx, model, images, head, tb.epoch, feats.extract_rate)
+    if not ctx.ranks.main:  # rank 0 alone decides, evaluates and writes the run; the others read it
+        ctx.ranks.barrier()
+        return load_run(ctx.run.path, device=ctx.device)
+    if not finetune["kept"] and head.choice is not None:  # the head alone: the one fitted on train+val
+        load_into(model.head[-1], head.choice.all_head)
+    trained = TrainedModel(spec["backbone"], list(feats.manifest.classes), model.eval(), backbone.data_config,
+                           ctx.recipe.head, 1.0, metric=ctx.recipe.metric, recipe=ctx.recipe.name, seed=ctx.seed,
+                           device=ctx.device, run_dir=ctx.run.path, history=head.history + ft_history)
+    with _timed(ctx, "evaluate"):
+        calibration, decision = decide_and_evaluate(ctx, trained, feats, views, head.choice, finetune["kept"])
+    ctx.seconds["total"] = time.perf_counter() - ctx.started_wall
+    m = feats.manifest
+    trained.fit_info = {"weights": backbone.weights_id, "recipe": ctx.recipe.to_dict(), "data": m.source,
+                        "counts": m.counts(), "skipped": len(m.skipped),
+                        "class_counts": {c: int(n) for c, n in zip(m.classes, np.bincount(
+                            [it.label for it in m.items], minlength=len(m.classes)))},
+                        "head_selection": head.choice.to_dict() if head.choice is not None else None,
+                        "finetune": finetune, "decision": decision.to_dict(), "calibration": calibration,
+                        "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
+    save_run(trained, ctx.run.path)
+    write_report(ctx.run.path, trained.metrics, ctx.run.report)
+    ctx.ranks.barrier()
+    return trained
+
+
+class _timed:
+    """Adds the wall seconds of a step to ctx.seconds[name]."""
+
+    def __init__(self, ctx: FitContext, name: str):
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.ctx.seconds[self.name] = self.ctx.seconds.get(self.name, 0.0) + time.perf_counter() - self.t
+
+
+def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Manifest:
+    """The run folder's state against `resume`, the settings against an interrupted run's, then the
+    scan: the split is written once and reused on resume, so a continued run sees the same files."""
+    run = ctx.run
+    if resume and not run.split.exists():
+        raise RunFolderError(f"--resume: {str(run.path)!r} holds no run to continue (no split.csv); "
+                             "start it without --resume.")
+    if not resume and run.has_run():
+        raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
+                             "choose another --out.")
+    settings = {"backbone": spec["backbone"], "recipe": ctx.recipe.to_dict(), "image_size": spec["image_size"],
+                "seed": ctx.seed, "weights": spec["weights"],
+                "time_limit": None if ctx.limit is None else ctx.limit.seconds,  # as the user gave it
+                "data": str(Path(source).resolve())}  # what a resumed run checks it is given the same data by
+    if resume:
+        _check_same_settings(run, settings)
+    manifest = scan(run.split if resume else source, seed=ctx.seed)
+    if resume:
+        _check_same_classes(manifest, source, ctx.seed)
+    if ctx.deadline is not None and ctx.deadline <= ctx.clock():
+        raise ParameterError("time_limit", f"{{name}} {ctx.limit.seconds:g}s was spent before training could "
+                                           f"start ({ctx.clock() - ctx.started:.1f} s of start-up): give a longer "
+                                           "limit.")
+    if not resume and ctx.ranks.main:
+        manifest.write_csv(run.split)
+        write_json_atomic(run.checkpoints / "settings.json", settings)
+    ctx.ranks.barrier()
+    return manifest
+
+
+def trunk_views(ctx: FitContext, backbone: Backbone, name: str) -> TrunkViews | None:
+    """The cache of frozen-trunk outputs fine-tuning will train from, when the recipe asks for it and
+    the backbone splits there."""
+    cfg = ctx.recipe.finetune
+    if cfg.epochs == 0 or cfg.cached_views == 0:
+        return None
+    stage = split_stage(backbone.model, unfrozen_names(backbone.model, cfg.unfreeze, name))
+    if stage is None:
+        return None
+    return TrunkViews(ctx.cache_root, backbone, stage, augment=cfg.augment, seed=ctx.seed,
+                      faster=_faster(ctx, backbone))
+
+
+def _faster(ctx: FitContext, backbone: Backbone):
+    """net, part -> a function that builds the fast frozen copy of `net` the first time it is called."""
+    key_info = FeatureCache(ctx.cache_root, backbone).key_info
+
+    def faster(net: torch.nn.Module, part: str):
+        return functools.cache(lambda: fast_frozen(net, backbone.data_config.image_size, device=ctx.device,
+                                                   cache_root=ctx.cache_root, key_info={**key_info, "part": part}))
+    return faster
+
+
+def features(ctx: FitContext, backbone: Backbone, manifest: Manifest, views: TrunkViews | None) -> Features:
+    """Pooled features of every scanned file, from the cache or extracted (one pass fills the trunk-view
+    cache's plain view too); files that fail to decode are skipped and listed."""
+    t = time.perf_counter()
+    paths = [it.path for it in manifest.items]
+    cache = FeatureCache(ctx.cache_root, backbone)
+    faster = _faster(ctx, backbone)
+    hooks = {"network": faster(backbone.model, "features")}
+    if views:  # one pass fills both caches; the augmented views run the trunk alone
+        hooks = {"network": faster(views.extractor, f"trunk{views.stage}+features"), "keep": views.keep_features}
+    feats, bad, n_new, digests = extract_features(backbone, paths, cache, device=ctx.device, reporter=ctx.reporter,
+                                                  ranks=ctx.ranks, **hooks)
+    del hooks  # the extraction network and its memory
+    manifest = manifest.without(bad)
+    if ctx.ranks.main:
+        ctx.run.write_skipped(manifest.skipped)
+    require_usable(manifest)
+    ctx.say(f"Features: {n_new:,} extracted, {len(paths) - n_new - len(bad):,} from the cache"
+            + (f"; {len(manifest.skipped):,} files skipped, listed in {ctx.run.skipped}" if manifest.skipped else ""))
+    ctx.seconds["features"] = time.perf_counter() - t
+    rate = n_new / ctx.seconds["features"] if n_new >= 64 else None  # images/s, decoding included
+    if ctx.limit is not None and ctx.limit.rates is not None:
+        rate = ctx.limit.rates.forward
+    row = {p: i for i, p in enumerate(paths)}
+    splits = {s: (feats[[row[it.path] for it in manifest.split(s)]],
+                  np.array([it.label for it in manifest.split(s)], dtype=int)) for s in ("train", "val", "test")}
+    return Features(manifest, splits, dict(zip(paths, digests)), rate)
+
+
+def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None,
+                        choice, tuned: bool):
+    """Decision offsets for the metric and the temperature on validation, then the metrics on test (val
+    when there is no test split) with the baselines -> (calibration figures, the decision)."""
+    model, m = trained.model, feats.manifest
+    evaluator = model  # the frozen trunk is unchanged by fine-tuning: its fast copy serves evaluation
+    if views is not None and tuned:
+        evaluator = Classifier(torch.nn.Sequential(views.runner(), Tail(model.backbone, views.stage)),
+                               model.head, model.offsets).eval()
+
+    def split_logits(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        items = m.split(name)
+        if tuned:
+            return logits_for(trained, items, ctx.reporter, network=evaluator)[:3]
+        x, y = feats.splits[name]  # the backbone is unchanged: its cached features are exact
+        with torch.inference_mode():
+            z = model.head.eval()(torch.from_numpy(x).to(ctx.device)) + model.offsets
+        return z.cpu().numpy(), y, [it.path for it in items]
+
+    val_logits, val_y, val_paths = split_logits("val")
+    decision = decision_for_kept(ctx.recipe, choice, tuned, val_logits, val_y)
+    with torch.no_grad():
+        model.offsets.copy_(torch.as_tensor(decision.offsets, dtype=model.offsets.dtype))
+    val_logits = decision.adjusted(val_logits)
+    trained.temperature = t = decision.temperature
+    calibration = {"temperature": t, "fitted_on": decision.fitted_on,
+                   "val_ece_before": metrics_lib.expected_calibration_error(val_y, softmax(val_logits)),
+                   "val_ece_after": metrics_lib.expected_calibration_error(val_y, softmax(val_logits, t)),
+                   "val_rejection": metrics_lib.rejection_table(val_y, softmax(val_logits, t))}
+    ctx.say(decision_line(decision, trained.classes))
+    split = "test" if m.split("test") else "val"
+    logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
+    trained.metrics = {**metrics_of(trained, logits, y, kept), "split": split}
+    keep = set(kept)
+    rows = [i for i, it in enumerate(m.split(split)) if it.path in keep]
+    trained.metrics["baselines"] = run_baselines(choice, feats.splits, split, rows, trained.classes, ctx.seed)
+    for line in baseline_lines(trained.metrics):
+        ctx.say(line)
+    return calibration, decision
+
+
+def _check_same_classes(manifest: Manifest, source: str, seed: int) -> None:
+    """--resume with the same DATA: its classes now must be the run's (the split is the run's own)."""
+    try:
+        now = find_images(source, seed=seed).classes
+    except DataError as e:
+        raise DataError(f"--resume: the data cannot be read as it was when the run started: {e}") from None
+    if now != manifest.classes:
+        raise ConfigError(f"--resume: {source!r} now has classes {now}, the interrupted run {manifest.classes}; "
+                          "resume with the data the run started on, or start a new --out.")
+
+
+def _check_same_settings(run, settings: dict) -> None:
+    """A resumed run must train as the interrupted one did, or its checkpoints mean something else."""
+    path = run.checkpoints / "settings.json"
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
+    now = json.loads(json.dumps(settings))  # tuples become lists, as they were when saved
+    # "data" is compared where the interrupted run recorded it (runs from before it did not)
+    diff = [k for k in now if before.get(k) != now[k] and (k != "data" or k in before)]
+    if diff:
+        raise ConfigError(f"--resume: settings differ from the interrupted run ({', '.join(diff)}); "
+                          "resume with the same flags, or start a new --out.")
