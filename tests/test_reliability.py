@@ -155,3 +155,17 @@ def test_a_corpus_of_odd_and_broken_files_trains_and_every_bad_file_is_listed(tm
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     fine_tune = [h for h in history if h["stage"] == "fine-tune" and h["epoch"] > 0]
     assert [h["images"] for h in fine_tune] == [len(usable_train)]  # each usable image once per epoch
+
+
+def test_atomic_files_get_the_permissions_open_would_give_without_touching_the_umask(tmp_path, monkeypatch):
+    """0666 less the umask, as open() gives; the umask is never read or set (it is process-wide, and
+    setting it to read it races with other threads)."""
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("os.umask was called"))
+        atomic.write_bytes_atomic(tmp_path / "a.bin", b"x")
+        assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+        assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary file left
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

@@ -18,7 +18,8 @@ from imgtune.model.frozen import fast_frozen, fixed_padding
 from imgtune.model.trunk import Tail, Trunk, split_stage
 from imgtune.progress import Reporter
 from imgtune.train.budget import Plan, Rates, TickingClock, TimeLimit, parse_duration, plan_epochs
-from imgtune.train.loop import Stage, StageState, StopAt, run_stage
+from imgtune.train.hooks import StopAt
+from imgtune.train.loop import Stage, StageState, run_stage
 
 
 def _trainable(model, prefixes):

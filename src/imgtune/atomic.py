@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, durable: bool = True) -> None:
@@ -19,10 +16,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, durab
     file, which only a self-checking cache entry may accept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets what open() would have given it
         write(tmp)
         if durable:
             with open(tmp, "rb") as f:
@@ -34,6 +29,18 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, durab
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def _new_temporary(path: Path) -> str:
+    """An empty, new file beside `path`, created with the permissions open() would give it (0666 less
+    the process's umask, applied by the system: nothing here reads or changes the umask)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # 48 random bits taken: draw again
+            continue
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from .data.images import MAX_PIXELS, BadImage, decode_rgb, read_bytes
-from .data.scan import Manifest, find_images
+from .data.manifest import Manifest
+from .data.scan import find_images
 from .progress import Reporter
 
 NEAR_DISTANCE = 2  # of 64 perceptual-hash bits (always even for pHash): resized or re-encoded copies

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from . import __version__
+from . import __version__, commands
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 
@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"imgtune {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _train_flags(sub)
+    _evaluate_flags(sub)
+    _predict_flags(sub)
+    _export_flags(sub)
+    _serve_flags(sub)
+    _inspect_flags(sub)
+    return p
+
+
+def _train_flags(sub) -> None:
     t = sub.add_parser("train", help="train a classifier on DATA (class folders, train/val/test splits, a CSV, "
                                      "or builtin:digits)")
     t.add_argument("data", metavar="DATA")
@@ -95,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
     t.add_argument("--quiet", action="store_true")
 
+
+def _evaluate_flags(sub) -> None:
     e = sub.add_parser("evaluate", help="per-class accuracy of a run on labelled images")
     e.add_argument("run", metavar="RUN")
     e.add_argument("data", metavar="DATA")
@@ -106,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--quiet", action="store_true")
 
+
+def _predict_flags(sub) -> None:
     r = sub.add_parser("predict", help="label new images")
     r.add_argument("run", metavar="RUN")
     r.add_argument("paths", metavar="PATH", nargs="+")
@@ -119,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true")
 
+
+def _export_flags(sub) -> None:
     x = sub.add_parser("export", help="the model as ONNX, checked against PyTorch on the validation images")
     x.add_argument("run", metavar="RUN")
     x.add_argument("--format", default="onnx", choices=["onnx"])
@@ -127,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "accuracy and speed against fp32 on validation")
     x.add_argument("--quiet", action="store_true")
 
+
+def _serve_flags(sub) -> None:
     v = sub.add_parser("serve", help="an HTTP API for a run: POST /predict, GET /health, /metadata, /docs")
     v.add_argument("run", metavar="RUN")
     v.add_argument("--host", default="127.0.0.1")
@@ -144,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--runtime", default="torch", choices=RUNTIMES)
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+
+def _inspect_flags(sub) -> None:
     i = sub.add_parser("inspect", help="audit a data set without changing it: counts, bad, odd, tiny and "
                                        "duplicate images, leakage between splits, likely label errors")
     i.add_argument("data", metavar="DATA")
@@ -156,8 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="perceptual hashes this many of 64 bits apart or closer are near duplicates (default 2)")
     i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     i.add_argument("--quiet", action="store_true")
-    return p
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files are
@@ -211,136 +229,5 @@ def _refuse_folders_as_files(args) -> None:
             raise ConfigError(f"--{flag} {value!r} is a folder; give the name of a file to write.")
 
 
-def _train(args) -> int:
-    import time
-
-    from .classifier import ImageClassifier
-    from .report.console import print_metrics
-    from .runs.folder import RunFolder
-    from .train.budget import TimeLimit, parse_duration, process_age
-
-    clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
-                          head_epochs=args.head_epochs, batch_size=args.batch_size,
-                          cached_views=args.cached_views, metric=args.metric, augment=args.augment, seed=args.seed,
-                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
-                          checkpoint_every=args.checkpoint_every,
-                          # the command's limit counts from the start of the process: imports are part of the wait
-                          time_limit=None if args.time_limit is None else TimeLimit(
-                              parse_duration(args.time_limit), started=time.perf_counter() - process_age()))
-    clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
-    if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
-        return 0
-    m = clf.metrics_
-    print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
-                           f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
-    print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
-    return 0
-
-
-def _evaluate(args) -> int:
-    from pathlib import Path
-
-    from .atomic import write_json_atomic
-    from .classifier import ImageClassifier
-    from .report.console import print_metrics
-    from .report.page import write_report
-    from .runs.folder import RunFolder
-
-    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
-    m = clf.evaluate(args.data, tta=args.tta)
-    if m["skipped"]:
-        print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
-              file=sys.stderr)
-    run = RunFolder(args.run)
-    out = Path(args.json) if args.json else run.metrics
-    write_json_atomic(out, m)
-    report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
-    print_metrics(m, title=f"{m['source']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
-                           f"({m['n_images']:,} images)")
-    if "tta" in m:
-        print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
-              f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
-    print(f"Metrics: {out}\nReport: {report}")
-    return 0
-
-
-def _predict(args) -> int:
-    from .classifier import ImageClassifier
-    from .deploy.writers import check_output, format_predictions, write_predictions
-
-    if args.output:
-        check_output(args.output)
-    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
-    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
-    for path, reason in rows.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if not rows:
-        print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",
-              file=sys.stderr)
-        return 2
-    if args.output:
-        write_predictions(rows, args.output)
-        if not args.quiet:
-            print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(format_predictions(rows, "stdout.csv"))
-    return 0
-
-
-def _export(args) -> int:
-    from .classifier import ImageClassifier
-    from .deploy.export import export_onnx
-    from .progress import Reporter
-
-    clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
-    r = export_onnx(clf, args.output, quantize=args.quantize, reporter=Reporter(args.quiet))
-    print(f"Wrote {r['output']}: parity with PyTorch on {r['parity_images']:,} validation images: top-1 "
-          f"agreement {r['top1_agreement']:.2%}, max |logit difference| {r['max_abs_logit_diff']:.2e}.")
-    q = r.get("int8")
-    if q:
-        line = f"Wrote {q['output']} ({q['bytes']['int8'] / 2**20:.1f} MiB against {q['bytes']['fp32'] / 2**20:.1f})"
-        if q.get("accuracy_drop") is not None:
-            line += (f": validation accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
-                     f"({q['accuracy_drop'] * 100:+.2f} points lost), {q['speedup']:.2f}x the fp32 speed.")
-        print(line)
-        if q.get("within_limit") is False:
-            print("warning: int8 loses more than 1 point of validation accuracy; prefer the fp32 model.",
-                  file=sys.stderr)
-    return 0
-
-
-def _serve(args) -> int:
-    from .deploy.serve import serve
-
-    serve(args.run, host=args.host, port=args.port, workers=args.workers, device=args.device,
-          runtime=args.runtime, top_k=args.top_k, min_confidence=args.min_confidence, tta=args.tta,
-          max_bytes=args.max_upload_mb * 2**20, header_timeout=args.header_timeout)
-    return 0
-
-
-def _inspect(args) -> int:
-    from pathlib import Path
-
-    from .atomic import write_json_atomic, write_text_atomic
-    from .audit import audit
-    from .progress import Reporter
-    from .report.inspect_page import build_inspect_page, summary_lines
-    from .runs.folder import RunFolder
-
-    clf = None
-    if args.run:
-        from .classifier import ImageClassifier
-
-        clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
-    out = Path(args.out or args.run or ".")
-    doc = audit(args.data, classifier=clf, run_split=RunFolder(args.run).split if args.run else None,
-                min_side=args.min_side, near_distance=args.near_bits, reporter=Reporter(args.quiet))
-    write_json_atomic(out / "inspect.json", doc)
-    write_text_atomic(out / "inspect.html", build_inspect_page(doc))
-    print("\n".join(summary_lines(doc)))
-    print(f"Details: {out / 'inspect.json'}\nPage: {out / 'inspect.html'}")
-    return 0
-
-
-_COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "serve": _serve,
-             "inspect": _inspect}
+_COMMANDS = {name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
+                                                       "inspect")}

@@ -8,69 +8,18 @@ Layouts understood:
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_text_atomic
 from ..errors import DataError
 from .images import not_regular
+from .manifest import SPLIT_NAMES, Item, Manifest, stratified_split
+from .table import missing_reason, read_csv, row_path, scan_csv, split_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-SPLITS = ("train", "val", "test")
-_SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-
-
-@dataclass(frozen=True)
-class Item:
-    path: str
-    label: int
-    split: str
-
-
-@dataclass
-class Manifest:
-    classes: list[str]
-    items: list[Item]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    source: str = ""
-    splits_given: bool = False  # True when the data named its splits (folders or a CSV column)
-
-    def split(self, name: str) -> list[Item]:
-        return [it for it in self.items if it.split == name]
-
-    def counts(self) -> dict[str, int]:
-        return {s: sum(it.split == s for it in self.items) for s in SPLITS}
-
-    def without(self, bad: dict[str, str]) -> "Manifest":
-        """The manifest less the files that failed to decode, which join the skipped list."""
-        if not bad:
-            return self
-        keep = [it for it in self.items if it.path not in bad]
-        return Manifest(self.classes, keep, self.skipped + sorted(bad.items()), self.source, self.splits_given)
-
-    def summary(self) -> str:
-        n_skip = len(self.skipped)
-        skipped = f" ({n_skip:,} skipped)" if n_skip else ""
-        parts = ", ".join(f"{n:,} {s}" for s, n in self.counts().items() if n)
-        return (f"Found {len(self.items):,} images in {len(self.classes)} classes{skipped}: {parts}.")
-
-    def write_csv(self, path: Path) -> None:
-        """path,label,split with absolute paths, so the file means the same from any working folder."""
-        rows = ["path,label,split"] + [
-            ",".join(_csv_field(v) for v in (os.path.abspath(it.path), self.classes[it.label], it.split))
-            for it in self.items]
-        write_text_atomic(path, "\n".join(rows) + "\n")
-
-
-def _csv_field(value: str) -> str:
-    if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def is_image_name(name: str) -> bool:
@@ -97,13 +46,13 @@ def find_images(source: str | os.PathLike, *, seed: int = 0, val_fraction: float
         if root.suffix.lower() != ".csv":
             raise DataError(f"Data path {str(root)!r} is a file, not a folder: expected a folder of class "
                             "folders (DATA/<class>/<image>) or a .csv file with columns path,label.")
-        return _scan_csv(root, seed, val_fraction, test_fraction)
-    split_dirs = {_SPLIT_DIRS[d.name.lower()]: d for d in sorted(root.iterdir())
-                  if d.is_dir() and d.name.lower() in _SPLIT_DIRS}
+        return scan_csv(root, seed, val_fraction, test_fraction)
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in sorted(root.iterdir())
+                  if d.is_dir() and d.name.lower() in SPLIT_NAMES}
     if "train" in split_dirs:
         return _scan_splits(root, split_dirs, seed, val_fraction)
     classes, files, skipped = _scan_class_folders(root)
-    items = _stratified_split(files, seed, val_fraction, test_fraction)
+    items = stratified_split(files, seed, val_fraction, test_fraction)
     return Manifest(classes, items, skipped, str(root))
 
 
@@ -149,111 +98,13 @@ def _scan_splits(root: Path, split_dirs: dict[str, Path], seed: int, val_fractio
     if "val" in split_dirs:
         items += [Item(p, y, "train") for p, y in train_files]
     else:
-        items += _stratified_split(train_files, seed, val_fraction, 0.0)
+        items += stratified_split(train_files, seed, val_fraction, 0.0)
     for split in ("val", "test"):
         if split in split_dirs:
             _, files, more = _scan_class_folders(split_dirs[split], classes)
             items += [Item(p, y, split) for p, y in files]
             skipped += more
     return Manifest(classes, items, skipped, str(root), splits_given=True)
-
-
-def _scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) -> Manifest:
-    rows = _read_csv(path)
-    base = path.parent
-    classes = sorted({r["label"] for r in rows if r["label"]})
-    index = {c: i for i, c in enumerate(classes)}
-    files, given_split, skipped = [], [], []
-    first: dict[str, tuple[int, str, str]] = {}  # one file, one row: (row number, label, split) of its first
-    for number, r in enumerate(rows, start=2):  # row 1 is the header
-        p = _row_path(r, base)
-        split = _split_of(r, number, path)
-        key = os.path.normpath(os.path.abspath(p))
-        if not r["label"]:
-            skipped.append((p, "no label in the CSV row"))
-        elif key in first:  # the same file twice: in two splits it would leak test images into training
-            row0, label0, split0 = first[key]
-            if r["label"] != label0:
-                raise DataError(f"CSV {str(path)!r} lists {r['path']!r} twice with different labels "
-                                f"({label0!r} in row {row0}, {r['label']!r} in row {number}); give each file "
-                                "one label.")
-            skipped.append((p, f"listed again in row {number} (first in row {row0}, same label): "
-                               f"merged into row {row0}" + (f", whose split {split0 or 'none'} is kept"
-                                                             if split != split0 else "")))
-        elif reason := _missing_reason(p):
-            skipped.append((p, reason))
-        else:
-            first[key] = (number, r["label"], split)
-            files.append((p, index[r["label"]]))
-            given_split.append(split)
-    if not files:
-        raise DataError(f"CSV {str(path)!r} lists {len(rows)} rows but none is an existing, labelled file "
-                        f"(paths are relative to {str(base)!r}).")
-    splits_given = all(given_split)
-    if splits_given:
-        items = [Item(p, y, s) for (p, y), s in zip(files, given_split)]
-        if not any(it.split == "val" for it in items):
-            train = [(it.path, it.label) for it in items if it.split == "train"]
-            items = _stratified_split(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
-    else:
-        items = _stratified_split(files, seed, val_fraction, test_fraction)
-    return Manifest(classes, items, skipped, str(path), splits_given)
-
-
-def _split_of(row: dict[str, str], number: int, path: Path) -> str:
-    """A CSV row's split value -> "train", "val", "test", or "" when the row gives none; the same parser
-    for train and evaluate (any case; "validation" for "val"). Anything else is an error naming the row."""
-    value = row.get("split", "")
-    if not value:
-        return ""
-    split = _SPLIT_DIRS.get(value.lower())
-    if split is None:
-        raise DataError(f"CSV {str(path)!r} row {number}: unknown split {value!r}; expected train, val "
-                        "(or validation), test, or an empty field.")
-    return split
-
-
-def _row_path(row: dict[str, str], base: Path) -> str:
-    return row["path"] if os.path.isabs(row["path"]) else str(base / row["path"])
-
-
-def _missing_reason(p: str) -> str | None:
-    """Why a listed path cannot be read as an image file, without opening it; None when it can."""
-    return not_regular(p) if os.path.exists(p) else "file not found"
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip().lower() for c in reader.fieldnames or []]
-            if "path" not in columns or "label" not in columns:
-                raise DataError(f"CSV {str(path)!r} needs columns 'path' and 'label'; found columns {columns}.")
-            return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"CSV {str(path)!r} cannot be read as UTF-8 CSV ({e}).") from None
-
-
-def _stratified_split(files: list[tuple[str, int]], seed: int, val_fraction: float,
-                      test_fraction: float) -> list[Item]:
-    """Per class: shuffle with the seed, then take val and test shares (at least one each when the class
-    has enough images to keep one for training)."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[str]] = {}
-    for p, y in files:
-        by_class.setdefault(y, []).append(p)
-    items = []
-    for y in sorted(by_class):
-        paths = sorted(by_class[y])
-        order = rng.permutation(len(paths))
-        n = len(paths)
-        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 and n >= 2 else 0
-        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
-        for rank, i in enumerate(order):
-            split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-            items.append(Item(paths[i], y, split))
-    items.sort(key=lambda it: (SPLITS.index(it.split), it.label, it.path))
-    return items
 
 
 def require_usable(m: Manifest) -> None:
@@ -295,8 +146,8 @@ def labelled_files(source: str | os.PathLike, classes: list[str]) -> Manifest:
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise DataError(f"Data path {str(root)!r} is a file: expected a folder of class folders or a .csv.")
-        rows = _read_csv(root)
-        splits = [_split_of(r, number, root) for number, r in enumerate(rows, start=2)]
+        rows = read_csv(root)
+        splits = [split_of(r, number, root) for number, r in enumerate(rows, start=2)]
         if any(splits):
             wanted = "test" if "test" in splits else "val"
             rows = [r for r, split in zip(rows, splits) if split == wanted]
@@ -305,15 +156,15 @@ def labelled_files(source: str | os.PathLike, classes: list[str]) -> Manifest:
             raise DataError(f"CSV {str(root)!r} has labels the model does not know: {unknown}. Expected {classes}.")
         items, skipped = [], []
         for r in rows:
-            p = _row_path(r, root.parent)
-            if reason := _missing_reason(p):
+            p = row_path(r, root.parent)
+            if reason := missing_reason(p):
                 skipped.append((p, reason))
             else:
                 items.append(Item(p, classes.index(r["label"]), "test"))
         m = Manifest(list(classes), items, skipped, str(root))
     else:
-        split_dirs = {_SPLIT_DIRS[d.name.lower()]: d for d in sorted(root.iterdir())
-                      if d.is_dir() and d.name.lower() in _SPLIT_DIRS}
+        split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in sorted(root.iterdir())
+                      if d.is_dir() and d.name.lower() in SPLIT_NAMES}
         folder = split_dirs.get("test") or split_dirs.get("val") or root
         _, files, skipped = _scan_class_folders(folder, list(classes))
         m = Manifest(list(classes), [Item(p, y, "test") for p, y in files], skipped, str(folder))

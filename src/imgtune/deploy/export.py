@@ -26,27 +26,29 @@ from ..infer.runner import run_network
 from ..model.onnx_module import METADATA_KEY, OnnxModule, require_onnx, trace
 from ..progress import Reporter
 from ..runs.folder import RunFolder
+from ..runs.trained import fitted_state
 
 AGREEMENT_MIN = 0.999  # top-1 agreement with PyTorch
 MAX_ABS_DIFF = 1e-4  # largest |logit difference| allowed in fp32
 INT8_DROP_MAX = 0.01  # accuracy the int8 model may lose on validation before export warns
 
 
-def export_onnx(clf, output: str | os.PathLike | None = None, *, quantize: str | None = None,
+def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str | None = None,
                 reporter: Reporter | None = None) -> dict:
-    """Write RUN/model.onnx (or `output`) and, with quantize="int8", model.int8.onnx beside it.
-    Returns the figures that were checked."""
+    """Write the run's model.onnx (or `output`) for `model` (a TrainedModel, or an ImageClassifier's) and,
+    with quantize="int8", model.int8.onnx beside it. Returns the figures that were checked."""
     onnx, _ = require_onnx()
     rep = reporter or Reporter(quiet=True)
-    run = RunFolder(clf.run_dir_)
+    m = fitted_state(model)
+    run = RunFolder(m.run_dir)
     output = Path(output) if output else run.path / "model.onnx"
     val, train = _split_files(run)
-    cfg = clf.data_config_
-    model = clf.model_.float().cpu().eval()
+    cfg = m.data_config
+    model = m.model.float().cpu().eval()
     graph = onnx.load_from_string(trace(model, cfg.image_size))
-    info = {"classes": clf.classes_, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
-            "interpolation": cfg.interpolation, "temperature": clf.temperature_, "backbone": clf.backbone,
-            "offsets": [float(v) for v in clf.model_.offsets], "metric": clf.metric_,
+    info = {"classes": m.classes, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
+            "interpolation": cfg.interpolation, "temperature": m.temperature, "backbone": m.backbone,
+            "offsets": [float(v) for v in m.model.offsets], "metric": m.metric,
             "input": "RGB, resized (shorter side) and centre-cropped to image_size, scaled to 0..1, "
                      "then (x - mean) / std; NCHW float32",
             "output": "logits with the decision offsets already added (the graph adds them): the decision is "

@@ -10,11 +10,15 @@ why; the server keeps serving. Decoding uses the same code, with the same limits
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time.
 
+import contextlib
 import json
 import os
+from dataclasses import dataclass
 
 from ..data.images import BadImage, decode_rgb
 from ..errors import ConfigError, require
+from ..infer.predictor import predict as predict_images
+from ..runs.trained import fitted_state, load_run
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
@@ -80,19 +84,20 @@ class RequestCap:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta: bool = False,
+def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tta: bool = False,
                max_bytes: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES):
-    """A FastAPI app around a loaded ImageClassifier."""
+    """A FastAPI app around a trained model (a TrainedModel, or an ImageClassifier's)."""
     _require()
     from fastapi import FastAPI, File, HTTPException, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="imgtune", version=str(clf.fit_info_.get("weights", "")) or "1",
-                  description=f"Image classifier over {len(clf.classes_)} classes: {', '.join(clf.classes_)}.")
+    m = fitted_state(model)
+    app = FastAPI(title="imgtune", version=str(m.fit_info.get("weights", "")) or "1",
+                  description=f"Image classifier over {len(m.classes)} classes: {', '.join(m.classes)}.")
     app.add_middleware(RequestCap, limit=max_request_bytes)
-    summary = _metrics_summary(clf)
+    summary = _metrics_summary(m.run_dir)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):  # a missing or misnamed form field
@@ -106,8 +111,8 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
 
     @app.get("/metadata")
     def meta() -> dict:
-        return {"classes": clf.classes_, "backbone": clf.backbone, "image_size": clf.data_config_.image_size,
-                "temperature": clf.temperature_, "runtime": clf.runtime_,
+        return {"classes": m.classes, "backbone": m.backbone, "image_size": m.data_config.image_size,
+                "temperature": m.temperature, "runtime": m.runtime,
                 "top_k": top_k, "min_confidence": min_confidence, "tta": tta, "max_upload_bytes": max_bytes,
                 "metrics": summary}
 
@@ -123,11 +128,11 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
                 raise HTTPException(413, {"error": f"{name}: larger than the limit of {max_bytes:,} bytes",
                                           "file": name})
             try:
-                images.append(decode_rgb(data, draft_size=clf.data_config_.image_size))
+                images.append(decode_rgb(data, draft_size=m.data_config.image_size))
             except BadImage as e:
                 status = 400 if not data else 415 if "not a recognised" in str(e) else 422
                 raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
-        rows = clf.predict(images, top_k=top_k, tta=tta, min_confidence=min_confidence)
+        rows = predict_images(m, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
         return {"predictions": [
             {"file": upload.filename, "label": r["label"], "probability": r["probability"],
              "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
@@ -141,8 +146,8 @@ def create_app(clf, *, top_k: int = 5, min_confidence: float | None = None, tta:
     return app
 
 
-def _metrics_summary(clf) -> dict | None:
-    path = os.path.join(str(clf.run_dir_ or ""), "metrics.json")
+def _metrics_summary(run_dir) -> dict | None:
+    path = os.path.join(str(run_dir or ""), "metrics.json")
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
@@ -152,13 +157,28 @@ def _metrics_summary(clf) -> dict | None:
 
 
 def app_from_environment():
-    """uvicorn's factory for --workers N: each worker process loads the run named in the environment."""
-    from ..classifier import ImageClassifier
-
+    """uvicorn's factory for --workers N: each worker process loads the run named in the environment,
+    which `serve` sets for as long as the server runs."""
     settings = json.loads(os.environ["IMGTUNE_SERVE"])
-    clf = ImageClassifier.load(settings["run"], device=settings["device"], quiet=True, runtime=settings["runtime"])
-    return create_app(clf, top_k=settings["top_k"], min_confidence=settings["min_confidence"], tta=settings["tta"],
-                      max_bytes=settings["max_bytes"])
+    model = load_run(settings["run"], device=settings["device"], runtime=settings["runtime"])
+    return create_app(model, top_k=settings["top_k"], min_confidence=settings["min_confidence"],
+                      tta=settings["tta"], max_bytes=settings["max_bytes"])
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How `imgtune serve` listens and answers (the flags of the same names)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    device: str = "auto"
+    runtime: str = "torch"
+    top_k: int = 3
+    min_confidence: float | None = None
+    tta: bool = False
+    max_bytes: int = MAX_UPLOAD_BYTES
+    header_timeout: int = 10  # seconds a connection has to send a request's headers
 
 
 def _check_free(host: str, port: int) -> None:
@@ -172,21 +192,36 @@ def _check_free(host: str, port: int) -> None:
                           "another --port or --host.") from None
 
 
-def serve(run: str, *, host: str, port: int, workers: int, device: str, runtime: str, top_k: int,
-          min_confidence: float | None, tta: bool, max_bytes: int = MAX_UPLOAD_BYTES, header_timeout: int = 10) -> None:
+def serve(run: str, settings: ServeSettings = ServeSettings()) -> None:
+    """Serve the run folder `run` until interrupted."""
     _require()
     import uvicorn
 
-    settings = {"run": run, "device": device, "runtime": runtime, "top_k": top_k,
-                "min_confidence": min_confidence, "tta": tta, "max_bytes": max_bytes}
-    os.environ["IMGTUNE_SERVE"] = json.dumps(settings)
-    app = app_from_environment()  # loaded here first, so a bad run folder fails before the server starts
-    _check_free(host, port)
-    print(f"Serving {run} on http://{host}:{port} (API page: http://{host}:{port}/docs); Ctrl-C stops.",
-          flush=True)
-    server = dict(host=host, port=port, log_level="warning", http="imgtune.deploy.serve_protocol:HeaderDeadline",
-                  timeout_keep_alive=header_timeout)
-    if workers == 1:
-        uvicorn.run(app, **server)
-    else:  # each worker process builds its own app from the environment
-        uvicorn.run("imgtune.deploy.serve:app_from_environment", factory=True, workers=workers, **server)
+    o = settings
+    handed = {"run": run, "device": o.device, "runtime": o.runtime, "top_k": o.top_k,
+              "min_confidence": o.min_confidence, "tta": o.tta, "max_bytes": o.max_bytes}
+    with _environment("IMGTUNE_SERVE", json.dumps(handed)):  # for the worker processes' factory
+        app = app_from_environment()  # loaded here first, so a bad run folder fails before the server starts
+        _check_free(o.host, o.port)
+        print(f"Serving {run} on http://{o.host}:{o.port} (API page: http://{o.host}:{o.port}/docs); Ctrl-C "
+              "stops.", flush=True)
+        server = dict(host=o.host, port=o.port, log_level="warning", timeout_keep_alive=o.header_timeout,
+                      http="imgtune.deploy.serve_protocol:HeaderDeadline")
+        if o.workers == 1:
+            uvicorn.run(app, **server)
+        else:  # each worker process builds its own app from the environment
+            uvicorn.run("imgtune.deploy.serve:app_from_environment", factory=True, workers=o.workers, **server)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """`name` set to `value` inside, as it was after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

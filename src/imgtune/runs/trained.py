@@ -49,6 +49,11 @@ class TrainedModel:
     history: list[dict] = field(default_factory=list)
 
 
+def fitted_state(model) -> TrainedModel:
+    """A TrainedModel, or the fitted state of an ImageClassifier (which holds one)."""
+    return model if isinstance(model, TrainedModel) else model._trained()
+
+
 def save_run(trained: TrainedModel, path) -> Path:
     """config.json + model.safetensors (+ metrics and history when known) into `path`."""
     if trained.runtime != "torch":

@@ -14,34 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ..atomic import write_json_atomic
-from ..cache.trunk_views import TrunkViews
 from ..config import FineTuneConfig
-from ..data.datasets import ImageFiles
-from ..data.scan import Manifest
-from ..data.transforms import DataConfig, eval_transform, train_transform
-from ..engine import data_parallel, generator, loader_workers
+from ..engine import data_parallel
 from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
 from ..model.trunk import Tail
 from ..runs.folder import load_tensors_and_meta, save_tensors
 from . import budget
+from .batches import Images, stage_batches
 from .context import FitContext
 from .decide import paired_gain, score
-from .head import Head, share_batches
-from .loop import (
-    BatchCheckpoints,
-    EveryEpoch,
-    Stage,
-    StageState,
-    StopAt,
-    collect_logits,
-    epoch_seed,
-    run_stage,
-    start_loss,
-)
+from .head import Head
+from .hooks import BatchCheckpoints, EveryEpoch, StopAt
+from .loop import Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
@@ -56,18 +43,6 @@ class Diverged(Exception):
     def __init__(self, loss: float):
         super().__init__(loss)
         self.loss = loss
-
-
-@dataclass
-class Images:
-    """What fine-tuning trains on: the scanned split, how images are read, the trunk-view cache (None:
-    whole images), and each file's content digest (the caches' keys)."""
-
-    manifest: Manifest
-    data_config: DataConfig
-    views: TrunkViews | None
-    digest_of: dict[str, str]
-    backbone_name: str
 
 
 @dataclass
@@ -115,7 +90,7 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
         if cfg.epochs == 0:
             ctx.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
             return [], {"kept": False, "reason": "no time left for an epoch within the time limit"}
-    trained, batches = _batches(ctx, cfg, model, images, bs, (per_rank + bs - 1) // bs)
+    trained, batches = stage_batches(ctx, cfg, model, images, bs, (per_rank + bs - 1) // bs)
     t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, len(train_items))
     state, guard = _guarded(t, start)
     for p in model.parameters():
@@ -125,74 +100,6 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
         outcome["restarted"] = {"loss_after_warmup": guard.get("diverged_loss"),
                                 "start_loss": guard["start_loss"], "lr_scale": guard["lr_scale"]}
     return state.history, outcome
-
-
-def _batches(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, images: Images, bs: int, n_batches: int):
-    """-> (the module the epochs train, (train_batches(epoch), val_batches(), batches per epoch))."""
-    m = images.manifest
-    if images.views is not None:
-        trained = Classifier(Tail(model.backbone, images.views.stage), model.head, model.offsets)
-        return trained, (*_view_batches(ctx, cfg, images, bs), n_batches)
-    ranks, workers, data_config = ctx.ranks, loader_workers(), images.data_config
-
-    def files(items, transform):
-        return ImageFiles([it.path for it in items], [it.label for it in items], transform, data_config.image_size)
-
-    train_set = files(m.split("train"), train_transform(data_config, cfg.augment))
-    val_set = files(m.split("val"), eval_transform(data_config))
-
-    def batches(dataset, *, shuffle: bool, epoch: int = 0):
-        sampler = None
-        if shuffle and ranks.active:  # each rank its share of one seeded permutation per epoch
-            sampler = DistributedSampler(dataset, ranks.world, ranks.rank, shuffle=True, seed=ctx.seed)
-            sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=bs, shuffle=shuffle and sampler is None, sampler=sampler,
-                            num_workers=workers, generator=generator(epoch_seed(ctx.seed, epoch)),
-                            pin_memory=ctx.device.type == "cuda")
-        for x, y, _, reasons in loader:
-            if any(reasons):  # the file changed since it was checked; leave it out of this batch
-                keep = [not r for r in reasons]
-                x, y = x[keep], y[keep]
-            if len(y):
-                yield x, y
-
-    return model, (lambda e: batches(train_set, shuffle=True, epoch=e), lambda: batches(val_set, shuffle=False),
-                   n_batches)
-
-
-def _view_batches(ctx: FitContext, cfg: FineTuneConfig, images: Images, bs: int):
-    """(train_batches(epoch), val_batches()) over cached trunk outputs. Each image has the plain view
-    and `cfg.cached_views` augmented ones; its own seeded permutation of them decides which one each
-    epoch uses, so every view is seen once per cycle."""
-    views, ranks, device, rep = images.views, ctx.ranks, ctx.device, ctx.reporter
-    train_items, val_items = images.manifest.split("train"), images.manifest.split("val")
-    n_views = cfg.cached_views + 1
-    tp, td = [it.path for it in train_items], [images.digest_of[it.path] for it in train_items]
-    vp, vd = [it.path for it in val_items], [images.digest_of[it.path] for it in val_items]
-    views.store.refresh()  # every rank plans from the same shards, then shares the work out
-    todo_train, todo_val = views.missing(td, range(n_views)), views.missing(vd, range(1))
-    ranks.barrier()
-    views.fill(tp, td, todo_train, device=device, reporter=rep, share=(ranks.rank, ranks.world))
-    views.fill(vp, vd, todo_val, device=device, reporter=rep, share=(ranks.rank, ranks.world))
-    ranks.barrier()
-    views.store.refresh()  # the shards the other ranks wrote
-    y = torch.tensor([it.label for it in train_items], dtype=torch.long)
-    yv = torch.tensor([it.label for it in val_items], dtype=torch.long)
-    g = generator(ctx.seed)
-    cycle = torch.stack([torch.randperm(n_views, generator=g) for _ in train_items]) if train_items else None
-    xv = views.rows(vp, vd, [0] * len(vp), device=device, reporter=rep)
-
-    def train_batches(epoch: int):
-        x = views.rows(tp, td, cycle[:, epoch % n_views].tolist(), device=device, reporter=rep)
-        order = torch.randperm(len(y), generator=generator(epoch_seed(ctx.seed, epoch)))
-        for idx in share_batches(order, bs * ranks.world, ranks):
-            yield x[idx].float(), y[idx]
-
-    def val_batches():
-        for i in range(0, len(yv), 256):
-            yield xv[i:i + 256].float(), yv[i:i + 256]
-
-    return train_batches, val_batches
 
 
 def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:

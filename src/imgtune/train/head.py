@@ -13,9 +13,11 @@ from ..engine import data_parallel, generator
 from ..model.heads import make_head
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
+from .batches import share_batches
 from .context import FitContext
 from .decide import decide
-from .loop import EveryEpoch, Objective, Stage, StopAt, epoch_seed, run_stage, validate
+from .hooks import EveryEpoch, StopAt
+from .loop import Objective, Stage, epoch_seed, run_stage, validate
 from .optim import make_optimizer, make_scheduler
 from .selection import HeadChoice, load_into, select_head
 from .selection import logits as selection_logits
@@ -85,16 +87,6 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
         save_tensors(ctx.run.checkpoints / "head.safetensors", tensors, {**meta, "history": history})
         ctx.run.write_history(history)
     return choice, history
-
-
-def share_batches(order: torch.Tensor, batch_size: int, ranks):
-    """Index batches of `order` for this rank: each global batch of `batch_size` is dealt out among the
-    ranks (in one process: the batch itself), the order padded with its first indices so that every
-    rank gets as many batches as the others."""
-    if ranks.active:
-        order = torch.cat([order, order[:(-len(order)) % ranks.world]])
-    for i in range(0, len(order), batch_size):
-        yield order[i:i + batch_size][ranks.rank::ranks.world]
 
 
 def _by_epochs(ctx: FitContext, feats: dict[str, Split], n_features: int, n_classes: int, objective: Objective,

@@ -214,8 +214,8 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
         if not all(h.before_epoch(stage, state, last) for h in hooks):
             break
         started = stage.clock()
-        loss_sum, seen = _train_epoch(stage, model, trainer or model, state, precision, device, reporter, hooks,
-                                      epochs)
+        set_train_mode(model, bn_train=stage.bn_train)
+        loss_sum, seen = _train_epoch(stage, trainer or model, state, precision, device, reporter, hooks, epochs)
         images = int(total(seen))
         record = {"stage": stage.name, "epoch": state.epoch + 1, "loss": total(loss_sum) / max(images, 1),
                   "images": images, **validate(model, stage.val_batches(), device, stage.decider),
@@ -228,13 +228,12 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
     return state
 
 
-def _train_epoch(stage: Stage, model: nn.Module, net: nn.Module, state: "StageState", precision: Precision,
-                 device: torch.device, reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
+def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: Precision, device: torch.device,
+                 reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
     """One epoch's training batches (those of an interrupted epoch drawn again untrained) -> (summed loss,
     images)."""
     epoch, skip, saved_rng = state.epoch, state.batch, state.rng
     torch.manual_seed(epoch_seed(stage.seed, epoch))  # augmentation drawn in this process
-    set_train_mode(model, bn_train=stage.bn_train)
     loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
     with reporter.bar(f"{stage.name} epoch {epoch + 1}/{epochs}", stage.n_batches) as advance:
         for i, (x, y) in enumerate(stage.train_batches(epoch)):
@@ -276,51 +275,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch's shuffle and augmentation: the same for a resumed run as for one that never
     stopped."""
     return seed * 1000 + epoch
-
-
-class StopAt(Hook):
-    """--time-limit: end the stage before an epoch that would not finish by `stop_at` (a reading of the
-    stage's clock), judging by the last epoch's duration."""
-
-    def __init__(self, stop_at: float, reporter: Reporter):
-        self.stop_at, self.reporter = stop_at, reporter
-
-    def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
-        if stage.clock() + last_seconds <= self.stop_at:
-            return True
-        self.reporter.say(f"{stage.name}: stopping after epoch {state.epoch} of {stage.epochs}: another would "
-                          "pass the time limit.")
-        return False
-
-
-class EveryEpoch(Hook):
-    """`fn(state)` after every epoch."""
-
-    def __init__(self, fn: Callable[["StageState"], None]):
-        self.fn = fn
-
-    def after_epoch(self, state: "StageState") -> None:
-        self.fn(state)
-
-
-class BatchCheckpoints(Hook):
-    """`save(state)` after a batch once `every` seconds have passed since the last save, with
-    `state.batch` and `state.rng` saying where the epoch stands."""
-
-    def __init__(self, save: Callable[["StageState"], None], every: float):
-        self.save, self.every = save, every
-        self.last = time.perf_counter()
-
-    def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
-        self.last = time.perf_counter()
-        return True
-
-    def after_batch(self, state: "StageState", done: int, loss_sum: float, seen: int) -> None:
-        if time.perf_counter() - self.last >= self.every:
-            state.batch, state.loss_total, state.seen = done, loss_sum, seen
-            state.rng = torch.get_rng_state()
-            self.save(state)
-            self.last = time.perf_counter()
 
 
 def _scores(record: dict, select: str) -> str:

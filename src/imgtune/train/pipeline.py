@@ -17,9 +17,10 @@ from ..atomic import write_json_atomic
 from ..cache.features import FeatureCache, extract_features
 from ..cache.trunk_views import TrunkViews
 from ..data.builtin import resolve as resolve_data
-from ..data.scan import Manifest, find_images, require_usable, scan
+from ..data.manifest import Manifest
+from ..data.scan import find_images, require_usable, scan
 from ..engine import prepare
-from ..errors import ConfigError, DataError, ParameterError, RunFolderError
+from ..errors import DataError, ParameterError, RunFolderError
 from ..infer import metrics as metrics_lib
 from ..infer.calibration import softmax
 from ..infer.predictor import logits_for, metrics_of
@@ -238,8 +239,9 @@ def _check_same_classes(manifest: Manifest, source: str, seed: int) -> None:
     except DataError as e:
         raise DataError(f"--resume: the data cannot be read as it was when the run started: {e}") from None
     if now != manifest.classes:
-        raise ConfigError(f"--resume: {source!r} now has classes {now}, the interrupted run {manifest.classes}; "
-                          "resume with the data the run started on, or start a new --out.")
+        raise ParameterError("resume", f"{{name}}: {source!r} now has classes {now}, the interrupted run "
+                                       f"{manifest.classes}; resume with the data the run started on, or "
+                                       "start a new run folder.")
 
 
 def _check_same_settings(run, settings: dict) -> None:
@@ -253,5 +255,5 @@ def _check_same_settings(run, settings: dict) -> None:
     # "data" is compared where the interrupted run recorded it (runs from before it did not)
     diff = [k for k in now if before.get(k) != now[k] and (k != "data" or k in before)]
     if diff:
-        raise ConfigError(f"--resume: settings differ from the interrupted run ({', '.join(diff)}); "
-                          "resume with the same flags, or start a new --out.")
+        raise ParameterError("resume", f"{{name}}: settings differ from the interrupted run ({', '.join(diff)}); "
+                                       "resume with the same settings, or start a new run folder.")

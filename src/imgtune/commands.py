@@ -1,0 +1,136 @@
+"""The subcommands behind `imgtune`: each takes the parsed arguments, runs the library, prints what a
+person reads and returns the exit code. cli.py parses and maps errors; nothing imports either."""
+
+from __future__ import annotations
+
+import sys
+
+
+def train(args) -> int:
+    import time
+
+    from .classifier import ImageClassifier
+    from .report.console import print_metrics
+    from .runs.folder import RunFolder
+    from .train.budget import TimeLimit, parse_duration, process_age
+
+    clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
+                          head_epochs=args.head_epochs, batch_size=args.batch_size,
+                          cached_views=args.cached_views, metric=args.metric, augment=args.augment, seed=args.seed,
+                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
+                          checkpoint_every=args.checkpoint_every,
+                          # the command's limit counts from the start of the process: imports are part of the wait
+                          time_limit=None if args.time_limit is None else TimeLimit(
+                              parse_duration(args.time_limit), started=time.perf_counter() - process_age()))
+    clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
+    if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
+        return 0
+    m = clf.metrics_
+    print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
+                           f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
+    print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from pathlib import Path
+
+    from .atomic import write_json_atomic
+    from .classifier import ImageClassifier
+    from .report.console import print_metrics
+    from .report.page import write_report
+    from .runs.folder import RunFolder
+
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
+    m = clf.evaluate(args.data, tta=args.tta)
+    if m["skipped"]:
+        print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
+              file=sys.stderr)
+    run = RunFolder(args.run)
+    out = Path(args.json) if args.json else run.metrics
+    write_json_atomic(out, m)
+    report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
+    print_metrics(m, title=f"{m['source']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
+                           f"({m['n_images']:,} images)")
+    if "tta" in m:
+        print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
+              f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
+    print(f"Metrics: {out}\nReport: {report}")
+    return 0
+
+
+def predict(args) -> int:
+    from .classifier import ImageClassifier
+    from .deploy.writers import check_output, format_predictions, write_predictions
+
+    if args.output:
+        check_output(args.output)
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
+    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
+    for path, reason in rows.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not rows:
+        print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",
+              file=sys.stderr)
+        return 2
+    if args.output:
+        write_predictions(rows, args.output)
+        if not args.quiet:
+            print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_predictions(rows, "stdout.csv"))
+    return 0
+
+
+def export(args) -> int:
+    from .classifier import ImageClassifier
+    from .deploy.export import export_onnx
+    from .progress import Reporter
+
+    clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
+    r = export_onnx(clf.trained_, args.output, quantize=args.quantize, reporter=Reporter(args.quiet))
+    print(f"Wrote {r['output']}: parity with PyTorch on {r['parity_images']:,} validation images: top-1 "
+          f"agreement {r['top1_agreement']:.2%}, max |logit difference| {r['max_abs_logit_diff']:.2e}.")
+    q = r.get("int8")
+    if q:
+        line = f"Wrote {q['output']} ({q['bytes']['int8'] / 2**20:.1f} MiB against {q['bytes']['fp32'] / 2**20:.1f})"
+        if q.get("accuracy_drop") is not None:
+            line += (f": validation accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
+                     f"({q['accuracy_drop'] * 100:+.2f} points lost), {q['speedup']:.2f}x the fp32 speed.")
+        print(line)
+        if q.get("within_limit") is False:
+            print("warning: int8 loses more than 1 point of validation accuracy; prefer the fp32 model.",
+                  file=sys.stderr)
+    return 0
+
+
+def serve(args) -> int:
+    from .deploy.serve import ServeSettings, serve
+
+    serve(args.run, ServeSettings(args.host, args.port, args.workers, args.device, args.runtime, args.top_k,
+                                  args.min_confidence, args.tta, args.max_upload_mb * 2**20, args.header_timeout))
+    return 0
+
+
+def inspect(args) -> int:
+    from pathlib import Path
+
+    from .atomic import write_json_atomic, write_text_atomic
+    from .audit import audit
+    from .progress import Reporter
+    from .report.inspect_page import build_inspect_page, summary_lines
+    from .runs.folder import RunFolder
+
+    clf = None
+    if args.run:
+        from .classifier import ImageClassifier
+
+        clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    out = Path(args.out or args.run or ".")
+    doc = audit(args.data, classifier=clf, run_split=RunFolder(args.run).split if args.run else None,
+                min_side=args.min_side, near_distance=args.near_bits, reporter=Reporter(args.quiet))
+    write_json_atomic(out / "inspect.json", doc)
+    write_text_atomic(out / "inspect.html", build_inspect_page(doc))
+    print("\n".join(summary_lines(doc)))
+    print(f"Details: {out / 'inspect.json'}\nPage: {out / 'inspect.html'}")
+    return 0
