@@ -126,3 +126,40 @@ def test_the_library_never_unpickles():
         assert not re.search(r"^\s*(import|from)\s+(c?pickle|dill|joblib)\b", text, re.M), path
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, (path, call)
+
+
+def test_a_fit_leaves_the_process_as_it_found_it(tmp_path):
+    """Seeding, flush-denormal and (under torchrun) the process group are scoped to the fit: the
+    caller's random streams go on where they were, and the errors it raises name the parameter."""
+    import random
+
+    from conftest import write_class_folders
+
+    from imgtune import ParameterError
+
+    data = write_class_folders(tmp_path / "photos", 6, seed=4)
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    ImageClassifier(image_size=32, epochs=0, quiet=True, device="cpu").fit(data, out=tmp_path / "run")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    with pytest.raises(ParameterError, match=r"^image_size must be a whole number from 16 to 2048"):
+        ImageClassifier(image_size=8).fit(data, out=tmp_path / "other")
+
+
+def test_predict_proba_and_what_predict_skipped(trained_run, tmp_path):
+    run, data, _ = trained_run
+    clf = ImageClassifier.load(run, quiet=True)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    files = [str(data / "circle" / "circle_000.png"), str(tmp_path / "bad.png"), str(data / "square" / "square_001.jpg")]
+    rows = clf.predict(files, top_k=3)
+    assert [r["path"] for r in rows] == [files[0], files[2]]
+    assert rows.skipped == [(files[1], rows.skipped[0][1])] and rows.skipped[0][1]
+    proba = clf.predict_proba(files)
+    assert proba.shape == (2, 3) and np.allclose(proba.sum(1), 1, atol=1e-4)
+    assert [clf.classes_[i] for i in proba.argmax(1)] == [r["label"] for r in rows]
+    assert not hasattr(ImageClassifier(), "classes_")  # before fit: an AttributeError, as in scikit-learn

@@ -35,8 +35,9 @@ class RunFolderError(ImgtuneError):
     """A run folder is missing, incomplete or does not match its config."""
 
 
-class NotFittedError(RunFolderError):
-    """A classifier was used before fit or load: it has no trained model (and no run folder) yet."""
+class NotFittedError(RunFolderError, AttributeError):
+    """A classifier was used before fit or load: it has no trained model (and no run folder) yet. An
+    AttributeError too, as scikit-learn's is, so `hasattr(clf, "classes_")` is False before fit."""
 
 
 class MissingDependency(ImgtuneError):
