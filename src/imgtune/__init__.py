@@ -1,9 +1,8 @@
 """imgtune: a folder of labelled images in, an accurate image classifier out."""
 
-__version__ = "0.1.0"
-
-from .classifier import ImageClassifier  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .classifier import ImageClassifier
+from .errors import (
     ConfigError,
     DataError,
     ImgtuneError,
@@ -12,8 +11,8 @@ from .errors import (  # noqa: E402
     ParameterError,
     RunFolderError,
 )
-from .runs.trained import TrainedModel  # noqa: E402
-from .train.budget import TimeLimit  # noqa: E402
+from .runs.trained import TrainedModel
+from .train.budget import TimeLimit
 
 __all__ = ["ImageClassifier", "TrainedModel", "TimeLimit", "ImgtuneError", "DataError", "ConfigError",
            "ParameterError", "RunFolderError", "NotFittedError", "MissingDependency", "__version__"]

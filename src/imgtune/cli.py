@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 
-from . import __version__, commands
+from . import commands
+from ._version import __version__
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..atomic import write_atomic
 from ..data.datasets import ImageFiles
 from ..data.scan import find_images

@@ -8,7 +8,7 @@ import html
 import io
 from datetime import datetime, timezone
 
-from .. import __version__
+from .._version import __version__
 from ..data.images import BadImage, load_rgb
 
 CSS = """
