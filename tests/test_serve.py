@@ -75,7 +75,7 @@ def _start_server(run, *flags):
 @pytest.fixture(scope="module")
 def server(trained_run):
     run, _, _ = trained_run
-    proc, url = _start_server(run, "--max-upload-mb", "1", "--top-k", "3", "--header-timeout", "3")
+    proc, url = _start_server(run, "--max-upload-mb", "1", "--top-k", "3")
     yield url
     proc.terminate()
     proc.wait(timeout=60)
@@ -164,30 +164,42 @@ def test_a_port_in_use_is_one_line(trained_run, capsys):
     assert "Address already in use" in capsys.readouterr().err
 
 
-def test_a_client_that_sends_its_headers_slowly_is_disconnected(server):
+def test_a_client_that_sends_its_headers_slowly_is_disconnected(trained_run):
     """One header line a second (slowloris) would hold the connection forever under uvicorn's own timers;
-    with --header-timeout 3 the server closes it without answering."""
+    with --header-timeout 1 the server closes it without answering. A server of its own, so that no other
+    test's requests meet so short a deadline."""
+    proc, server = _start_server(trained_run[0], "--header-timeout", "1")
+    try:
+        assert _slow_headers_closed(server), "the connection was still open after 60 s of slow headers"
+        for _ in range(10):  # and the server still answers others (a client that itself stalled past the
+            try:             # deadline between connecting and sending is closed too: try again)
+                assert _request(server + "/health")[0] == 200
+                break
+            except OSError:
+                continue
+        else:
+            pytest.fail("the server stopped answering after a slow client")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _slow_headers_closed(server: str) -> bool:
+    """Send a request's headers one line a second -> whether the server closed the connection without
+    answering."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        s.settimeout(1)
         deadline = time.monotonic() + 60  # a guard against a hang, not a speed test
-        closed = False
         while time.monotonic() < deadline:
             try:
                 s.sendall(b"X-Slow: 1\r\n")
-            except OSError:  # reset: closed
-                closed = True
-                break
-            s.settimeout(1)
-            try:
                 data = s.recv(1024)
             except TimeoutError:
                 continue
-            except OSError:
-                closed = True
-                break
+            except OSError:  # reset: closed
+                return True
             assert data == b"", f"answered before the headers were complete: {data[:200]!r}"
-            closed = True
-            break
-    assert closed, "the connection was still open after 60 s of slow headers"
-    assert _request(server + "/health")[0] == 200  # and the server still answers others
+            return True
+    return False

@@ -25,7 +25,7 @@ from .errors import DataError, NotFittedError, ParameterError, RunFolderError
 from .infer import predictor
 from .progress import Reporter
 from .runs.folder import RunFolder
-from .runs.trained import TrainedModel, load_run, save_run
+from .runs.trained import load_run, save_run
 from .train import pipeline
 from .train.budget import TimeLimit
 from .train.context import FitContext
@@ -73,13 +73,12 @@ class ImageClassifier:
         self.time_limit = time_limit
         self.ranks_ = engine.Ranks()
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # called only for what normal lookup does not find
+        if name == "trained_":  # set by fit and load
+            raise NotFittedError("This ImageClassifier is not trained yet: call fit(...) or "
+                                 "ImageClassifier.load(RUN).")
         if name in _FITTED:
-            trained = self.__dict__.get("trained_")
-            if trained is None:
-                raise NotFittedError("This ImageClassifier is not trained yet: call fit(...) or "
-                                     "ImageClassifier.load(RUN).")
-            return getattr(trained, _FITTED[name])
+            return getattr(self.trained_, _FITTED[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -119,7 +118,7 @@ class ImageClassifier:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
-        return save_run(self._trained(), path)
+        return save_run(self.trained_, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", quiet: bool = False,
@@ -134,10 +133,9 @@ class ImageClassifier:
     def evaluate(self, data: str | os.PathLike, *, tta: bool = False) -> dict:
         """metrics.json for every labelled image under `data` (its test split when it has one). With `tta`,
         each image's prediction averages flipped and zoomed views, and "tta" says what that gained."""
-        trained = self._trained()
+        trained = self.trained_
         manifest = labelled_files(data, trained.classes)
-        with engine.cpu_numerics():
-            logits, y, kept, bad = predictor.logits_for(trained, manifest.items, Reporter(self.quiet), tta=tta)
+        logits, y, kept, bad = predictor.logits_for(trained, manifest.items, Reporter(self.quiet), tta=tta)
         if not len(y):
             raise DataError(f"None of the {len(manifest.items)} images in {manifest.source!r} could be decoded.")
         return {**predictor.metrics_of(trained, logits, y, kept), "source": manifest.source,
@@ -150,27 +148,19 @@ class ImageClassifier:
         probabilities. With `min_confidence`, an image whose top probability is below it is labelled
         "unknown" (its top_k still lists the classes). Files that cannot be decoded are left out and
         listed in the result's `skipped`."""
-        trained = self._trained()
-        with engine.cpu_numerics():
-            return predictor.predict(trained, inputs, top_k=top_k, tta=tta, min_confidence=min_confidence,
-                                     reporter=Reporter(self.quiet))
+        return predictor.predict(self.trained_, inputs, top_k=top_k, tta=tta, min_confidence=min_confidence,
+                                 reporter=Reporter(self.quiet))
 
     def predict_proba(self, inputs, *, tta: bool = False) -> np.ndarray:
         """Calibrated probabilities [N, classes] in the order of `classes_`, one row per image predicted
         (files that cannot be decoded are left out, as in `predict`)."""
-        rows = self.predict(inputs, top_k=len(self._trained().classes), tta=tta)
+        rows = self.predict(inputs, top_k=len(self.classes_), tta=tta)
         order = {c: i for i, c in enumerate(self.classes_)}
         out = np.zeros((len(rows), len(order)))
         for i, r in enumerate(rows):
             for c, p in r["top_k"]:
                 out[i, order[c]] = p
         return out
-
-    def _trained(self) -> TrainedModel:
-        trained = self.__dict__.get("trained_")
-        if trained is None:
-            raise NotFittedError("This ImageClassifier is not trained yet: call fit(...) or ImageClassifier.load(RUN).")
-        return trained
 
 
 def _refuse_run_inside_data(run: RunFolder, data) -> None:

@@ -11,6 +11,7 @@ import threading
 
 from . import commands
 from ._version import __version__
+from .config import RUNTIMES
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 
@@ -52,7 +53,6 @@ _probability = _number_in(0.0, 1.0, "a number from 0 to 1")
 _seconds = _number_in(0.0, float("inf"), "0 or more seconds")
 
 
-RUNTIMES = ["torch", "onnx", "onnx-int8"]
 
 
 def build_parser() -> argparse.ArgumentParser:

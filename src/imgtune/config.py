@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
+RUNTIMES = ("torch", "onnx", "onnx-int8")  # what runs a trained model: PyTorch, ONNX Runtime in fp32 or int8
+
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
-from ..config import HeadConfig
+from ..config import RUNTIMES, HeadConfig
 from ..data.transforms import DataConfig
 from ..engine import resolve_device
 from ..errors import ConfigError, RunFolderError
@@ -22,7 +22,6 @@ from ..model.heads import Classifier, make_head
 from ..model.onnx_module import OnnxModule
 from .folder import RunFolder
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
 # what config.json carries about how the model was fitted, beside the model itself
 FIT_INFO = ("weights", "recipe", "data", "counts", "class_counts", "skipped", "head_selection", "finetune",
             "decision", "calibration", "seconds")
@@ -51,7 +50,7 @@ class TrainedModel:
 
 def fitted_state(model) -> TrainedModel:
     """A TrainedModel, or the fitted state of an ImageClassifier (which holds one)."""
-    return model if isinstance(model, TrainedModel) else model._trained()
+    return model if isinstance(model, TrainedModel) else model.trained_
 
 
 def save_run(trained: TrainedModel, path) -> Path:

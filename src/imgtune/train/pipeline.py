@@ -4,6 +4,7 @@ continues with resume=True."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -96,17 +97,12 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
     return trained
 
 
-class _timed:
+@contextlib.contextmanager
+def _timed(ctx: FitContext, name: str):
     """Adds the wall seconds of a step to ctx.seconds[name]."""
-
-    def __init__(self, ctx: FitContext, name: str):
-        self.ctx, self.name = ctx, name
-
-    def __enter__(self):
-        self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.ctx.seconds[self.name] = self.ctx.seconds.get(self.name, 0.0) + time.perf_counter() - self.t
+    t = time.perf_counter()
+    yield
+    ctx.seconds[name] = ctx.seconds.get(name, 0.0) + time.perf_counter() - t
 
 
 def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Manifest:
