@@ -72,3 +72,35 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     assert main(["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "1",
                  "--cache-dir", str(cache), "--quiet"]) == 0
     return run, data, cache
+
+
+def make_multilabel_image(labels: tuple[str, ...], rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """Each label's shape, in its colour, in a cell of a 2x2 grid of its own choosing, on noise."""
+    img = Image.fromarray(rng.integers(0, 60, (size, size, 3), dtype=np.uint8))
+    d = ImageDraw.Draw(img)
+    half = size // 2
+    for cls, cell in zip(labels, rng.permutation(4)):
+        x, y = (cell % 2) * half, (cell // 2) * half
+        c, o = COLOURS[cls], 3
+        if cls == "circle":
+            d.ellipse([x + o, y + o, x + half - o, y + half - o], fill=c)
+        elif cls == "square":
+            d.rectangle([x + o, y + o, x + half - o, y + half - o], fill=c)
+        else:
+            d.polygon([(x + half // 2, y + o), (x + o, y + half - o), (x + half - o, y + half - o)], fill=c)
+    return img
+
+
+def write_multilabel_csv(root: Path, n: int, seed: int = 0, name: str = "labels.csv") -> Path:
+    """root/images/*.png with 0-3 of the shapes each, and root/NAME: path,labels (";"-joined, empty for
+    none). Every label set of the three shapes occurs."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["path,labels"]
+    for i in range(n):
+        labels = tuple(c for c in COLOURS if rng.random() < 0.45) if i >= 8 else \
+            tuple(c for j, c in enumerate(COLOURS) if i >> j & 1)
+        make_multilabel_image(labels, rng).save(root / "images" / f"m{seed}_{i:03d}.png")
+        rows.append(f"images/m{seed}_{i:03d}.png,{';'.join(labels)}")
+    (root / name).write_text("\n".join(rows) + "\n")
+    return root / name

@@ -86,7 +86,7 @@ def _bad_csv(p):
     (_file, "is a file, not a folder"),
     (_empty, "Found 0 images"),
     (lambda p: write_class_folders(p / "one", 3, classes=("circle",)), "at least 2 classes.*found 1"),
-    (_bad_csv, "needs columns 'path' and 'label'"),
+    (_bad_csv, r"needs columns 'path' \(or 'file_name'\) and 'label'"),
 ])
 def test_bad_layouts(tmp_path, make, message):
     with pytest.raises(DataError, match=message):

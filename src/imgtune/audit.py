@@ -6,6 +6,9 @@ Looks for: images per class and split, class imbalance, unreadable files (with t
 the bytes) and near duplicates (perceptual hash) within and across splits (leakage between train and
 test), and, given a trained run, images whose label the model finds unlikely while it is confident of
 another class.
+
+Multi-label data (a set of labels per file, possibly empty) is counted once per label of an image, and
+gets a section of its own: labels per image, rare labels and which labels come together.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from .data.manifest import Manifest
 from .data.scan import find_images
 from .progress import Reporter
 
+RARE_IMAGES = 10  # a label on fewer images than this is rare (multi-label data)
+RARE_SHARE = 0.01  # ... or on under this share of the usable images
+TOP_PAIRS = 20  # label pairs listed by co-occurrence
 NEAR_DISTANCE = 2  # of 64 perceptual-hash bits (always even for pHash): resized or re-encoded copies
 ASPECT_LIMIT = 5.0  # width/height beyond which an image is mostly crop or padding at a square input
 _EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
@@ -44,6 +50,7 @@ class FileFacts:
     problem: str = ""  # why the file cannot be used; "" when it can
     odd: tuple[str, ...] = ()
     phash: int | None = None
+    label_ids: tuple[int, ...] = ()  # multi-label data: the indices of the file's labels (label: their names)
 
 
 def audit(source: str | os.PathLike, *, classifier=None, run_split: str | os.PathLike | None = None,
@@ -53,18 +60,27 @@ def audit(source: str | os.PathLike, *, classifier=None, run_split: str | os.Pat
     `classifier` (a fitted ImageClassifier) adds likely label errors; `run_split` (a run's split.csv)
     tells which split each file was in when the data did not name its splits.
     """
+    return audit_manifest(find_images(source), classifier=classifier, run_split=run_split, min_side=min_side,
+                          near_distance=near_distance, reporter=reporter)
+
+
+def audit_manifest(manifest: Manifest, *, classifier=None, run_split: str | os.PathLike | None = None,
+                   min_side: int = 32, near_distance: int = NEAR_DISTANCE,
+                   reporter: Reporter | None = None) -> dict:
+    """`audit` of the files a scan found: single-label (one class per file) or multi-label
+    (`manifest.task == "multi"`), which adds a "multilabel" section and skips the label-error check."""
     reporter = reporter or Reporter(quiet=True)
-    manifest = find_images(source)
+    multi = getattr(manifest, "task", "single") == "multi"
     splits = _splits(manifest, run_split)
     facts = []
     with reporter.bar("Checking files", len(manifest.items)) as advance:
         for it in manifest.items:
-            facts.append(_look_at(it.path, manifest.classes[it.label], splits.get(it.path, "all")))
+            facts.append(_look_at(it.path, _label_text(manifest, it, multi), splits.get(it.path, "all")))
+            if multi:
+                facts[-1].label_ids = tuple(sorted(set(it.labels)))
             advance()
     usable = [f for f in facts if not f.problem]
-    counts: dict[str, dict[str, int]] = {}
-    for f in usable:
-        counts.setdefault(f.split, {c: 0 for c in manifest.classes})[f.label] += 1
+    counts = _label_counts(usable, manifest.classes, multi)
     reference = counts.get("train") or {c: sum(per.get(c, 0) for per in counts.values()) for c in manifest.classes}
     doc = {
         "source": manifest.source,
@@ -90,9 +106,91 @@ def audit(source: str | os.PathLike, *, classifier=None, run_split: str | os.Pat
     # leakage: the same picture in train and in val or test, where it flatters the score
     doc["leakage"] = {kind: sum("train" in g["splits"] and len(set(g["splits"])) > 1 for g in doc[kind])
                       for kind in ("exact_duplicates", "near_duplicates")}
-    if classifier is not None:
+    if multi:
+        doc["task"] = "multi"
+        doc["multilabel"] = _multilabel(usable, manifest.classes)
+        if classifier is not None:
+            doc["label_issues_skipped"] = ("Likely label errors are looked for in single-label data only: a "
+                                           "multi-label file's labels are not one class that a classifier "
+                                           "can find unlikely.")
+    elif classifier is not None:
         doc["label_issues"] = _label_issues(classifier, usable)
     return doc
+
+
+def _label_text(manifest: Manifest, it, multi: bool) -> str:
+    """A file's label as the document shows it: its class, or (multi-label) its label names joined by ";"
+    in label order, "" for none (as the CSV writes them)."""
+    if not multi:
+        return manifest.classes[it.label]
+    return ";".join(manifest.classes[j] for j in sorted(set(it.labels)))
+
+
+def _label_counts(usable: list[FileFacts], classes: list[str], multi: bool) -> dict[str, dict[str, int]]:
+    """Images per class (multi-label: per label, an image counted once for each of its labels) per split."""
+    counts: dict[str, dict[str, int]] = {}
+    for f in usable:
+        per = counts.setdefault(f.split, {c: 0 for c in classes})
+        if multi:
+            for j in f.label_ids:
+                per[classes[j]] += 1
+        else:
+            per[f.label] += 1
+    return counts
+
+
+def _multilabel(usable: list[FileFacts], classes: list[str]) -> dict:
+    """The "multilabel" section: labels per image (overall and per split), rare labels, co-occurrence."""
+    y = np.zeros((len(usable), len(classes)), dtype=np.int64)
+    for i, f in enumerate(usable):
+        y[i, list(f.label_ids)] = 1
+    split_of = np.array([f.split for f in usable], dtype=object)
+    in_split = {s: split_of == s for s in sorted(set(split_of.tolist()), key=_split_order)}
+    return {"cardinality": _cardinality(y), "by_split": {s: _cardinality(y[m]) for s, m in in_split.items()},
+            "rare_labels": _rare_labels(y, classes, in_split),
+            "rare_rule": {"min_images": RARE_IMAGES, "min_share": RARE_SHARE},
+            "cooccurrence": _cooccurrence(y, classes)}
+
+
+def _cardinality(y: np.ndarray) -> dict:
+    """Labels per image of the 0/1 rows `y`: the mean, the most, and how many images carry 0, 1, 2, 3+."""
+    per_image = y.sum(axis=1)
+    return {"images": len(y), "mean": float(per_image.mean()) if len(y) else 0.0,
+            "max": int(per_image.max()) if len(y) else 0,
+            "images_with": {"0": int((per_image == 0).sum()), "1": int((per_image == 1).sum()),
+                            "2": int((per_image == 2).sum()), "3+": int((per_image >= 3).sum())}}
+
+
+def _rare_labels(y: np.ndarray, classes: list[str], in_split: dict[str, np.ndarray]) -> list[dict]:
+    """Labels on fewer than RARE_IMAGES images or under RARE_SHARE of them, rarest first, with their count
+    per split (`in_split`: a mask of the rows of y per split; a label absent from val or test cannot be
+    measured there)."""
+    n = len(y)
+    totals = y.sum(axis=0)
+    per_split = {s: y[m].sum(axis=0) for s, m in in_split.items()}
+    out = []
+    for j in sorted(range(len(classes)), key=lambda j: (int(totals[j]), classes[j])):
+        images, share = int(totals[j]), (float(totals[j]) / n if n else 0.0)
+        if images < RARE_IMAGES or share < RARE_SHARE:
+            out.append({"label": classes[j], "images": images, "share": share,
+                        "by_split": {s: int(v[j]) for s, v in per_split.items()}})
+    return out
+
+
+def _cooccurrence(y: np.ndarray, classes: list[str]) -> dict:
+    """Images carrying both labels (K x K; the diagonal: the label's images), the conditional rates
+    P(column | row) = counts[r][c] / counts[r][r] (None for a label on no image), and the TOP_PAIRS pairs
+    of distinct labels seen together most often."""
+    counts = y.T @ y
+    k = len(classes)
+    conditional = [[float(counts[r, c] / counts[r, r]) if counts[r, r] else None for c in range(k)]
+                   for r in range(k)]
+    pairs = [(int(counts[a, b]), a, b) for a in range(k) for b in range(a + 1, k) if counts[a, b]]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    top = [{"a": classes[a], "b": classes[b], "images": n, "p_b_given_a": conditional[a][b],
+            "p_a_given_b": conditional[b][a]} for n, a, b in pairs[:TOP_PAIRS]]
+    return {"counts": counts.astype(int).tolist(), "conditional": conditional, "top_pairs": top,
+            "pairs_seen": len(pairs)}
 
 
 def _split_order(split: str) -> int:

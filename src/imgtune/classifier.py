@@ -35,7 +35,8 @@ UNKNOWN = predictor.UNKNOWN
 # what the fitted state is read as, for callers of the scikit-learn style (`clf.classes_`, ...)
 _FITTED = {"classes_": "classes", "model_": "model", "data_config_": "data_config", "head_config_": "head_config",
            "temperature_": "temperature", "metric_": "metric", "device_": "device", "runtime_": "runtime",
-           "run_dir_": "run_dir", "fit_info_": "fit_info", "metrics_": "metrics", "history_": "history"}
+           "run_dir_": "run_dir", "fit_info_": "fit_info", "metrics_": "metrics", "history_": "history",
+           "task_": "task", "thresholds_": "thresholds"}
 
 
 class ImageClassifier:
@@ -49,7 +50,7 @@ class ImageClassifier:
     def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
                  image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
                  batch_size: int | None = None, cached_views: int | None = None, metric: str | None = None,
-                 augment: str | None = None, seed: int = 0,
+                 augment: str | None = None, task: str | None = None, loss: str | None = None, seed: int = 0,
                  device: str = "auto", weights: str | None = None,
                  cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0,
                  time_limit: "float | str | TimeLimit | None" = None):
@@ -62,6 +63,8 @@ class ImageClassifier:
         self.cached_views = cached_views
         self.metric = metric  # accuracy, balanced_accuracy or macro_f1 (None: the recipe's)
         self.augment = augment  # fine-tuning's augmentation policy (None: the recipe's)
+        self.task = task  # "single" or "multi" (multi-label: a set of labels per image); None: the data's
+        self.loss = loss  # multi-label data's loss: "bce" or "asl" (None: the recipe's)
         self.seed = seed
         self.device = device
         self.weights = weights
@@ -93,7 +96,9 @@ class ImageClassifier:
         started = (limit.clock if limit else time.perf_counter)()
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
                                 batch_size=self.batch_size, cached_views=self.cached_views, metric=self.metric,
-                                augment=self.augment)
+                                augment=self.augment, loss=self.loss)
+        if self.task is not None and self.task not in ("single", "multi"):
+            raise ParameterError("task", f"{{name}} must be single or multi; received {self.task!r}.")
         if self.image_size is not None:
             DataConfig.check_image_size(self.image_size)  # before any work
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
@@ -112,7 +117,8 @@ class ImageClassifier:
             ctx = FitContext(run, Reporter(self.quiet or not ranks.main), device, ranks, self.seed,
                              Path(self.cache_dir) if self.cache_dir else default_cache_dir(), recipe, limit,
                              started, checkpoint_every=self.checkpoint_every)
-            spec = {"backbone": self.backbone, "weights": self.weights, "image_size": self.image_size}
+            spec = {"backbone": self.backbone, "weights": self.weights, "image_size": self.image_size,
+                    "task": self.task}
             self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard)
         return self
 
@@ -134,7 +140,7 @@ class ImageClassifier:
         """metrics.json for every labelled image under `data` (its test split when it has one). With `tta`,
         each image's prediction averages flipped and zoomed views, and "tta" says what that gained."""
         trained = self.trained_
-        manifest = labelled_files(data, trained.classes)
+        manifest = labelled_files(data, trained.classes, trained.task)
         logits, y, kept, bad = predictor.logits_for(trained, manifest.items, Reporter(self.quiet), tta=tta)
         if not len(y):
             raise DataError(f"None of the {len(manifest.items)} images in {manifest.source!r} could be decoded.")
@@ -147,7 +153,8 @@ class ImageClassifier:
         {"path", "label", "probability", "top_k": [(label, probability), ...]}, with calibrated
         probabilities. With `min_confidence`, an image whose top probability is below it is labelled
         "unknown" (its top_k still lists the classes). Files that cannot be decoded are left out and
-        listed in the result's `skipped`."""
+        listed in the result's `skipped`. A multi-label model answers {"path", "labels": the label set,
+        "probabilities": {label: calibrated probability}} per image."""
         return predictor.predict(self.trained_, inputs, top_k=top_k, tta=tta, min_confidence=min_confidence,
                                  reporter=Reporter(self.quiet))
 
@@ -158,7 +165,7 @@ class ImageClassifier:
         order = {c: i for i, c in enumerate(self.classes_)}
         out = np.zeros((len(rows), len(order)))
         for i, r in enumerate(rows):
-            for c, p in r["top_k"]:
+            for c, p in (r["probabilities"].items() if "probabilities" in r else r["top_k"]):
                 out[i, order[c]] = p
         return out
 

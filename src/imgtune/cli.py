@@ -94,6 +94,11 @@ def _train_flags(sub) -> None:
                    help="fine-tuning's augmentation: light (crops and mirror images), rotations (both flips and "
                         "90-degree turns: for images with no up, such as cells or aerial views), seed (the "
                         "original affine set) or none (default: the recipe's)")
+    t.add_argument("--task", choices=["single", "multi"],
+                   help="single: one class per image; multi: a set of labels per image, from a CSV's labels "
+                        "column joined by ';' (default: what the data shows)")
+    t.add_argument("--loss", choices=["bce", "asl"],
+                   help="multi-label loss: binary cross-entropy or the asymmetric loss (default: the recipe's, bce)")
     t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")

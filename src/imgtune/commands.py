@@ -16,7 +16,8 @@ def train(args) -> int:
 
     clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
                           head_epochs=args.head_epochs, batch_size=args.batch_size,
-                          cached_views=args.cached_views, metric=args.metric, augment=args.augment, seed=args.seed,
+                          cached_views=args.cached_views, metric=args.metric, augment=args.augment,
+                          task=args.task, loss=args.loss, seed=args.seed,
                           device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
                           checkpoint_every=args.checkpoint_every,
                           # the command's limit counts from the start of the process: imports are part of the wait
@@ -26,10 +27,14 @@ def train(args) -> int:
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0
     m = clf.metrics_
-    print_metrics(m, title=f"{m['split'].capitalize()} split: accuracy {m['accuracy']:.4f}, "
-                           f"macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)")
+    print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
     print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
     return 0
+
+
+def _headline(m: dict) -> str:
+    first = f"mAP {m['map']:.4f}" if m.get("task") == "multi" else f"accuracy {m['accuracy']:.4f}"
+    return f"{first}, macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)"
 
 
 def evaluate(args) -> int:
@@ -50,8 +55,7 @@ def evaluate(args) -> int:
     out = Path(args.json) if args.json else run.metrics
     write_json_atomic(out, m)
     report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
-    print_metrics(m, title=f"{m['source']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
-                           f"({m['n_images']:,} images)")
+    print_metrics(m, title=f"{m['source']}: {_headline(m)}")
     if "tta" in m:
         print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
               f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
@@ -89,7 +93,8 @@ def export(args) -> int:
 
     clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
     r = export_onnx(clf.trained_, args.output, quantize=args.quantize, reporter=Reporter(args.quiet))
-    print(f"Wrote {r['output']}: parity with PyTorch on {r['parity_images']:,} validation images: top-1 "
+    agreement = "label-set" if clf.trained_.task == "multi" else "top-1"
+    print(f"Wrote {r['output']}: parity with PyTorch on {r['parity_images']:,} validation images: {agreement} "
           f"agreement {r['top1_agreement']:.2%}, max |logit difference| {r['max_abs_logit_diff']:.2e}.")
     q = r.get("int8")
     if q:

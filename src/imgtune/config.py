@@ -14,6 +14,7 @@ from .errors import ConfigError
 RUNTIMES = ("torch", "onnx", "onnx-int8")  # what runs a trained model: PyTorch, ONNX Runtime in fp32 or int8
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+MULTI_LOSSES = ("bce", "asl")  # multi-label data: binary cross-entropy, the asymmetric loss
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,14 @@ class Recipe:
     metric: str = "accuracy"
     # Per-class decision offsets fitted on held-out predictions to maximise `metric` (decide.py).
     offsets: bool = True
+    # The loss of multi-label data (train/multilabel.py): binary cross-entropy, or the asymmetric loss.
+    multi_loss: str = "bce"
 
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}; received {self.metric!r}.")
+        if self.multi_loss not in MULTI_LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(MULTI_LOSSES)}; received {self.multi_loss!r}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,7 +97,8 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**d["finetune"]),
-                   metric=d.get("metric", "accuracy"), offsets=d.get("offsets", False))
+                   metric=d.get("metric", "accuracy"), offsets=d.get("offsets", False),
+                   multi_loss=d.get("multi_loss", "bce"))
 
 
 # The recipe imgtune grew from: a Dense-256 top model on VGG16 bottleneck features (RMSprop, 50 epochs,
@@ -128,7 +134,7 @@ AUGMENTS = ("light", "rotations", "seed", "none")
 
 def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int | None = None,
                    head_epochs: int | None = None, cached_views: int | None = None, metric: str | None = None,
-                   augment: str | None = None) -> Recipe:
+                   augment: str | None = None, loss: str | None = None) -> Recipe:
     """Apply the few settings a caller may change, refusing values that cannot work (in the words of
     the Python API; the command line's flags have the same names)."""
     for name, value in (("epochs", epochs), ("head_epochs", head_epochs), ("cached_views", cached_views)):
@@ -143,6 +149,8 @@ def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}; received {metric!r}.")
     if augment is not None and augment not in AUGMENTS:
         raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; received {augment!r}.")
+    if loss is not None and loss not in MULTI_LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(MULTI_LOSSES)}; received {loss!r}.")
     ft, head = recipe.finetune, recipe.head
     if epochs is not None:
         ft = dataclasses.replace(ft, epochs=epochs)
@@ -154,4 +162,5 @@ def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int
         ft = dataclasses.replace(ft, cached_views=cached_views)
     if augment is not None:
         ft = dataclasses.replace(ft, augment=augment)
-    return dataclasses.replace(recipe, head=head, finetune=ft, metric=metric or recipe.metric)
+    return dataclasses.replace(recipe, head=head, finetune=ft, metric=metric or recipe.metric,
+                               multi_loss=loss or recipe.multi_loss)

@@ -4,6 +4,7 @@ Layouts understood:
   DATA/<class>/<image>                                  split here, seeded and stratified
   DATA/{train,val|validation,test}/<class>/<image>      splits as given (val made from train if absent)
   FILE.csv with columns path,label[,split]              paths relative to the CSV's folder
+  FILE.csv with columns path,labels[,split]             multi-label: labels joined by ";" (table.py)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .images import not_regular
 from .manifest import SPLIT_NAMES, Item, Manifest, stratified_split
-from .table import missing_reason, read_csv, row_path, scan_csv, split_of
+from .table import TASKS, label_set, missing_reason, read_csv, row_path, scan_csv, split_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -27,18 +28,28 @@ def is_image_name(name: str) -> bool:
 
 
 def scan(source: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
-         test_fraction: float = 0.1) -> Manifest:
+         test_fraction: float = 0.1, task: str | None = None) -> Manifest:
     """Find the images and labels under `source` and assign every file to a split; refuse data that
-    cannot train a classifier (fewer than 2 classes, a class without training images)."""
-    m = find_images(source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    cannot train a classifier (fewer than 2 classes, a class without training images). `task` (single
+    or multi) forces the task; None: the data's (table.task_of)."""
+    m = find_images(source, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     require_usable(m)
     return m
 
 
 def find_images(source: str | os.PathLike, *, seed: int = 0, val_fraction: float = 0.1,
-                test_fraction: float = 0.1) -> Manifest:
+                test_fraction: float = 0.1, task: str | None = None) -> Manifest:
     """As `scan`, without judging whether the data can train anything (the data audit looks at any data)."""
-    root = Path(source)
+    m = _find(Path(source), seed, val_fraction, test_fraction, task)
+    if task == "multi" and not m.multi:  # class folders as label sets of one label each
+        m = Manifest(m.classes, [Item(it.path, -1, it.split, (it.label,)) for it in m.items], m.skipped,
+                     m.source, m.splits_given, "multi")
+    return m
+
+
+def _find(root: Path, seed: int, val_fraction: float, test_fraction: float, task: str | None) -> Manifest:
+    if task is not None and task not in TASKS:
+        raise DataError(f"Unknown task {task!r}: expected single or multi.")
     if not root.exists():
         raise DataError(f"Data path {str(root)!r} does not exist: expected a folder of class folders "
                         "or a CSV file with columns path,label.")
@@ -46,7 +57,7 @@ def find_images(source: str | os.PathLike, *, seed: int = 0, val_fraction: float
         if root.suffix.lower() != ".csv":
             raise DataError(f"Data path {str(root)!r} is a file, not a folder: expected a folder of class "
                             "folders (DATA/<class>/<image>) or a .csv file with columns path,label.")
-        return scan_csv(root, seed, val_fraction, test_fraction)
+        return scan_csv(root, seed, val_fraction, test_fraction, task)
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in sorted(root.iterdir())
                   if d.is_dir() and d.name.lower() in SPLIT_NAMES}
     if "train" in split_dirs:
@@ -124,6 +135,13 @@ def require_usable(m: Manifest) -> None:
     if not any(it.split == "val" for it in m.items):
         raise DataError(f"Expected validation images in {where!r}, found none: give each class 2 or more "
                         "images, or add a val/ folder.")
+    if m.multi:
+        in_train = m.targets(m.split("train")).sum(axis=0)
+        never = [c for c, n in zip(m.classes, in_train) if n == 0]
+        if never:
+            raise DataError(f"Labels {never} of {where!r} occur in no training image, so they cannot be "
+                            "learned: give each label training images, or remove it.")
+        return
     train_counts = np.bincount([it.label for it in m.items if it.split == "train"], minlength=len(m.classes))
     empty = [c for c, n in zip(m.classes, train_counts) if n == 0]
     if empty:
@@ -137,10 +155,13 @@ def _in_class(path: str, cls: str) -> bool:
     return f"{os.sep}{cls}{os.sep}" in path
 
 
-def labelled_files(source: str | os.PathLike, classes: list[str]) -> Manifest:
+def labelled_files(source: str | os.PathLike, classes: list[str], task: str = "single") -> Manifest:
     """Images to evaluate a trained model on: every labelled file under `source` (a class-folder tree or
-    CSV), or its test split (else val) when `source` has split folders. Labels must be known classes."""
+    CSV), or its test split (else val) when `source` has split folders. Labels must be known classes.
+    Multi-label models take a CSV (or class folders, one label each)."""
     root = Path(source)
+    if task == "multi":
+        return _labelled_sets(root, classes)
     if not root.exists():
         raise DataError(f"Data path {str(root)!r} does not exist: expected a folder of class folders or a CSV.")
     if root.is_file():
@@ -170,6 +191,39 @@ def labelled_files(source: str | os.PathLike, classes: list[str]) -> Manifest:
         m = Manifest(list(classes), [Item(p, y, "test") for p, y in files], skipped, str(folder))
     if not m.items:
         raise DataError(f"Found 0 usable images in {m.source!r}: expected <class>/<image> for classes {classes}.")
+    return m
+
+
+def _labelled_sets(root: Path, classes: list[str]) -> Manifest:
+    """labelled_files for a multi-label model: a CSV's rows (its test split, else val, when it names
+    splits) with their label sets, every label one the model knows."""
+    if root.is_file() and root.suffix.lower() == ".csv":
+        rows = read_csv(root)
+        numbered = list(enumerate(rows, start=2))
+        splits = [split_of(r, number, root) for number, r in numbered]
+        if any(splits):
+            wanted = "test" if "test" in splits else "val"
+            numbered = [nr for nr, split in zip(numbered, splits) if split == wanted]
+        index = {c: i for i, c in enumerate(classes)}
+        items, skipped = [], []
+        for number, r in numbered:
+            names = label_set(r, number, root)
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise DataError(f"CSV {str(root)!r} row {number} has labels the model does not know: {unknown}. "
+                                f"Expected labels among {classes}.")
+            p = row_path(r, root.parent)
+            if reason := missing_reason(p):
+                skipped.append((p, reason))
+            else:
+                items.append(Item(p, -1, "test", tuple(sorted(index[n] for n in names))))
+        m = Manifest(list(classes), items, skipped, str(root), task="multi")
+    else:
+        single = labelled_files(root, classes)
+        m = Manifest(single.classes, [Item(it.path, -1, "test", (it.label,)) for it in single.items],
+                     single.skipped, single.source, task="multi")
+    if not m.items:
+        raise DataError(f"Found 0 usable images in {m.source!r}: expected a CSV path,labels of existing files.")
     return m
 
 

@@ -1,57 +1,123 @@
-"""A CSV of labelled files, `path,label[,split]` (paths relative to the CSV's folder), read into a
-Manifest: repeats of a file merged or refused, one parser of split values for train and evaluate."""
+"""A CSV of labelled files read into a Manifest: repeats of a file merged or refused, one parser of split
+values and of label fields for train and evaluate.
+
+Columns (any case): the file in `path`, or `file_name` (the Hugging Face ImageFolder metadata.csv
+convention); its class in `label`, or its labels in `labels` joined by ";" (an empty field: no label),
+also written as a JSON list (["cat", "dog"]); an optional `split` (train, val or validation, test). Paths
+are relative to the CSV's folder. The task is the data's: multi-label when a row carries zero or several
+labels in a `labels` column (or several in a `label` one), single-label otherwise, unless forced."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, ParameterError
 from .images import not_regular
-from .manifest import SPLIT_NAMES, Item, Manifest, stratified_split
+from .manifest import SPLIT_NAMES, Item, Manifest, multilabel_split, stratified_split
+
+TASKS = ("single", "multi")
+PATH_COLUMNS = ("path", "file_name")
+LABEL_COLUMNS = ("label", "labels")
 
 
-def scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float) -> Manifest:
+def scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float, task: str | None = None) -> Manifest:
     rows = read_csv(path)
     base = path.parent
-    classes = sorted({r["label"] for r in rows if r["label"]})
+    parsed = [label_set(r, number, path) for number, r in enumerate(rows, start=2)]  # row 1 is the header
+    task = task_of(rows, parsed, path, task)
+    multi = task == "multi"
+    classes = sorted({name for names in parsed for name in names})
     index = {c: i for i, c in enumerate(classes)}
     files, given_split, skipped = [], [], []
-    first: dict[str, tuple[int, str, str]] = {}  # one file, one row: (row number, label, split) of its first
-    for number, r in enumerate(rows, start=2):  # row 1 is the header
+    first: dict[str, tuple[int, tuple, str]] = {}  # one file, one row: (row number, labels, split) of its first
+    for number, (r, names) in enumerate(zip(rows, parsed), start=2):
         p = row_path(r, base)
         split = split_of(r, number, path)
         key = os.path.normpath(os.path.abspath(p))
-        if not r["label"]:
+        if not names and not multi:
             skipped.append((p, "no label in the CSV row"))
         elif key in first:  # the same file twice: in two splits it would leak test images into training
-            row0, label0, split0 = first[key]
-            if r["label"] != label0:
+            row0, names0, split0 = first[key]
+            if names != names0:
                 raise DataError(f"CSV {str(path)!r} lists {r['path']!r} twice with different labels "
-                                f"({label0!r} in row {row0}, {r['label']!r} in row {number}); give each file "
-                                "one label.")
+                                f"({_shown(names0)} in row {row0}, {_shown(names)} in row {number}); give each "
+                                "file one row.")
             skipped.append((p, f"listed again in row {number} (first in row {row0}, same label): "
                                f"merged into row {row0}" + (f", whose split {split0 or 'none'} is kept"
                                                              if split != split0 else "")))
         elif reason := missing_reason(p):
             skipped.append((p, reason))
         else:
-            first[key] = (number, r["label"], split)
-            files.append((p, index[r["label"]]))
+            first[key] = (number, names, split)
+            files.append((p, tuple(sorted(index[n] for n in names))))
             given_split.append(split)
     if not files:
         raise DataError(f"CSV {str(path)!r} lists {len(rows)} rows but none is an existing, labelled file "
                         f"(paths are relative to {str(base)!r}).")
+    split_files = multilabel_split if multi else stratified_split
+    if not multi:
+        files = [(p, labels[0]) for p, labels in files]
     splits_given = all(given_split)
     if splits_given:
-        items = [Item(p, y, s) for (p, y), s in zip(files, given_split)]
+        items = [_item(p, y, s, multi) for (p, y), s in zip(files, given_split)]
         if not any(it.split == "val" for it in items):
-            train = [(it.path, it.label) for it in items if it.split == "train"]
-            items = stratified_split(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
+            train = [(p, y) for (p, y), s in zip(files, given_split) if s == "train"]
+            items = split_files(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
     else:
-        items = stratified_split(files, seed, val_fraction, test_fraction)
-    return Manifest(classes, items, skipped, str(path), splits_given)
+        items = split_files(files, seed, val_fraction, test_fraction)
+    return Manifest(classes, items, skipped, str(path), splits_given, task)
+
+
+def _item(p: str, y, split: str, multi: bool) -> Item:
+    return Item(p, -1, split, y) if multi else Item(p, y, split)
+
+
+def _shown(names: tuple[str, ...]) -> str:
+    return repr(";".join(names)) if names else "no label"
+
+
+def task_of(rows: list[dict[str, str]], parsed: list[tuple[str, ...]], path: Path, forced: str | None) -> str:
+    """"multi" when a row carries zero labels in a `labels` column or several labels; else "single";
+    `forced` (the --task flag) wins, except that single-label data cannot hold a row with several labels."""
+    if forced is not None and forced not in TASKS:
+        raise ParameterError("task", f"{{name}} must be single or multi; received {forced!r}.")
+    column = "labels" if rows and "labels" in rows[0] else "label"
+    several = next((n for n, names in enumerate(parsed, start=2) if len(names) > 1), None)
+    if forced == "single":
+        if several is not None:
+            raise ParameterError("task", f"{{name}} single: CSV {str(path)!r} row {several} carries "
+                                         f"{len(parsed[several - 2])} labels; a single-label classifier "
+                                         "takes one per file. Use multi, or give each row one label.")
+        return "single"
+    if forced == "multi" or several is not None or (column == "labels" and any(not p for p in parsed)):
+        return "multi"
+    return "single"
+
+
+def label_set(row: dict[str, str], number: int, path: Path) -> tuple[str, ...]:
+    """A row's labels field -> its label names, sorted, each once; a field that cannot be read as labels
+    (an empty name between separators, a JSON list of anything but names) is an error naming the row."""
+    value = row.get("labels", row.get("label", ""))
+    if not value:
+        return ()
+    if value.startswith("["):
+        try:
+            names = json.loads(value)
+        except ValueError:
+            names = None
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise DataError(f"CSV {str(path)!r} row {number}: cannot read the labels {value!r}; expected label "
+                            'names joined by ";" (a;b) or a JSON list of names (["a", "b"]).')
+    else:
+        names = value.split(";")
+        if not all(n.strip() for n in names):
+            raise DataError(f"CSV {str(path)!r} row {number}: cannot read the labels {value!r}: an empty label "
+                            'between the ";" separators; expected names joined by ";" (a;b), or an empty '
+                            "field for no label.")
+    return tuple(sorted({n.strip() for n in names}))
 
 
 def split_of(row: dict[str, str], number: int, path: Path) -> str:
@@ -77,12 +143,19 @@ def missing_reason(p: str) -> str | None:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows, keys lower-cased and stripped; the file's column (`path` or `file_name`) under "path"."""
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             columns = [c.strip().lower() for c in reader.fieldnames or []]
-            if "path" not in columns or "label" not in columns:
-                raise DataError(f"CSV {str(path)!r} needs columns 'path' and 'label'; found columns {columns}.")
-            return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+            file_column = next((c for c in PATH_COLUMNS if c in columns), None)
+            if file_column is None or not any(c in columns for c in LABEL_COLUMNS):
+                raise DataError(f"CSV {str(path)!r} needs columns 'path' (or 'file_name') and 'label' "
+                                f"(or 'labels', several joined by ';'); found columns {columns}.")
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"CSV {str(path)!r} cannot be read as UTF-8 CSV ({e}).") from None
+    if file_column != "path":
+        for r in rows:
+            r["path"] = r.pop(file_column)
+    return rows

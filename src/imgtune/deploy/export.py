@@ -22,6 +22,7 @@ from ..data.datasets import ImageFiles
 from ..data.scan import find_images
 from ..data.transforms import eval_transform
 from ..errors import ImgtuneError
+from ..infer.multilabel import sigmoid
 from ..infer.runner import run_network
 from ..model.onnx_module import METADATA_KEY, OnnxModule, require_onnx, trace
 from ..progress import Reporter
@@ -42,10 +43,12 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     m = fitted_state(model)
     run = RunFolder(m.run_dir)
     output = Path(output) if output else run.path / "model.onnx"
-    val, train = _split_files(run)
+    val, train = _split_files(run, m.task)
     cfg = m.data_config
     model = m.model.float().cpu().eval()
-    graph = onnx.load_from_string(trace(model, cfg.image_size))
+    multi = m.task == "multi"
+    graph = onnx.load_from_string(trace(WithProbabilities(model, m.temperature) if multi else model, cfg.image_size,
+                                        ("logits", "probabilities") if multi else ("logits",)))
     info = {"classes": m.classes, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
             "interpolation": cfg.interpolation, "temperature": m.temperature, "backbone": m.backbone,
             "offsets": [float(v) for v in m.model.offsets], "metric": m.metric,
@@ -54,6 +57,10 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
             "output": "logits with the decision offsets already added (the graph adds them): the decision is "
                       "argmax(logits), the probabilities softmax(logits / temperature)",
             "imgtune": __version__}
+    if multi:
+        info.update(task="multi", thresholds=m.thresholds, offsets=None,
+                    output="two outputs: logits, and probabilities = sigmoid(logits / temperature), a temperature "
+                           "per label; an image carries each label whose probability reaches its threshold")
     meta = graph.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, json.dumps(info)
     graph.producer_name = "imgtune"
@@ -71,8 +78,12 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
                                "PyTorch; the run's data has moved or gone.")
         a = np.stack([reference[k] for k in keys])
         b = np.stack([exported[k] for k in keys])
-        result.update(parity_images=len(keys), top1_agreement=float(np.mean(a.argmax(1) == b.argmax(1))),
-                      max_abs_logit_diff=float(np.abs(a - b).max()))
+        if multi:  # the share of images given the same label set
+            thr, t = np.asarray(m.thresholds), np.asarray(m.temperature)
+            agree = np.mean(np.all((sigmoid(a / t) >= thr) == (sigmoid(b / t) >= thr), axis=1))
+        else:
+            agree = np.mean(a.argmax(1) == b.argmax(1))
+        result.update(parity_images=len(keys), top1_agreement=float(agree), max_abs_logit_diff=float(np.abs(a - b).max()))
         if result["top1_agreement"] < AGREEMENT_MIN or result["max_abs_logit_diff"] > MAX_ABS_DIFF:
             raise ImgtuneError(f"The ONNX model does not match PyTorch on {len(keys)} validation images "
                                f"(top-1 agreement {result['top1_agreement']:.4%}, max |logit difference| "
@@ -80,19 +91,40 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
 
     write_atomic(output, write_checked)
     if quantize == "int8":
-        result["int8"] = _quantize(output, val, train, cfg, rep)
+        result["int8"] = _quantize(output, val, train, cfg, rep, _decider(m))
     elif quantize is not None:
         raise ImgtuneError(f"Unknown quantisation {quantize!r}: expected int8.")
     return result
 
 
-def _split_files(run: RunFolder) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(validation, training) files of the run as (path, label), from its split.csv."""
+class WithProbabilities(torch.nn.Module):
+    """A multi-label model with its calibrated probabilities as a second output."""
+
+    def __init__(self, model: torch.nn.Module, temperature: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
+
+    def forward(self, x):
+        z = self.model(x)
+        return z, torch.sigmoid(z / self.temperature)
+
+
+def _split_files(run: RunFolder, task: str) -> tuple[list[tuple[str, object]], list[tuple[str, object]]]:
+    """(validation, training) files of the run as (path, target), from its split.csv; a target is a class
+    index, or a 0/1 row for a multi-label run."""
     if not run.split.is_file():
         return [], []
-    m = find_images(run.split)
-    return ([(it.path, it.label) for it in m.items if it.split == "val"],
-            [(it.path, it.label) for it in m.items if it.split == "train"])
+    m = find_images(run.split, task=task)
+    return tuple([(it.path, y) for it, y in zip(m.split(s), m.targets(m.split(s)))] for s in ("val", "train"))
+
+
+def _decider(m):
+    """logits -> what is compared with the targets: the class, or the label set as a 0/1 row."""
+    if m.task != "multi":
+        return lambda z: z.argmax(1)
+    t, thr = np.asarray(m.temperature), np.asarray(m.thresholds)
+    return lambda z: (sigmoid(z / t) >= thr).astype(np.float32)
 
 
 def _logits(net, paths: list[str], cfg, rep: Reporter, description: str) -> dict[str, np.ndarray]:
@@ -101,9 +133,10 @@ def _logits(net, paths: list[str], cfg, rep: Reporter, description: str) -> dict
     return {paths[i]: v for i, v in outputs.items()}
 
 
-def _quantize(fp32: Path, val, train, cfg, rep: Reporter) -> dict:
+def _quantize(fp32: Path, val, train, cfg, rep: Reporter, decide) -> dict:
     """Static int8 quantisation (QDQ, per channel, symmetric), calibrated on up to 256 training images;
-    accuracy and speed of both models on the validation split."""
+    accuracy (of a multi-label model: the share of label sets exactly right) and speed of both models on
+    the validation split."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -131,16 +164,17 @@ def _quantize(fp32: Path, val, train, cfg, rep: Reporter) -> dict:
             advance(1)
         write_atomic(out, lambda t: Path(t).write_bytes(staged.read_bytes()))
     x, kept = _tensors([p for p, _ in val], cfg)
-    labels = np.array([val[i][1] for i in kept], dtype=int)
+    labels = np.array([val[i][1] for i in kept])
     figures = {"output": str(out), "calibration_images": len(tensors), "validation_images": len(labels)}
     for name, path in (("fp32", fp32), ("int8", out)):
         net = OnnxModule(path)
         started = time.perf_counter()
         with torch.inference_mode():
-            pred = np.concatenate([net(torch.from_numpy(x[i:i + 32])).numpy().argmax(1)
+            pred = np.concatenate([decide(net(torch.from_numpy(x[i:i + 32])).numpy())
                                    for i in range(0, len(x), 32)]) if len(x) else np.zeros(0)
         figures[f"{name}_seconds"] = time.perf_counter() - started
-        figures[f"{name}_accuracy"] = float(np.mean(pred == labels)) if len(labels) else None
+        right = np.all(pred == labels, axis=1) if labels.ndim == 2 else pred == labels
+        figures[f"{name}_accuracy"] = float(np.mean(right)) if len(labels) else None
     if len(labels):
         figures["accuracy_drop"] = figures["fp32_accuracy"] - figures["int8_accuracy"]
         figures["speedup"] = figures["fp32_seconds"] / max(figures["int8_seconds"], 1e-9)

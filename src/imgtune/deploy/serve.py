@@ -95,7 +95,8 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
 
     m = fitted_state(model)
     app = FastAPI(title="imgtune", version=str(m.fit_info.get("weights", "")) or "1",
-                  description=f"Image classifier over {len(m.classes)} classes: {', '.join(m.classes)}.")
+                  description=f"Image classifier over {len(m.classes)} {'labels (multi-label)' if m.task == 'multi' else 'classes'}: "
+                              f"{', '.join(m.classes)}.")
     app.add_middleware(RequestCap, limit=max_request_bytes)
     summary = _metrics_summary(m.run_dir)
 
@@ -112,7 +113,8 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
     @app.get("/metadata")
     def meta() -> dict:
         return {"classes": m.classes, "backbone": m.backbone, "image_size": m.data_config.image_size,
-                "temperature": m.temperature, "runtime": m.runtime,
+                "temperature": m.temperature, "runtime": m.runtime, "task": m.task,
+                **({"thresholds": m.thresholds} if m.task == "multi" else {}),
                 "top_k": top_k, "min_confidence": min_confidence, "tta": tta, "max_upload_bytes": max_bytes,
                 "metrics": summary}
 
@@ -133,6 +135,9 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                 status = 400 if not data else 415 if "not a recognised" in str(e) else 422
                 raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
         rows = predict_images(m, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
+        if m.task == "multi":  # the label set, and every label's calibrated probability
+            return {"predictions": [{"file": upload.filename, "labels": r["labels"],
+                                     "probabilities": r["probabilities"]} for upload, r in zip(file, rows)]}
         return {"predictions": [
             {"file": upload.filename, "label": r["label"], "probability": r["probability"],
              "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
@@ -151,7 +156,9 @@ def _metrics_summary(run_dir) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
-        return {k: m.get(k) for k in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "n_images", "split")}
+        keys = ("map", "macro_f1", "micro_f1", "subset_accuracy", "n_images", "split") if m.get("task") == "multi" \
+            else ("accuracy", "macro_f1", "balanced_accuracy", "ece", "n_images", "split")
+        return {k: m.get(k) for k in keys}
     except (OSError, ValueError):
         return None
 

@@ -1,4 +1,5 @@
-"""Predictions -> CSV or JSON files. CSV columns: path,label,probability, then top-k label/probability pairs."""
+"""Predictions -> CSV or JSON files. CSV columns: path,label,probability, then top-k label/probability pairs;
+for a multi-label model path,labels (joined by ";"), then one probability column per label."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def check_output(output: str | Path) -> str:
 
 
 def format_predictions(rows: list[dict], output: str | Path) -> str:
+    if rows and "labels" in rows[0]:
+        return _format_label_sets(rows, output)
     if check_output(output) == ".json":
         return json.dumps([{**r, "top_k": [{"label": c, "probability": p} for c, p in r["top_k"]]}
                            for r in rows], indent=2) + "\n"
@@ -30,6 +33,18 @@ def format_predictions(rows: list[dict], output: str | Path) -> str:
     for r in rows:
         pairs = [v for c, p in r["top_k"] for v in (c, f"{p:.6f}")]
         w.writerow([r["path"], r["label"], f"{r['probability']:.6f}", *pairs])
+    return buf.getvalue()
+
+
+def _format_label_sets(rows: list[dict], output: str | Path) -> str:
+    if check_output(output) == ".json":
+        return json.dumps(list(rows), indent=2) + "\n"
+    labels = list(rows[0]["probabilities"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "labels", *labels])
+    for r in rows:
+        w.writerow([r["path"], ";".join(r["labels"]), *(f"{r['probabilities'][c]:.6f}" for c in labels)])
     return buf.getvalue()
 
 

@@ -16,6 +16,7 @@ from ..errors import ConfigError, DataError
 from ..model.heads import EachView
 from ..progress import Reporter
 from . import metrics as metrics_lib
+from . import multilabel
 from .calibration import softmax
 from .runner import run_network
 
@@ -52,20 +53,39 @@ def logits_for(m, items, reporter: Reporter, *, tta: bool = False, network=None
                ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
     """Labelled items -> (logits, labels, paths) of those that decoded, and [(bad path, reason)]."""
     logits, kept, failed = infer(m, [it.path for it in items], reporter, tta=tta, network=network)
-    label = {it.path: it.label for it in items}
-    return logits, np.array([label[p] for p in kept], dtype=int), kept, failed
+    return logits, targets_of(m, items, kept), kept, failed
 
 
-def probabilities(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+def targets_of(m, items, paths: list[str]) -> np.ndarray:
+    """The labels of `paths` among `items`: class indices [N], or 0/1 rows [N, K] for a multi-label model."""
+    by_path = {it.path: it for it in items}
+    if m.task != "multi":
+        return np.array([by_path[p].label for p in paths], dtype=int)
+    y = np.zeros((len(paths), len(m.classes)), np.float32)
+    for i, p in enumerate(paths):
+        y[i, list(by_path[p].labels)] = 1
+    return y
+
+
+def probabilities(logits: np.ndarray, temperature, multi: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits [N, K] or per view [N, V, K] -> (calibrated probabilities averaged over the views, those
-    of the first, plain view alone)."""
+    of the first, plain view alone): softmax(logits / T), or with `multi` (multi-label) a sigmoid per
+    label, sigmoid(logits / T_label)."""
     views = logits if logits.ndim == 3 else logits[:, None]
-    p = softmax(views, temperature)
+    p = multilabel.sigmoid(views / np.asarray(temperature)) if multi else softmax(views, temperature)
     return p.mean(axis=1), p[:, 0]
 
 
+def calibrated(m, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`probabilities` as the model `m` reads its logits."""
+    return probabilities(logits, m.temperature, m.task == "multi")
+
+
 def metrics_of(m, logits: np.ndarray, y: np.ndarray, paths: list[str]) -> dict:
-    """The metrics.json document of logits (per view with TTA) against labels."""
+    """The metrics.json document of logits (per view with TTA) against labels (0/1 rows: multi-label)."""
+    if m.task == "multi":
+        return {**multilabel.evaluate(y, calibrated(m, logits)[0], m.thresholds, m.classes, paths=paths),
+                "temperature": m.temperature}
     probs, single = probabilities(logits, m.temperature)
     views = logits if logits.ndim == 3 else logits[:, None]
     return {**metrics_lib.evaluate(y, probs, m.classes, paths=paths, uncalibrated=softmax(views).mean(axis=1),
@@ -78,12 +98,15 @@ def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: flo
     """Paths (files or folders), PIL images or HxWxC uint8 arrays -> one dict per image, in the order
     given (a folder's files in sorted order): {"path", "label", "probability", "top_k": [(label,
     probability), ...]}, calibrated. With `min_confidence`, an image whose top probability is below it
-    is labelled "unknown" (its top_k still lists the classes)."""
+    is labelled "unknown" (its top_k still lists the classes). A multi-label model answers
+    {"path", "labels", "probabilities"} (label_set_row)."""
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise ConfigError(f"min_confidence must be from 0 to 1; received {min_confidence}.")
     if is_path(inputs) or not isinstance(inputs, (list, tuple)):
         inputs = [inputs]
     rows, skipped = _probability_rows(m, inputs, tta, reporter or Reporter(quiet=True))
+    if m.task == "multi":
+        return Predictions([label_set_row(m, path, p) for path, p in rows], skipped)
     k = max(1, min(top_k, len(m.classes)))
     out = []
     for path, p in rows:
@@ -92,6 +115,13 @@ def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: flo
         out.append({"path": path, "label": UNKNOWN if unknown else m.classes[order[0]],
                     "probability": float(p[order[0]]), "top_k": [(m.classes[j], float(p[j])) for j in order]})
     return Predictions(out, skipped)
+
+
+def label_set_row(m, path: str, p: np.ndarray) -> dict:
+    """A multi-label model's answer for one image: {"path", "labels": the labels whose calibrated
+    probability reaches their threshold, "probabilities": {label: probability} for every label}."""
+    return {"path": path, "labels": [c for c, pj, t in zip(m.classes, p, m.thresholds) if pj >= t],
+            "probabilities": {c: float(pj) for c, pj in zip(m.classes, p)}}
 
 
 def _probability_rows(m, inputs: list, tta: bool, reporter: Reporter):
@@ -106,13 +136,13 @@ def _probability_rows(m, inputs: list, tta: bool, reporter: Reporter):
         else:
             groups.append(None)
     logits, kept, bad = infer(m, [f for g in groups if g for f in g], reporter, tta=tta)
-    by_path = dict(zip(kept, probabilities(logits, m.temperature)[0]))
+    by_path = dict(zip(kept, calibrated(m, logits)[0]))
     images = [x for x, g in zip(inputs, groups) if g is None]
     if images:
         tf = TTAViews(m.data_config) if tta else eval_transform(m.data_config)
         batch = torch.stack([tf(as_pil(im)) for im in images]).to(m.device)
         with torch.inference_mode():
-            image_probs = iter(probabilities(EachView(m.model)(batch).cpu().numpy(), m.temperature)[0])
+            image_probs = iter(calibrated(m, EachView(m.model)(batch).cpu().numpy())[0])
     rows = []
     for i, g in enumerate(groups):
         if g is None:

@@ -69,7 +69,7 @@ def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_
         key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:20]
         path = Path(cache_root) / "onnx" / f"{key}.onnx"
         if not path.is_file():
-            write_bytes_atomic(path, trace(fixed.cpu(), image_size, "features"), durable=False)
+            write_bytes_atomic(path, trace(fixed.cpu(), image_size, ("features",)), durable=False)
         try:
             fast = OnnxModule(path, per_core=True)
         except Exception:  # noqa: BLE001  damaged: export it again next time

@@ -50,14 +50,15 @@ def read_checked(path: str | os.PathLike):
     return model
 
 
-def trace(model: nn.Module, image_size: int, output: str = "logits") -> bytes:
-    """`model` as ONNX (opset 17) with a dynamic batch axis: input "images" [B, 3, S, S]."""
+def trace(model: nn.Module, image_size: int, outputs: tuple[str, ...] = ("logits",)) -> bytes:
+    """`model` as ONNX (opset 17) with a dynamic batch axis: input "images" [B, 3, S, S], one output
+    per name (the module returns a tuple when there are several)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model, (torch.zeros(1, 3, image_size, image_size),), buf, dynamo=False,
-                          input_names=["images"], output_names=[output], opset_version=17,
-                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}})
+                          input_names=["images"], output_names=list(outputs), opset_version=17,
+                          dynamic_axes={"images": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
     return buf.getvalue()
 
 
@@ -92,9 +93,11 @@ class OnnxModule(nn.Module):
         except Exception as e:
             raise RunFolderError(f"ONNX Runtime cannot open {str(path)!r}: {str(e).splitlines()[0][:300]}") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [self.session.get_outputs()[0].name]  # logits; a multi-label file also has probabilities
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+        """The logits (the first output) of a batch."""
+        return self.session.run(self.outputs, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().numpy()

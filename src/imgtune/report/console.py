@@ -28,7 +28,8 @@ def per_class_table(metrics: dict, title: str | None = None) -> Table:
 
 
 def print_metrics(metrics: dict, title: str | None = None) -> None:
-    Console(highlight=False).print(per_class_table(metrics, title))
+    table = label_table if metrics.get("task") == "multi" else per_class_table
+    Console(highlight=False).print(table(metrics, title))
 
 
 def baseline_lines(metrics: dict) -> list[str]:
@@ -38,6 +39,8 @@ def baseline_lines(metrics: dict) -> list[str]:
     if not b:
         return []
     n = max(1, metrics.get("n_images", 1))
+    if metrics.get("task") == "multi":
+        return _label_baseline_lines(metrics, b, n)
     maj, probe = b["majority"], b["logistic_probe"]
     lines = [f"Baselines on the same split: always {maj['class']!r} {maj['accuracy']:.4f} accuracy, "
              f"{maj['macro_f1']:.4f} macro-F1; logistic regression on the same features (C={probe['c']:g}) "
@@ -54,3 +57,36 @@ def baseline_lines(metrics: dict) -> list[str]:
                 lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
                              f"{base[key]:.2f}{noise}.")
     return lines
+
+
+def _label_baseline_lines(metrics: dict, b: dict, n: int) -> list[str]:
+    prior, probe = b["prior"], b["logistic"]
+    lines = [f"Baselines on the same split: label priors {prior['map']:.4f} mAP, {prior['macro_f1']:.4f} macro-F1; "
+             f"{probe['description']} {probe['map']:.4f} mAP, {probe['macro_f1']:.4f} macro-F1."]
+    for name, base in (("the label priors", prior), ("a logistic regression on the same features", probe)):
+        for key, label in (("map", "mAP"), ("macro_f1", "macro-F1")):
+            if base[key] - metrics[key] > 1 / n:
+                lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
+                             f"{base[key]:.2f}.")
+    return lines
+
+
+def label_table(metrics: dict, title: str | None = None) -> Table:
+    """The per-label table of a multi-label metrics document, weakest label (by F1) first."""
+    pls = metrics["per_label"]
+    table = Table(title=title, title_justify="left")
+    for col in ("label", "AP", "precision", "recall", "f1", "threshold", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for c in sorted(pls, key=lambda c: pls[c]["f1"]):
+        m = pls[c]
+        ap = "-" if m["ap"] is None else f"{m['ap']:.3f}"
+        table.add_row(c, ap, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                      f"{m['threshold']:.2f}", f"{m['support']:,}")
+    table.add_section()
+    table.add_row("overall", f"{metrics['map']:.3f}", f"{metrics['micro_precision']:.3f}",
+                  f"{metrics['micro_recall']:.3f}", f"{metrics['macro_f1']:.3f}", "", f"{metrics['n_images']:,}",
+                  style="bold")
+    table.caption = (f"AP overall is mAP, f1 overall macro-F1 (micro {metrics['micro_f1']:.3f}), precision and "
+                     f"recall overall micro; subset accuracy {metrics['subset_accuracy']:.3f}, Hamming loss "
+                     f"{metrics['hamming_loss']:.4f}")
+    return table

@@ -36,7 +36,7 @@ class TrainedModel:
     model: torch.nn.Module  # a heads.Classifier, or an ONNX Runtime module with the same outputs
     data_config: DataConfig
     head_config: HeadConfig
-    temperature: float
+    temperature: float | list[float]  # one per label for a multi-label model
     metric: str = "accuracy"
     recipe: str = "default"
     seed: int = 0
@@ -46,6 +46,8 @@ class TrainedModel:
     fit_info: dict = field(default_factory=dict)
     metrics: dict | None = None
     history: list[dict] = field(default_factory=list)
+    task: str = "single"  # "multi": a sigmoid per label (classes are the labels), label sets as answers
+    thresholds: list[float] | None = None  # multi-label: a label is given where its probability reaches this
 
 
 def fitted_state(model) -> TrainedModel:
@@ -63,7 +65,8 @@ def save_run(trained: TrainedModel, path) -> Path:
     run.write_config({
         **trained.fit_info, "backbone": trained.backbone, "classes": trained.classes,
         "data_config": trained.data_config.to_dict(), "head": dataclasses.asdict(trained.head_config),
-        "seed": trained.seed, "temperature": trained.temperature,
+        "seed": trained.seed, "temperature": trained.temperature, "task": trained.task,
+        **({"thresholds": trained.thresholds} if trained.task == "multi" else {}),
         "versions": {"imgtune": __version__, "torch": torch.__version__, "timm": _timm_version(),
                      "python": platform.python_version()}})
     if trained.metrics:
@@ -84,6 +87,7 @@ def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "tor
         classes, data_config, seed = _checked_config(cfg)
         head_cfg = HeadConfig(**cfg["head"])
         name = str(cfg["backbone"])
+        task, thresholds = _checked_task(cfg, len(classes))
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise RunFolderError(f"{str(run.config)!r} is incomplete or malformed ({type(e).__name__}: {e}).") from None
     if runtime == "torch":
@@ -92,21 +96,56 @@ def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "tor
         model, device = _onnx_model(run, runtime, classes, data_config.image_size), "cpu"
     recipe = cfg.get("recipe") or {}
     where = device if isinstance(device, torch.device) else resolve_device(device)
-    return TrainedModel(name, classes, model.to(where).eval(), data_config, head_cfg, _temperature(cfg, run),
+    temperature = _temperature(cfg, run, len(classes) if task == "multi" else None)
+    if task == "multi" and runtime != "torch":  # the exported file's own decisions, as any consumer of it reads them
+        temperature, thresholds = _onnx_decisions(model, cfg, run, len(classes))
+    return TrainedModel(name, classes, model.to(where).eval(), data_config, head_cfg, temperature,
                         metric=str(recipe.get("metric", "accuracy")), recipe=str(recipe.get("name", "default")),
                         seed=seed, device=where, runtime=runtime, run_dir=run.path,
-                        fit_info={k: cfg[k] for k in FIT_INFO if k in cfg})
+                        fit_info={k: cfg[k] for k in FIT_INFO if k in cfg}, task=task, thresholds=thresholds)
 
 
-def _temperature(cfg: dict, run: RunFolder) -> float:
+def _temperature(cfg: dict, run: RunFolder, n_labels: int | None = None) -> float | list[float]:
+    """config.json's temperature: a number, or (multi-label) one per label, each within the limits."""
+    given = cfg.get("temperature", 1.0)
+    values = [given] if n_labels is None else given if isinstance(given, list) and len(given) == n_labels else None
+    ok = values is not None and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                    and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE for t in values)  # NaN fails too
+    if not ok:
+        what = "a number" if n_labels is None else f"a list of {n_labels} numbers"
+        raise RunFolderError(f"{str(run.config)!r} has temperature {given!r}: expected {what} from "
+                             f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}.")
+    return float(given) if n_labels is None else [float(t) for t in values]
+
+
+def _onnx_decisions(model, cfg: dict, run: RunFolder, n_labels: int) -> tuple[list[float], list[float]]:
+    """A multi-label ONNX file's temperatures and thresholds, from its metadata, checked as config.json's are."""
+    meta = model.metadata
     try:
-        t = float(cfg.get("temperature", 1.0))
-    except (TypeError, ValueError):
-        t = float("nan")
-    if not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE:  # NaN fails too
-        raise RunFolderError(f"{str(run.config)!r} has temperature {cfg.get('temperature')!r}: expected a "
-                             f"number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}.")
-    return t
+        if meta.get("task") != "multi":
+            raise ValueError("it was exported from a single-label model")
+        _, thresholds = _checked_task(meta, n_labels)
+        temperature = _temperature(meta, run, n_labels)
+    except (ValueError, RunFolderError) as e:
+        raise RunFolderError(f"The ONNX file of {str(run.path)!r} does not carry this run's label decisions ({e}); "
+                             "export it again.") from None
+    return temperature, thresholds
+
+
+def _checked_task(cfg: dict, n_classes: int) -> tuple[str, list[float] | None]:
+    """config.json's task ("single" when absent) and, for "multi", its thresholds: one per label, each
+    a number from 0 to 1."""
+    task = cfg.get("task", "single")
+    if task not in ("single", "multi"):
+        raise ValueError(f"task must be single or multi; found {task!r}")
+    if task == "single":
+        return task, None
+    t = cfg.get("thresholds")
+    ok = isinstance(t, list) and len(t) == n_classes and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in t)
+    if not ok:
+        raise ValueError(f"thresholds must be {n_classes} numbers from 0 to 1, one per label; found {t!r}")
+    return task, [float(v) for v in t]
 
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3  # beyond them softmax underflows to NaN or says nothing

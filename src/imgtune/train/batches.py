@@ -51,7 +51,7 @@ def stage_batches(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, image
     ranks, workers, data_config = ctx.ranks, loader_workers(), images.data_config
 
     def files(items, transform):
-        return ImageFiles([it.path for it in items], [it.label for it in items], transform, data_config.image_size)
+        return ImageFiles([it.path for it in items], list(m.targets(items)), transform, data_config.image_size)
 
     train_set = files(m.split("train"), train_transform(data_config, cfg.augment))
     val_set = files(m.split("val"), eval_transform(data_config))
@@ -91,8 +91,8 @@ def _view_batches(ctx: FitContext, cfg: FineTuneConfig, images: Images, bs: int)
     views.fill(vp, vd, todo_val, device=device, reporter=rep, share=(ranks.rank, ranks.world))
     ranks.barrier()
     views.store.refresh()  # the shards the other ranks wrote
-    y = torch.tensor([it.label for it in train_items], dtype=torch.long)
-    yv = torch.tensor([it.label for it in val_items], dtype=torch.long)
+    y = torch.as_tensor(images.manifest.targets(train_items))  # class indices, or 0/1 rows (multi-label)
+    yv = torch.as_tensor(images.manifest.targets(val_items))
     g = generator(ctx.seed)
     cycle = torch.stack([torch.randperm(n_views, generator=g) for _ in train_items]) if train_items else None
     xv = views.rows(vp, vd, [0] * len(vp), device=device, reporter=rep)

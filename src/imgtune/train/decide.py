@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..infer import multilabel as ml
 from ..infer.calibration import fit_temperature
 from ..infer.metrics import confusion_matrix, macro_scores, per_class
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 OFFSET_RANGE = 6.0  # log-probability units either way: an imbalance of e^6 ~ 400 at most
 OFFSET_STEP = 0.1
+MIN_POSITIVES = 10  # a label's threshold is fitted on validation only with this many positives there
 
 
 def check_metric(metric: str) -> str:
@@ -189,3 +191,48 @@ def decision_for_kept(recipe, choice, tuned: bool, val_logits: np.ndarray, val_y
                                 "predictions")
     return decide(val_logits, val_y, recipe.metric, offsets=False,
                   fitted_on=f"validation ({len(val_y):,} images); no offsets (the {recipe.name} recipe)")
+
+
+@dataclass(frozen=True)
+class LabelDecision:
+    """How logits become label sets: probabilities sigmoid(logits / temperature) per label, a label
+    given where its probability reaches its threshold."""
+
+    temperature: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    fitted_on: str
+    metric: str = "map"
+
+    def to_dict(self) -> dict:
+        return {"temperature": list(self.temperature), "thresholds": list(self.thresholds),
+                "fitted_on": self.fitted_on, "metric": self.metric}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelDecision":
+        return cls(tuple(d["temperature"]), tuple(d["thresholds"]), d["fitted_on"], d.get("metric", "map"))
+
+    def probabilities(self, z: np.ndarray) -> np.ndarray:
+        return ml.sigmoid(np.asarray(z, np.float64) / np.asarray(self.temperature))
+
+
+def fit_label_decision(z: np.ndarray, y: np.ndarray, fitted_on: str, *, fallback: LabelDecision | None = None
+                 ) -> LabelDecision:
+    """Per label: the temperature on these held-out logits, then the threshold that maximises its F1 on
+    the calibrated probabilities. With `fallback` (the head's, fitted out of fold on more images), a label
+    with fewer than MIN_POSITIVES positives here keeps the fallback's threshold."""
+    t = ml.fit_label_temperatures(z, y)
+    p = ml.sigmoid(np.asarray(z, np.float64) / t)
+    thr = ml.fit_thresholds(p, y)
+    if fallback is not None:
+        few = np.asarray(y).sum(0) < MIN_POSITIVES
+        thr = np.where(few, np.asarray(fallback.thresholds), thr)
+        if few.any():
+            fitted_on += f"; {int(few.sum())} label(s) with under {MIN_POSITIVES} positives there keep the head's thresholds"
+    return LabelDecision(tuple(float(v) for v in t), tuple(float(v) for v in thr), fitted_on)
+
+
+def label_decision_line(d: LabelDecision, labels: list[str]) -> str:
+    shown = ", ".join(f"{c} {t:.2f}" for c, t in zip(labels[:8], d.thresholds))
+    more = f", and {len(labels) - 8} more" if len(labels) > 8 else ""
+    return (f"Decisions for per-label F1: thresholds {shown}{more}; a temperature per label (fitted on "
+            f"{d.fitted_on}).")

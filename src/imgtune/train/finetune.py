@@ -18,6 +18,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..config import FineTuneConfig
 from ..engine import data_parallel
+from ..infer.multilabel import paired_map_gain, sigmoid
 from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
 from ..model.trunk import Tail
@@ -29,6 +30,7 @@ from .decide import paired_gain, score
 from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Stage, StageState, collect_logits, run_stage, start_loss
+from .multilabel import mean_ap
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
@@ -153,7 +155,8 @@ def _attempt(t: _Training, guard: dict, saved) -> StageState:
     stage = Stage("fine-tune", train_batches, n_batches, val_batches, optimizer, scheduler, cfg.epochs,
                   seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
                   class_weights=t.head.objective.tensor(ctx.device), select=t.head.objective.select,
-                  decider=t.head.objective.decider(), bn_train=cfg.bn_train, baseline=True,
+                  decider=t.head.objective.decider(), loss=t.head.objective.loss(),
+                  scorer=t.head.objective.scorer(), bn_train=cfg.bn_train, baseline=True,
                   clip_grad=cfg.clip_grad, clock=ctx.clock)
     return run_stage(stage, t.trained, device=ctx.device, reporter=ctx.reporter, state=state,
                      hooks=_hooks(t, stage, guard), trainer=data_parallel(t.trained, ctx.ranks, ctx.device),
@@ -203,12 +206,7 @@ def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state:
     z_ft, y = collect_logits(trained, val_batches(), device)
     model.load_state_dict(start)
     z_head, _ = collect_logits(trained, val_batches(), device)
-    decider = objective.decider() or (lambda z, _: z.argmax(1))
-    p_ft, p_head = decider(z_ft, y), decider(z_head, y)
-    k = z_ft.shape[1]
-    gain, se = paired_gain(y, p_ft, p_head, objective.metric, k, seed=ctx.seed)
-    ft_score = score(y, p_ft, objective.metric, k)
-    head_score = score(y, p_head, objective.metric, k)
+    ft_score, head_score, gain, se = _compared(objective, y, z_ft, z_head, ctx.seed)
     kept = state.best_epoch > 0 and gain > se
     name = objective.name
     against = (f"{ft_score:.4f} validation {name} (epoch {state.best_epoch}) against the head's {head_score:.4f}: "
@@ -224,6 +222,20 @@ def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state:
     ctx.say(f"Fine-tuning: {why}.")
     return {"kept": kept, "reason": why, "best_epoch": state.best_epoch, "val_finetuned": ft_score,
             "val_head": head_score, "gain": gain, "noise": se, "metric": objective.metric}
+
+
+def _compared(objective, y, z_new, z_old, seed: int) -> tuple[float, float, float, float]:
+    """(new score, old score, the gain, its paired-bootstrap standard error) on validation: the metric
+    of the decisions (single-label), or the mAP of the probabilities (multi-label)."""
+    if objective.multi_loss:
+        p_new, p_old = sigmoid(z_new), sigmoid(z_old)
+        gain, se = paired_map_gain(y, p_new, p_old, seed=seed)
+        return mean_ap(y, p_new), mean_ap(y, p_old), gain, se
+    decider = objective.decider() or (lambda z, _: z.argmax(1))
+    p_new, p_old = decider(z_new, y), decider(z_old, y)
+    k = z_new.shape[1]
+    gain, se = paired_gain(y, p_new, p_old, objective.metric, k, seed=seed)
+    return score(y, p_new, objective.metric, k), score(y, p_old, objective.metric, k), gain, se
 
 
 def _plan(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, images: Images, bs: int,

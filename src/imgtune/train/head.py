@@ -13,6 +13,7 @@ from ..engine import data_parallel, generator
 from ..model.heads import make_head
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
+from . import multilabel
 from .batches import share_batches
 from .context import FitContext
 from .decide import decide
@@ -36,9 +37,18 @@ class Head:
     history: list[dict]
 
 
-def fit_head(ctx: FitContext, feats: dict[str, Split], n_features: int, n_classes: int, log_epoch) -> Head:
+def fit_head(ctx: FitContext, feats: dict[str, Split], n_features: int, n_classes: int, log_epoch,
+             multi: bool = False) -> Head:
+    """The head on the cached features; `multi`: multi-label targets (0/1 rows), sigmoid outputs."""
     recipe = ctx.recipe
-    if recipe.head.kind == "logistic":
+    if multi:
+        objective = Objective("map", multi_loss=recipe.multi_loss)
+        if recipe.head.kind == "logistic":
+            choice, history = _logistic(ctx, feats, n_classes, log_epoch, objective)
+            module = make_head(recipe.head, n_features, n_classes)
+            load_into(module[-1], choice.train_head)
+            return Head(module, choice, objective, history)
+    elif recipe.head.kind == "logistic":
         choice, history = _logistic(ctx, feats, n_classes, log_epoch)
         module = make_head(recipe.head, n_features, n_classes)
         load_into(module[-1], choice.train_head)
@@ -47,7 +57,8 @@ def fit_head(ctx: FitContext, feats: dict[str, Split], n_features: int, n_classe
         return Head(module, choice, objective, history)
     deadline = ctx.deadline
     stop_at = None if deadline is None else ctx.clock() + 0.1 * (deadline - ctx.clock())  # a tenth at most
-    objective = Objective(recipe.metric, None, None)
+    if not multi:
+        objective = Objective(recipe.metric, None, None)
     module, history = _by_epochs(ctx, feats, n_features, n_classes, objective, log_epoch, stop_at)
     return Head(module, None, objective, history)
 
@@ -60,9 +71,10 @@ def _restored(ctx: FitContext):
     return load_tensors_and_meta(ckpt)
 
 
-def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoch) -> tuple[HeadChoice, list[dict]]:
-    """The head as a model selection on the cached features (selection.py), with the decisions its
-    out-of-fold predictions fit."""
+def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoch,
+              multi: Objective | None = None) -> tuple[HeadChoice, list[dict]]:
+    """The head as a model selection on the cached features (selection.py; multilabel.py with the
+    `multi` objective), with the decisions its out-of-fold predictions fit."""
     restored = _restored(ctx)
     if restored is not None:  # finished in an earlier, interrupted run
         tensors, meta = restored
@@ -70,15 +82,19 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     recipe = ctx.recipe
     (x, y), (xv, yv) = feats["train"], feats["val"]
     started = time.perf_counter()
-    choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds, seed=ctx.seed)
-    choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
-                             fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val images",
-                             offsets=recipe.offsets)
+    if multi is not None:
+        choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds, seed=ctx.seed)
+        scores = dict(decider=None, scorer=multi.scorer())
+    else:
+        choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds, seed=ctx.seed)
+        choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
+                                 fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val "
+                                           "images", offsets=recipe.offsets)
+        scores = dict(decider=Objective(recipe.metric, None, choice.decision.offsets_log_prob).decider())
     ctx.say(choice.describe())
     val = torch.from_numpy(selection_logits(xv, choice.train_head))
     record = {"stage": "head", "epoch": 1, "loss": choice.train_loss, "images": len(y),
-              **validate(torch.nn.Identity(), [(val, torch.from_numpy(yv))], torch.device("cpu"),
-                         Objective(recipe.metric, None, choice.decision.offsets_log_prob).decider()),
+              **validate(torch.nn.Identity(), [(val, torch.from_numpy(yv))], torch.device("cpu"), **scores),
               "lr": 0.0, "seconds": round(time.perf_counter() - started, 3)}
     history = [record]
     log_epoch(record, 1)
@@ -117,7 +133,8 @@ def _by_epochs(ctx: FitContext, feats: dict[str, Split], n_features: int, n_clas
                                                             for i in range(0, len(yv), 4096)],
                   optimizer, make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches), cfg.epochs,
                   seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
-                  class_weights=objective.tensor(device), select=objective.select, clock=ctx.clock)
+                  class_weights=objective.tensor(device), select=objective.select, loss=objective.loss(),
+                  scorer=objective.scorer(), clock=ctx.clock)
     hooks = [EveryEpoch(lambda st: log_epoch(st.history[-1], st.epoch))] + \
         ([StopAt(stop_at, Reporter(quiet=True))] if stop_at is not None else [])
     # head epochs take milliseconds: one summary line instead of one per epoch

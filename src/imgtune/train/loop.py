@@ -26,16 +26,34 @@ from ..progress import Reporter
 class Objective:
     """What a stage trains and judges by: the metric (checkpoints are chosen on its validation value), the
     loss's class weights (None: plain), and the decision offsets in calibrated units (decide.py) that
-    turn logits into the decisions the metric judges (None: argmax)."""
+    turn logits into the decisions the metric judges (None: argmax). With `multi_loss` (bce or asl) the
+    outputs are multi-label: that loss trains, mAP judges (multilabel.py)."""
 
-    def __init__(self, metric: str, class_weights=None, offsets_log_prob=None):
-        self.metric = metric
+    def __init__(self, metric: str, class_weights=None, offsets_log_prob=None, multi_loss: str | None = None):
+        self.metric = "map" if multi_loss else metric
+        self.multi_loss = multi_loss
         self.class_weights = None if class_weights is None else tuple(float(w) for w in class_weights)
         self.offsets_log_prob = None if offsets_log_prob is None or not np.any(offsets_log_prob) \
             else np.asarray(offsets_log_prob, float)
 
     select = property(lambda self: f"val_{self.metric}")
-    name = property(lambda self: self.metric.replace("_", " "))
+    name = property(lambda self: "mAP" if self.multi_loss else self.metric.replace("_", " "))
+
+    def loss(self, label_smoothing: float = 0.0):
+        """(logits, targets) -> the mean training loss; None: the stage's cross-entropy."""
+        if not self.multi_loss:
+            return None
+        from .multilabel import criterion
+
+        return criterion(self.multi_loss)
+
+    def scorer(self):
+        """(logits, targets) -> the validation record's scores; None: validate's single-label ones."""
+        if not self.multi_loss:
+            return None
+        from .multilabel import val_scores
+
+        return val_scores
 
     def tensor(self, device) -> torch.Tensor | None:
         return None if self.class_weights is None else torch.tensor(self.class_weights, dtype=torch.float32,
@@ -101,7 +119,8 @@ def collect_logits(model: nn.Module, batches: Iterable, device: torch.device) ->
         ys.append(y)
     if not zs:
         return np.zeros((0, 0), np.float32), np.zeros(0, int)
-    return torch.cat(zs).numpy(), torch.cat(ys).numpy().astype(int)
+    y = torch.cat(ys).numpy()
+    return torch.cat(zs).numpy(), (y.astype(np.float32) if y.ndim == 2 else y.astype(int))
 
 
 @torch.no_grad()
@@ -112,11 +131,13 @@ def start_loss(model: nn.Module, batches: Iterable, device: torch.device, object
     set_train_mode(model, bn_train=False)  # measured, not trained: no BatchNorm statistics move
     total, n = 0.0, 0
     weights = objective.tensor(device)
+    criterion = objective.loss() or (lambda z, y: F.cross_entropy(z, y, weight=weights,
+                                                                  label_smoothing=cfg.label_smoothing))
     for i, (x, y) in enumerate(batches):
         if i >= batches_max:
             break
         x, y = to_device(x, device), to_device(y, device)
-        loss = F.cross_entropy(model(x).float(), y, weight=weights, label_smoothing=cfg.label_smoothing)
+        loss = criterion(model(x).float(), y)
         total += loss.item() * len(y)
         n += len(y)
     model.eval()
@@ -125,9 +146,12 @@ def start_loss(model: nn.Module, batches: Iterable, device: torch.device, object
 
 @torch.inference_mode()
 def validate(model: nn.Module, batches: Iterable, device: torch.device,
-             decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict:
+             decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, scorer=None) -> dict:
     """Loss, accuracy, balanced accuracy (mean per-class recall) and macro-F1 on the validation batches.
-    The scores judge `decider(logits, labels)`'s decisions (default: argmax), the loss the logits."""
+    The scores judge `decider(logits, labels)`'s decisions (default: argmax), the loss the logits.
+    `scorer(logits, targets)`, when given, makes the record instead (multi-label outputs)."""
+    if scorer is not None:
+        return scorer(*collect_logits(model, batches, device))
     model.eval()
     loss, n, truth, outputs = 0.0, 0, [], []
     for x, y in batches:
@@ -167,6 +191,8 @@ class Stage:
     class_weights: torch.Tensor | None = None
     select: str = "val_accuracy"
     decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: the cross-entropy above
+    scorer: Callable[[np.ndarray, np.ndarray], dict] | None = None  # None: validate's single-label scores
     bn_train: bool = True
     baseline: bool = False
     clip_grad: float | None = None
@@ -203,7 +229,8 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
         state = StageState()
         if stage.baseline:
             record = {"stage": stage.name, "epoch": 0, "loss": None,
-                      **validate(model, stage.val_batches(), device, stage.decider), "lr": 0.0, "seconds": 0.0}
+                      **validate(model, stage.val_batches(), device, stage.decider, stage.scorer), "lr": 0.0,
+                      "seconds": 0.0}
             state.best_score, state.best_epoch = (record[stage.select], -record["val_loss"]), 0
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             state.history.append(record)
@@ -218,7 +245,7 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
         loss_sum, seen = _train_epoch(stage, trainer or model, state, precision, device, reporter, hooks, epochs)
         images = int(total(seen))
         record = {"stage": stage.name, "epoch": state.epoch + 1, "loss": total(loss_sum) / max(images, 1),
-                  "images": images, **validate(model, stage.val_batches(), device, stage.decider),
+                  "images": images, **validate(model, stage.val_batches(), device, stage.decider, stage.scorer),
                   "lr": stage.optimizer.param_groups[0]["lr"], "seconds": round(stage.clock() - started, 3)}
         _record_epoch(stage, model, state, record, reporter)
         for h in hooks:
@@ -244,8 +271,9 @@ def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: P
                 continue
             x, y = to_device(x, device), to_device(y, device)
             with precision.autocast():
-                loss = F.cross_entropy(net(x).float(), y, weight=stage.class_weights,
-                                       label_smoothing=stage.label_smoothing)
+                z = net(x).float()
+                loss = stage.loss(z, y) if stage.loss else F.cross_entropy(
+                    z, y, weight=stage.class_weights, label_smoothing=stage.label_smoothing)
             precision.step(loss, stage.optimizer, stage.clip_grad)
             stage.scheduler.step()
             loss_sum += loss.item() * len(y)
@@ -278,6 +306,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _scores(record: dict, select: str) -> str:
+    if "val_accuracy" not in record:  # multi-label
+        return f"val {select.removeprefix('val_').replace('map', 'mAP').replace('_', ' ')} {record[select]:.4f}"
     text = f"val accuracy {record['val_accuracy']:.4f}"
     if select != "val_accuracy":
         text += f", {select.removeprefix('val_').replace('_', ' ')} {record[select]:.4f}"

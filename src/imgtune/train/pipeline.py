@@ -33,9 +33,10 @@ from ..report.console import baseline_lines
 from ..report.page import write_report
 from ..report.tensorboard import TensorBoardLog
 from ..runs.trained import TrainedModel, load_run, save_run
-from .baselines import run_baselines
+from . import multilabel
+from .baselines import run_baselines, run_multilabel_baselines
 from .context import FitContext
-from .decide import decision_for_kept, decision_line
+from .decide import decision_for_kept, decision_line, fit_label_decision, label_decision_line
 from .finetune import Images, fine_tune
 from .head import fit_head
 from .resolution import auto_image_size
@@ -65,7 +66,8 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
     feats = features(ctx, backbone, manifest, views)
     with TensorBoardLog.maybe(ctx.run.path / "tensorboard", tensorboard and ctx.ranks.main) as tb:
         with _timed(ctx, "head"):
-            head = fit_head(ctx, feats.splits, backbone.num_features, len(feats.manifest.classes), tb.epoch)
+            head = fit_head(ctx, feats.splits, backbone.num_features, len(feats.manifest.classes), tb.epoch,
+                            multi=feats.manifest.multi)
         model = prepare(Classifier(backbone.model, head.module.to(ctx.device)), ctx.device)
         finetune, ft_history = {"kept": False, "reason": "not asked for (--epochs 0)"}, []
         with _timed(ctx, "finetune"):
@@ -79,15 +81,16 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
         load_into(model.head[-1], head.choice.all_head)
     trained = TrainedModel(spec["backbone"], list(feats.manifest.classes), model.eval(), backbone.data_config,
                            ctx.recipe.head, 1.0, metric=ctx.recipe.metric, recipe=ctx.recipe.name, seed=ctx.seed,
-                           device=ctx.device, run_dir=ctx.run.path, history=head.history + ft_history)
+                           device=ctx.device, run_dir=ctx.run.path, history=head.history + ft_history,
+                           task=feats.manifest.task)
     with _timed(ctx, "evaluate"):
         calibration, decision = decide_and_evaluate(ctx, trained, feats, views, head.choice, finetune["kept"])
     ctx.seconds["total"] = time.perf_counter() - ctx.started_wall
     m = feats.manifest
+    per_class = m.targets(m.items).sum(0) if m.multi else np.bincount(m.targets(m.items), minlength=len(m.classes))
     trained.fit_info = {"weights": backbone.weights_id, "recipe": ctx.recipe.to_dict(), "data": m.source,
                         "counts": m.counts(), "skipped": len(m.skipped),
-                        "class_counts": {c: int(n) for c, n in zip(m.classes, np.bincount(
-                            [it.label for it in m.items], minlength=len(m.classes)))},
+                        "class_counts": {c: int(n) for c, n in zip(m.classes, per_class)},
                         "head_selection": head.choice.to_dict() if head.choice is not None else None,
                         "finetune": finetune, "decision": decision.to_dict(), "calibration": calibration,
                         "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
@@ -116,21 +119,22 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
         raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
                              "choose another --out.")
     settings = {"backbone": spec["backbone"], "recipe": ctx.recipe.to_dict(), "image_size": spec["image_size"],
-                "seed": ctx.seed, "weights": spec["weights"],
+                "seed": ctx.seed, "weights": spec["weights"], "task": spec.get("task"),
                 "time_limit": None if ctx.limit is None else ctx.limit.seconds,  # as the user gave it
                 "data": str(Path(source).resolve())}  # what a resumed run checks it is given the same data by
+    task = spec.get("task")
+    if resume:  # the task the data was found to have when the run started
+        task = _check_same_settings(run, settings).get("data_task", task)
+    manifest = scan(run.split if resume else source, seed=ctx.seed, task=task)
     if resume:
-        _check_same_settings(run, settings)
-    manifest = scan(run.split if resume else source, seed=ctx.seed)
-    if resume:
-        _check_same_classes(manifest, source, ctx.seed)
+        _check_same_classes(manifest, source, ctx.seed, task)
     if ctx.deadline is not None and ctx.deadline <= ctx.clock():
         raise ParameterError("time_limit", f"{{name}} {ctx.limit.seconds:g}s was spent before training could "
                                            f"start ({ctx.clock() - ctx.started:.1f} s of start-up): give a longer "
                                            "limit.")
     if not resume and ctx.ranks.main:
         manifest.write_csv(run.split)
-        write_json_atomic(run.checkpoints / "settings.json", settings)
+        write_json_atomic(run.checkpoints / "settings.json", {**settings, "data_task": manifest.task})
     ctx.ranks.barrier()
     return manifest
 
@@ -182,15 +186,37 @@ def features(ctx: FitContext, backbone: Backbone, manifest: Manifest, views: Tru
     if ctx.limit is not None and ctx.limit.rates is not None:
         rate = ctx.limit.rates.forward
     row = {p: i for i, p in enumerate(paths)}
-    splits = {s: (feats[[row[it.path] for it in manifest.split(s)]],
-                  np.array([it.label for it in manifest.split(s)], dtype=int)) for s in ("train", "val", "test")}
+    splits = {s: (feats[[row[it.path] for it in manifest.split(s)]], manifest.targets(manifest.split(s)))
+              for s in ("train", "val", "test")}
     return Features(manifest, splits, dict(zip(paths, digests)), rate)
 
 
 def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None,
                         choice, tuned: bool):
-    """Decision offsets for the metric and the temperature on validation, then the metrics on test (val
-    when there is no test split) with the baselines -> (calibration figures, the decision)."""
+    """The decisions on validation (decision offsets for the metric and a temperature; multi-label: a
+    temperature and a threshold per label), then the metrics on test (val when there is no test split)
+    with the baselines -> (calibration figures, the decision)."""
+    m = feats.manifest
+    split_logits = _split_logits(ctx, trained, feats, views, tuned)
+    val_logits, val_y, val_paths = split_logits("val")
+    decide = _decide_labels if m.multi else _decide_classes
+    calibration, decision, val_logits = decide(ctx, trained, choice, tuned, val_logits, val_y)
+    split = "test" if m.split("test") else "val"
+    logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
+    trained.metrics = {**metrics_of(trained, logits, y, kept), "split": split}
+    keep = set(kept)
+    rows = [i for i, it in enumerate(m.split(split)) if it.path in keep]
+    if m.multi:
+        trained.metrics["baselines"] = run_multilabel_baselines(choice, feats.splits, split, rows, ctx.seed)
+    else:
+        trained.metrics["baselines"] = run_baselines(choice, feats.splits, split, rows, trained.classes, ctx.seed)
+    for line in baseline_lines(trained.metrics):
+        ctx.say(line)
+    return calibration, decision
+
+
+def _split_logits(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None, tuned: bool):
+    """split name -> (logits, targets, paths) of the kept model on that split's images."""
     model, m = trained.model, feats.manifest
     evaluator = model  # the frozen trunk is unchanged by fine-tuning: its fast copy serves evaluation
     if views is not None and tuned:
@@ -205,9 +231,14 @@ def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features,
         with torch.inference_mode():
             z = model.head.eval()(torch.from_numpy(x).to(ctx.device)) + model.offsets
         return z.cpu().numpy(), y, [it.path for it in items]
+    return split_logits
 
-    val_logits, val_y, val_paths = split_logits("val")
+
+def _decide_classes(ctx: FitContext, trained: TrainedModel, choice, tuned: bool, val_logits, val_y):
+    """Decision offsets (in the model) and the temperature -> (calibration figures, the decision, the
+    validation logits with the offsets)."""
     decision = decision_for_kept(ctx.recipe, choice, tuned, val_logits, val_y)
+    model = trained.model
     with torch.no_grad():
         model.offsets.copy_(torch.as_tensor(decision.offsets, dtype=model.offsets.dtype))
     val_logits = decision.adjusted(val_logits)
@@ -217,21 +248,31 @@ def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features,
                    "val_ece_after": metrics_lib.expected_calibration_error(val_y, softmax(val_logits, t)),
                    "val_rejection": metrics_lib.rejection_table(val_y, softmax(val_logits, t))}
     ctx.say(decision_line(decision, trained.classes))
-    split = "test" if m.split("test") else "val"
-    logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
-    trained.metrics = {**metrics_of(trained, logits, y, kept), "split": split}
-    keep = set(kept)
-    rows = [i for i, it in enumerate(m.split(split)) if it.path in keep]
-    trained.metrics["baselines"] = run_baselines(choice, feats.splits, split, rows, trained.classes, ctx.seed)
-    for line in baseline_lines(trained.metrics):
-        ctx.say(line)
-    return calibration, decision
+    return calibration, decision, val_logits
 
 
-def _check_same_classes(manifest: Manifest, source: str, seed: int) -> None:
+def _decide_labels(ctx: FitContext, trained: TrainedModel, choice, tuned: bool, val_logits, val_y):
+    """A temperature and a threshold per label: the head's, fitted out of fold, when the head is kept;
+    else fitted on validation (thresholds of labels with few positives there from the head) -> (calibration
+    figures, the decision, the validation logits)."""
+    on_val = f"validation ({len(val_y):,} images)"
+    if choice is not None and not tuned:
+        decision = choice.decision
+    else:
+        decision = fit_label_decision(val_logits, val_y, on_val, fallback=choice.decision if choice else None)
+    trained.temperature, trained.thresholds = list(decision.temperature), list(decision.thresholds)
+    bce = [multilabel.val_scores(z, val_y)["val_loss"]
+           for z in (val_logits, val_logits / np.asarray(decision.temperature))]
+    calibration = {"temperature": trained.temperature, "fitted_on": decision.fitted_on,
+                   "val_bce_before": bce[0], "val_bce_after": bce[1]}
+    ctx.say(label_decision_line(decision, trained.classes))
+    return calibration, decision, val_logits
+
+
+def _check_same_classes(manifest: Manifest, source: str, seed: int, task: str | None) -> None:
     """--resume with the same DATA: its classes now must be the run's (the split is the run's own)."""
     try:
-        now = find_images(source, seed=seed).classes
+        now = find_images(source, seed=seed, task=task).classes
     except DataError as e:
         raise DataError(f"--resume: the data cannot be read as it was when the run started: {e}") from None
     if now != manifest.classes:
@@ -240,8 +281,9 @@ def _check_same_classes(manifest: Manifest, source: str, seed: int) -> None:
                                        "start a new run folder.")
 
 
-def _check_same_settings(run, settings: dict) -> None:
-    """A resumed run must train as the interrupted one did, or its checkpoints mean something else."""
+def _check_same_settings(run, settings: dict) -> dict:
+    """A resumed run must train as the interrupted one did, or its checkpoints mean something else.
+    -> the interrupted run's settings."""
     path = run.checkpoints / "settings.json"
     try:
         before = json.loads(path.read_text())
@@ -249,7 +291,8 @@ def _check_same_settings(run, settings: dict) -> None:
         raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
     now = json.loads(json.dumps(settings))  # tuples become lists, as they were when saved
     # "data" is compared where the interrupted run recorded it (runs from before it did not)
-    diff = [k for k in now if before.get(k) != now[k] and (k != "data" or k in before)]
+    diff = [k for k in now if before.get(k) != now[k] and (k not in ("data", "task") or k in before)]
     if diff:
         raise ParameterError("resume", f"{{name}}: settings differ from the interrupted run ({', '.join(diff)}); "
                                        "resume with the same settings, or start a new run folder.")
+    return before

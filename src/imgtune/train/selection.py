@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decide import Decision, score
+from .decide import Decision, LabelDecision, score
 
 # Inverse L2 strengths, as scikit-learn's C (the loss summed over images, 0.5 |W|^2 beside it), tried
 # from the strongest regularisation to the weakest so that each fit starts from the last one.
@@ -59,13 +59,14 @@ def class_weights(y: np.ndarray, n_classes: int, weighting: str) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, weights: np.ndarray | None = None,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 300
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 300, loss=None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS on the features `x`: minimises
     the weighted mean cross-entropy + |W|^2 / (2 C n), scikit-learn's objective divided by C n. The
-    bias is not penalised. -> (W [K, D], b [K]) as float32 tensors."""
+    bias is not penalised. -> (W [K, D], b [K]) as float32 tensors. `loss(logits, y)` -> per-image
+    losses replaces the cross-entropy (multi-label heads: y is then 0/1 rows [N, K])."""
     xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
+    yt = torch.as_tensor(y, dtype=torch.long if loss is None else torch.float32)
     n, d = xt.shape
     w_img = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)[yt]
     W = torch.zeros(n_classes, d) if init is None else init[0].clone()
@@ -78,10 +79,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, weig
 
     def closure():
         opt.zero_grad()
-        ce = F.cross_entropy(xt @ W.T + b, yt, reduction="none")
-        loss = (ce if w_img is None else ce * w_img).mean() + l2 * (W * W).sum()
-        loss.backward()
-        return loss
+        z = xt @ W.T + b
+        ce = F.cross_entropy(z, yt, reduction="none") if loss is None else loss(z, yt)
+        total = (ce if w_img is None else ce * w_img).mean() + l2 * (W * W).sum()
+        total.backward()
+        return total
 
     with torch.inference_mode(False), torch.enable_grad():
         opt.step(closure)
@@ -187,7 +189,7 @@ class HeadChoice:
     oof_labels: np.ndarray  # labels of the rows of selection.oof_logits: train images, then val images
     class_weights: np.ndarray | None  # the winner's loss weights on the train split (fine-tuning's too)
     train_loss: float  # the train head's own loss on the train features
-    decision: "Decision | None" = None  # offsets and temperature fitted on the out-of-fold logits
+    decision: "Decision | LabelDecision | None" = None  # fitted on the out-of-fold logits
 
     def to_dict(self) -> dict:
         """For config.json and the report."""
@@ -213,15 +215,21 @@ class HeadChoice:
                         tensors["oof.logits"].numpy(), c["folds"], c["metric"])
         cw = None if c["class_weights"] is None else np.asarray(c["class_weights"])
         d = meta.get("decision")
-        decision = None if d is None else Decision(tuple(d["offsets"]), d["temperature"],
-                                                   tuple(d["offsets_log_prob"]), d["metric"], d["fitted_on"])
+        if d is None:
+            decision = None
+        elif "thresholds" in d:  # multi-label
+            decision = LabelDecision.from_dict(d)
+        else:
+            decision = Decision(tuple(d["offsets"]), d["temperature"], tuple(d["offsets_log_prob"]), d["metric"],
+                                d["fitted_on"])
+        labels = tensors["oof.labels"].numpy()
         return cls(sel, (tensors["train.weight"], tensors["train.bias"]), (tensors["all.weight"], tensors["all.bias"]),
-                   tensors["oof.labels"].numpy().astype(int), cw, meta["train_loss"], decision)
+                   labels.astype(np.float32 if labels.ndim == 2 else int), cw, meta["train_loss"], decision)
 
     def describe(self) -> str:
         s = self.selection
         best = next(r for r in s.table if r["c"] == s.candidate.c and r["weighting"] == s.candidate.weighting)
-        name = s.metric.replace("_", " ")
+        name = "mAP" if s.metric == "map" else s.metric.replace("_", " ")
         return (f"Head: {s.candidate.describe()}, chosen from {len(s.table)} candidates by {s.folds}-fold "
                 f"cross-validation on {len(self.oof_labels):,} images (out-of-fold {name} {best[s.metric]:.4f}).")
 

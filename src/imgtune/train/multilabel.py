@@ -1,0 +1,126 @@
+"""Multi-label training: sigmoid outputs, their losses, the head chosen on cached features, and the
+decisions (a temperature and a threshold per label).
+
+Each label is a yes/no question with its own sigmoid. Two losses: binary cross-entropy, and the
+asymmetric loss of Ridnik et al. 2021 ("Asymmetric Loss For Multi-Label Classification"), which
+down-weights the many easy negatives (focusing exponent 4 on negatives, 0 on positives) and ignores
+negatives the model already gives under 5 % (probability margin 0.05). Both are summed over the labels
+and averaged over the images, so that with an L2 penalty |W|^2 / (2 C n) the head is exactly
+one-vs-rest logistic regression with scikit-learn's C for binary cross-entropy.
+
+The head is chosen as the single-label one is (selection.py): candidate L2 strengths fitted by
+full-batch L-BFGS on k-1 folds of train+val, folds made by iterative stratification, the winner the
+lowest out-of-fold binary cross-entropy (a proper score, whichever loss trains). Its out-of-fold logits
+then fit each label's temperature and its threshold for the best F1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..infer import multilabel as ml
+from .decide import fit_label_decision
+from .selection import CS, Candidate, HeadChoice, Selection, fit_logistic, logits
+
+ASL_GAMMA_NEG, ASL_GAMMA_POS, ASL_CLIP = 4.0, 0.0, 0.05  # the paper's defaults
+
+
+def image_losses(z: torch.Tensor, y: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Per-image loss [N], summed over the labels: binary cross-entropy or the asymmetric loss."""
+    y = y.to(z.dtype)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(z, y, reduction="none").sum(1)
+    if kind != "asl":
+        raise ValueError(f"unknown multi-label loss {kind!r}: expected bce or asl")
+    p = torch.sigmoid(z)
+    shifted = (p - ASL_CLIP).clamp(min=0)  # negatives the model already rejects cost nothing
+    pos = y * (1 - p).pow(ASL_GAMMA_POS) * F.logsigmoid(z)
+    neg = (1 - y) * shifted.pow(ASL_GAMMA_NEG) * torch.log((1 - shifted).clamp(min=1e-8))
+    return -(pos + neg).sum(1)
+
+
+def criterion(kind: str):
+    """(logits, 0/1 targets) -> the mean per-image loss: what a training stage minimises."""
+    return lambda z, y: image_losses(z.float(), y, kind).mean()
+
+
+def val_scores(z: np.ndarray, y: np.ndarray) -> dict:
+    """What a stage's validation records for multi-label outputs: the loss (binary cross-entropy, summed
+    over labels), mAP, and micro- and macro-F1 at a threshold of 0.5."""
+    if not len(y):
+        return {"val_loss": 0.0, "val_map": 0.0, "val_macro_f1": 0.0, "val_micro_f1": 0.0}
+    loss = float(image_losses(torch.from_numpy(np.asarray(z, np.float32)), torch.from_numpy(np.asarray(y))).mean())
+    p = ml.sigmoid(z)
+    s = ml.scores(y, p >= 0.5)
+    return {"val_loss": loss, "val_map": mean_ap(y, p), "val_macro_f1": s["macro_f1"], "val_micro_f1": s["micro_f1"]}
+
+
+def mean_ap(y: np.ndarray, scores: np.ndarray) -> float:
+    aps = [a for a in (ml.average_precision(y[:, j], scores[:, j]) for j in range(y.shape[1])) if a is not None]
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def fit_ovr(x: np.ndarray, y: np.ndarray, *, c: float, loss: str = "bce", init=None, max_iter: int = 300):
+    """One-vs-rest logistic regression (or the asymmetric loss) on the features, all labels at once ->
+    (W [K, D], b [K])."""
+    return fit_logistic(x, y, y.shape[1], c=c, init=init, max_iter=max_iter,
+                        loss=lambda z, t: image_losses(z, t, loss))
+
+
+def label_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number of every image, by iterative stratification over the label sets."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    fold = np.empty(len(y), dtype=int)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(splitter.split(np.zeros(len(y)), np.asarray(y, int))):
+        fold[held] = f
+    return fold
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
+                   cs=CS, max_iter: int = 300) -> Selection:
+    """Every L2 strength scored by k-fold cross-validation -> the winner (lowest out-of-fold binary
+    cross-entropy) and every candidate's out-of-fold figures."""
+    smallest = int(y.sum(0)[y.sum(0) > 0].min()) if y.any() else 2
+    k = max(2, min(folds, smallest, len(y)))
+    fold = label_folds(y, k, seed)
+    oof = {c: np.zeros(y.shape, np.float32) for c in cs}
+    for f in range(k):
+        tr, te = fold != f, fold == f
+        head = None
+        for c in cs:  # warm start along the path
+            head = fit_ovr(x[tr], y[tr], c=c, loss=loss, init=head, max_iter=max_iter)
+            oof[c][te] = logits(x[te], head)
+    table = []
+    for c, z in oof.items():
+        s = val_scores(z, y)
+        table.append({"c": c, "weighting": "none", "log_loss": s["val_loss"], "map": s["val_map"],
+                      "macro_f1": s["val_macro_f1"], "micro_f1": s["val_micro_f1"]})
+    best = min(table, key=lambda r: (round(r["log_loss"], 6), -r["c"]))
+    return Selection(Candidate(best["c"]), table, oof[best["c"]], k, "map")
+
+
+MAX_CV_IMAGES = 20_000
+
+
+def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+                loss: str = "bce", folds: int = 5, seed: int = 0) -> HeadChoice:
+    """Cross-validate over train+val, fit the winner on train (fine-tuning's start) and on train+val (the
+    head kept alone), and fit the decisions on its out-of-fold logits."""
+    x = np.concatenate([x_train, x_val])
+    y = np.concatenate([y_train, y_val]).astype(np.float32)
+    sample = np.arange(len(y))
+    if len(y) > MAX_CV_IMAGES:  # a stratified sample: the choice needs no more than this
+        sample = np.flatnonzero(label_folds(y, -(-len(y) // MAX_CV_IMAGES), seed) == 0)
+    sel = cross_validate(x[sample], y[sample], loss=loss, folds=folds, seed=seed)
+    train_head = fit_ovr(x_train, y_train, c=sel.candidate.c, loss=loss, max_iter=500)
+    all_head = fit_ovr(x, y, c=sel.candidate.c, loss=loss, max_iter=500)
+    train_loss = float(image_losses(torch.from_numpy(logits(x_train, train_head)), torch.from_numpy(y_train),
+                                    loss).mean())
+    choice = HeadChoice(sel, train_head, all_head, y[sample], None, train_loss)
+    choice.decision = fit_label_decision(sel.oof_logits, y[sample],
+                                   f"out-of-fold predictions of {len(sample):,} train+val images")
+    return choice
