@@ -19,6 +19,7 @@ import hashlib
 import re
 import shutil
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,25 +88,32 @@ def _on_white(path: Path) -> Image.Image:
     return img.convert("RGB")
 
 
-def clipart(root: Path) -> None:
-    from sklearn.model_selection import StratifiedGroupKFold
-
+def clipart_files() -> list[tuple[Path, str]]:
+    """(drawing, category) of the suite's clip art: its categories without the symbol folders, the
+    drawings imgtune (and Pillow) refuse as bombs, and files found in two categories; sorted."""
     if not CLIPART.exists():
         sys.exit(f"{CLIPART} not found: apt-get install openclipart-png")
     by_digest: dict[str, set[str]] = defaultdict(set)
     first: dict[str, Path] = {}
     for c in CLIPART_CLASSES:
         for p in sorted((CLIPART / c).rglob("*.png")):
-            rel = p.relative_to(CLIPART).as_posix()
-            if rel.startswith(CLIPART_SYMBOLS):
+            if p.relative_to(CLIPART).as_posix().startswith(CLIPART_SYMBOLS):
                 continue
-            with Image.open(p) as img:
-                if img.width * img.height > MAX_PIXELS:  # refused by imgtune (and Pillow) as a bomb
-                    continue
+            with warnings.catch_warnings():  # the header only: a bomb is left out, not decoded
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as img:
+                    if img.width * img.height > MAX_PIXELS:
+                        continue
             d = hashlib.sha256(p.read_bytes()).hexdigest()
             by_digest[d].add(c)
             first.setdefault(d, p)
-    files = sorted((first[d], next(iter(cs))) for d, cs in by_digest.items() if len(cs) == 1)
+    return sorted((first[d], next(iter(cs))) for d, cs in by_digest.items() if len(cs) == 1)
+
+
+def clipart(root: Path) -> None:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    files = clipart_files()
     labels = np.array([CLIPART_CLASSES.index(c) for _, c in files])
     groups = np.array([f"{c}/{_variant_key(p)}" for p, c in files])
     folds = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=SEED)

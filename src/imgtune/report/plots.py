@@ -123,15 +123,23 @@ def confusion(cm, classes: list[str], *, normalise: bool) -> bytes:
     ax.set_ylabel("true")
     ax.grid(False)
     ax.set_title("row-normalised (share of each true class)" if normalise else "counts")
-    if n <= 25:
-        top = values.max() or 1
-        for i in range(n):
-            for j in range(n):
-                v = values[i, j]
-                if v:
-                    ax.text(j, i, f"{v:.2f}" if normalise else f"{int(v)}", ha="center", va="center",
-                            fontsize=7 if n > 12 else 8, color="white" if v > 0.6 * top else "black")
+    _annotate(ax, values, shares=normalise)
     return png(fig)
+
+
+def _annotate(ax, values: np.ndarray, *, shares: bool) -> None:
+    """Each non-zero cell of a square heat map written in it (a share to 2 decimals, else a count), up to
+    25 rows; white on the dark cells."""
+    n = len(values)
+    if n > 25:
+        return
+    top = values.max() or 1
+    for i in range(n):
+        for j in range(n):
+            v = values[i, j]
+            if v:
+                ax.text(j, i, f"{v:.2f}" if shares else f"{int(v)}", ha="center", va="center",
+                        fontsize=7 if n > 12 else 8, color="white" if v > 0.6 * top else "black")
 
 
 def reliability(metrics: dict) -> bytes:
@@ -268,12 +276,5 @@ def cooccurrence(matrix, labels: list[str], *, conditional: bool) -> bytes:
     ax.grid(False)
     ax.set_title("P(column | row): share of the row label's images that carry the column label"
                  if conditional else "images carrying both labels (diagonal: the label's images)", fontsize=8)
-    if n <= 25:
-        top = shown.max() or 1
-        for i in range(n):
-            for j in range(n):
-                v = shown[i, j]
-                if v:
-                    ax.text(j, i, f"{v:.2f}" if conditional else f"{int(v)}", ha="center", va="center",
-                            fontsize=7 if n > 12 else 8, color="white" if v > 0.6 * top else "black")
+    _annotate(ax, shown, shares=conditional)
     return png(fig)
