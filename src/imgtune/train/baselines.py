@@ -73,19 +73,19 @@ def run_multilabel_baselines(choice, feats: dict, split: str, rows: list[int], s
     decision for F1), and one-vs-rest logistic regression on the same cached features, its C chosen by
     cross-validation, deciding at 0.5."""
     from ..infer import multilabel as ml
-    from .multilabel import mean_ap, select_head
+    from .multilabel import select_head
     from .selection import logits as selection_logits
 
     (x, y), (xv, yv) = feats["train"], feats["val"]
     xe, ye = feats[split]
     xe, ye = xe[rows], ye[rows]
     prior = np.broadcast_to(y.mean(0), ye.shape)
-    out = {"prior": {"map": mean_ap(ye, prior), "macro_f1": ml.scores(ye, np.ones(ye.shape, bool))["macro_f1"],
+    out = {"prior": {"map": ml.mean_average_precision(ye, prior), "macro_f1": ml.scores(ye, np.ones(ye.shape, bool))["macro_f1"],
                      "description": "each label's training share as its score; every label on every image"}}
     if choice is None:  # no selection ran: cross-validate C now (seconds)
         choice = select_head(x, y, xv, yv, seed=seed)
     p = ml.sigmoid(selection_logits(xe, choice.all_head))
-    out["logistic"] = {"c": choice.selection.candidate.c, "map": mean_ap(ye, p),
+    out["logistic"] = {"c": choice.selection.candidate.c, "map": ml.mean_average_precision(ye, p),
                        "macro_f1": ml.scores(ye, p >= 0.5)["macro_f1"],
                        "description": f"one-vs-rest logistic regression, C={choice.selection.candidate.c:g} by "
                                       "cross-validation, threshold 0.5"}

@@ -18,7 +18,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..config import FineTuneConfig
 from ..engine import data_parallel
-from ..infer.multilabel import paired_map_gain, sigmoid
+from ..infer.multilabel import mean_average_precision, paired_map_gain, sigmoid
 from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
 from ..model.trunk import Tail
@@ -30,7 +30,6 @@ from .decide import paired_gain, score
 from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Stage, StageState, collect_logits, run_stage, start_loss
-from .multilabel import mean_ap
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
@@ -230,7 +229,7 @@ def _compared(objective, y, z_new, z_old, seed: int) -> tuple[float, float, floa
     if objective.multi_loss:
         p_new, p_old = sigmoid(z_new), sigmoid(z_old)
         gain, se = paired_map_gain(y, p_new, p_old, seed=seed)
-        return mean_ap(y, p_new), mean_ap(y, p_old), gain, se
+        return mean_average_precision(y, p_new), mean_average_precision(y, p_old), gain, se
     decider = objective.decider() or (lambda z, _: z.argmax(1))
     p_new, p_old = decider(z_new, y), decider(z_old, y)
     k = z_new.shape[1]

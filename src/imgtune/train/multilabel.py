@@ -54,12 +54,7 @@ def val_scores(z: np.ndarray, y: np.ndarray) -> dict:
     loss = float(image_losses(torch.from_numpy(np.asarray(z, np.float32)), torch.from_numpy(np.asarray(y))).mean())
     p = ml.sigmoid(z)
     s = ml.scores(y, p >= 0.5)
-    return {"val_loss": loss, "val_map": mean_ap(y, p), "val_macro_f1": s["macro_f1"], "val_micro_f1": s["micro_f1"]}
-
-
-def mean_ap(y: np.ndarray, scores: np.ndarray) -> float:
-    aps = [a for a in (ml.average_precision(y[:, j], scores[:, j]) for j in range(y.shape[1])) if a is not None]
-    return float(np.mean(aps)) if aps else 0.0
+    return {"val_loss": loss, "val_map": ml.mean_average_precision(y, p), "val_macro_f1": s["macro_f1"], "val_micro_f1": s["micro_f1"]}
 
 
 def fit_ovr(x: np.ndarray, y: np.ndarray, *, c: float, loss: str = "bce", init=None, max_iter: int = 300):
