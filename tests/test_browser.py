@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import make_image
 from PIL import Image
 
 from imgtune.cli import main
@@ -61,3 +62,17 @@ def test_inspect_page_renders_in_a_browser(trained_run, tmp_path):
     shutil.copy(copy / "circle" / "circle_000.png", copy / "square" / "copied.png")  # thumbnails to show
     assert main(["inspect", str(copy), "--run", str(run), "--out", str(tmp_path), "--quiet"]) == 0
     _check_page(tmp_path / "inspect.html", tmp_path, min_images=3)
+
+
+def test_suggest_page_renders_in_a_browser(trained_run, tmp_path):
+    run, data, cache = trained_run
+    pool = tmp_path / "unlabelled"
+    pool.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.blend(make_image("circle", rng), make_image("triangle", rng), 0.5).save(pool / f"blend_{i}.png")
+    shutil.copy(next((data / "square").glob("*.png")), pool / "copy.png")  # shown among the left-out copies
+    out = tmp_path / "next.csv"
+    assert main(["suggest", str(run), str(pool), "-n", "3", "--output", str(out), "--cache-dir", str(cache),
+                 "--quiet"]) == 0
+    _check_page(out.with_suffix(".html"), tmp_path, min_images=4)

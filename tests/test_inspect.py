@@ -82,7 +82,7 @@ def test_inspect_with_a_run_finds_a_wrong_label(trained_run, tmp_path):
     assert _fingerprint(copy) == before
     issues = json.loads((out / "inspect.json").read_text())["label_issues"]
     assert issues and os.path.basename(issues[0]["path"]) == "actually_a_circle.png"
-    assert issues[0]["predicted"] == "circle" and issues[0]["label"] == "square"
+    assert issues[0]["suggested"] == "circle" and issues[0]["label"] == "square"
     assert not (run / "inspect.json").exists()  # --out wins over the run folder
 
 

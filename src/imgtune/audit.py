@@ -2,10 +2,11 @@
 reading every file once. Nothing here writes, moves or changes an input file.
 
 Looks for: images per class and split, class imbalance, unreadable files (with the reason), odd files
-(wrong extension, unusual modes, animations, extreme shapes), tiny images, exact duplicates (SHA-256 of
+(wrong extension, unusual modes, animations; and, from the pixels, very dark, very light, low-information
+and blurry images and odd aspect ratios: data/quality.py), tiny images, exact duplicates (SHA-256 of
 the bytes) and near duplicates (perceptual hash) within and across splits (leakage between train and
-test), and, given a trained run, images whose label the model finds unlikely while it is confident of
-another class.
+test), and, given a trained run, images whose label looks wrong to a head that never saw them
+(out-of-fold probabilities on the run's cached features, then confident learning).
 
 Multi-label data (a set of labels per file, possibly empty) is counted once per label of an image, and
 gets a section of its own: labels per image, rare labels and which labels come together.
@@ -18,23 +19,22 @@ import hashlib
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image
 
+from .data import quality
 from .data.images import MAX_PIXELS, BadImage, decode_rgb, read_bytes
 from .data.manifest import Manifest
+from .data.near_duplicates import NEAR_DISTANCE, near_pairs, phash_int
 from .data.scan import find_images
 from .progress import Reporter
 
 RARE_IMAGES = 10  # a label on fewer images than this is rare (multi-label data)
 RARE_SHARE = 0.01  # ... or on under this share of the usable images
 TOP_PAIRS = 20  # label pairs listed by co-occurrence
-NEAR_DISTANCE = 2  # of 64 perceptual-hash bits (always even for pHash): resized or re-encoded copies
-ASPECT_LIMIT = 5.0  # width/height beyond which an image is mostly crop or padding at a square input
 _EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
                       ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM"}
 
@@ -48,25 +48,28 @@ class FileFacts:
     width: int = 0
     height: int = 0
     problem: str = ""  # why the file cannot be used; "" when it can
-    odd: tuple[str, ...] = ()
+    odd: tuple[tuple[str, str], ...] = ()  # (kind, reason): file oddities, then quality.RULES that fired
+    quality: dict = field(default_factory=dict)  # quality.measure: the numbers the quality rules read
     phash: int | None = None
     label_ids: tuple[int, ...] = ()  # multi-label data: the indices of the file's labels (label: their names)
 
 
 def audit(source: str | os.PathLike, *, classifier=None, run_split: str | os.PathLike | None = None,
-          min_side: int = 32, near_distance: int = NEAR_DISTANCE, reporter: Reporter | None = None) -> dict:
+          min_side: int = 32, near_distance: int = NEAR_DISTANCE, reporter: Reporter | None = None,
+          cache_dir=None) -> dict:
     """Everything `inspect` reports, as one JSON-able document.
 
-    `classifier` (a fitted ImageClassifier) adds likely label errors; `run_split` (a run's split.csv)
+    `classifier` (a fitted ImageClassifier) adds likely label errors, found out of fold on its backbone's
+    cached features (in `cache_dir`, default the user's feature cache); `run_split` (a run's split.csv)
     tells which split each file was in when the data did not name its splits.
     """
     return audit_manifest(find_images(source), classifier=classifier, run_split=run_split, min_side=min_side,
-                          near_distance=near_distance, reporter=reporter)
+                          near_distance=near_distance, reporter=reporter, cache_dir=cache_dir)
 
 
 def audit_manifest(manifest: Manifest, *, classifier=None, run_split: str | os.PathLike | None = None,
                    min_side: int = 32, near_distance: int = NEAR_DISTANCE,
-                   reporter: Reporter | None = None) -> dict:
+                   reporter: Reporter | None = None, cache_dir=None) -> dict:
     """`audit` of the files a scan found: single-label (one class per file) or multi-label
     (`manifest.task == "multi"`), which adds a "multilabel" section and skips the label-error check."""
     reporter = reporter or Reporter(quiet=True)
@@ -95,7 +98,9 @@ def audit_manifest(manifest: Manifest, *, classifier=None, run_split: str | os.P
         "empty_classes": [c for c in manifest.classes if not any(per.get(c) for per in counts.values())],
         "unreadable": [{"path": f.path, "reason": f.problem} for f in facts if f.problem]
                       + [{"path": p, "reason": r} for p, r in manifest.skipped],
-        "odd": [{"path": f.path, "reasons": list(f.odd)} for f in usable if f.odd],
+        "odd": [{"path": f.path, "reasons": [r for _, r in f.odd], "kinds": [k for k, _ in f.odd],
+                 "measures": f.quality} for f in usable if f.odd],
+        "quality_rules": [rule.as_dict() for rule in quality.RULES],
         "tiny": [{"path": f.path, "width": f.width, "height": f.height} for f in usable
                  if min(f.width, f.height) < min_side],
         "min_side": min_side,
@@ -114,7 +119,9 @@ def audit_manifest(manifest: Manifest, *, classifier=None, run_split: str | os.P
                                            "multi-label file's labels are not one class that a classifier "
                                            "can find unlikely.")
     elif classifier is not None:
-        doc["label_issues"] = _label_issues(classifier, usable)
+        found = _label_issues(classifier, usable, cache_dir, reporter)
+        doc["label_issues"], doc["label_issues_method"] = found["rows"], found["method"]
+        doc["label_issues_judged"] = found["judged"]
     return doc
 
 
@@ -222,35 +229,31 @@ def _look_at(path: str, label: str, split: str) -> FileFacts:
         warnings.simplefilter("ignore")
         img = Image.open(io.BytesIO(data))  # the file's own header: size, mode, format, frames
         f.width, f.height = img.size
-        f.odd = tuple(_oddities(path, img))
-    f.phash = _phash_int(rgb)
+        odd = _oddities(path, img)
+    f.quality, found = quality.check(rgb)  # on the pixels the model will see (the decoded, drafted copy)
+    f.odd = tuple(odd + found)
+    f.phash = phash_int(rgb)
     return f
 
 
-def _oddities(path: str, img: Image.Image) -> list[str]:
+def _oddities(path: str, img: Image.Image) -> list[tuple[str, str]]:
+    """(kind, reason) for what the file's header says is unusual; what its pixels say is quality.check's."""
     out = []
     expected = _EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower())
     if expected and img.format and img.format != expected and not (expected == "PPM" and img.format == "PPM"):
-        out.append(f"named {os.path.splitext(path)[1]} but is a {img.format} file")
+        out.append(("extension", f"named {os.path.splitext(path)[1]} but is a {img.format} file"))
     if img.mode not in ("RGB", "L"):
         detail = {"CMYK": "CMYK colours (print)", "I;16": "16-bit greys", "I": "32-bit integers",
                   "F": "floating-point pixels", "P": "a palette", "1": "1-bit black and white",
                   "RGBA": "an alpha channel", "LA": "an alpha channel"}.get(img.mode, img.mode)
-        out.append(f"mode {img.mode} ({detail})")
+        out.append(("mode", f"mode {img.mode} ({detail})"))
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
-        out.append(f"animated or multi-page ({frames} frames; the first is used)")
+        out.append(("frames", f"animated or multi-page ({frames} frames; the first is used)"))
     w, h = img.size
-    if max(w, h) / max(1, min(w, h)) > ASPECT_LIMIT:
-        out.append(f"extreme shape {w}x{h} (the centre crop sees little of it)")
     if w * h > MAX_PIXELS // 4:
-        out.append(f"very large ({w}x{h}); decoded at reduced size")
+        out.append(("very_large", f"very large ({w}x{h}); decoded at reduced size"))
     return out
-
-
-def _phash_int(img: Image.Image) -> int:
-    bits = imagehash.phash(img).hash.flatten()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
 def _exact_groups(files: list[FileFacts]) -> list[list[int]]:
@@ -262,30 +265,18 @@ def _exact_groups(files: list[FileFacts]) -> list[list[int]]:
 
 def _near_groups(files: list[FileFacts], max_distance: int) -> list[list[int]]:
     """Groups of images within `max_distance` bits of the perceptual hash of the group's first image,
-    exact copies of one another excluded.
-
-    Pairs are found by the pigeonhole principle: two 64-bit hashes that differ in at most d bits agree
-    exactly on at least one of d + 1 bands, so only images sharing a band are compared (fast on hundreds
-    of thousands of images). Groups form around a leader rather than by chaining, so a run of similar
-    pictures (A near B near C ...) does not merge into one long group of things that do not look alike."""
+    exact copies of one another excluded. Groups form around a leader rather than by chaining, so a run
+    of similar pictures (A near B near C ...) does not merge into one long group of things that do not
+    look alike."""
     idx = [i for i, f in enumerate(files) if f.phash is not None]
     if len(idx) < 2:
         return []
     hashes = np.array([files[i].phash for i in idx], dtype=np.uint64)
-    edges = np.linspace(0, 64, max_distance + 2).astype(int)
     neighbours: dict[int, set[int]] = {}
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(band, kind="stable")
-        starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
-        for s, e in zip(starts, np.r_[starts[1:], len(order)]):
-            members = order[s:e]
-            for k, a in enumerate(members[:-1]):
-                rest = members[k + 1:]
-                for b in rest[_popcount(hashes[rest] ^ hashes[a]) <= max_distance]:
-                    if files[idx[a]].sha256 != files[idx[b]].sha256:
-                        neighbours.setdefault(int(a), set()).add(int(b))
-                        neighbours.setdefault(int(b), set()).add(int(a))
+    for a, b in near_pairs(hashes, max_distance):
+        if files[idx[a]].sha256 != files[idx[b]].sha256:
+            neighbours.setdefault(a, set()).add(b)
+            neighbours.setdefault(b, set()).add(a)
     taken: set[int] = set()
     groups = []
     for a in sorted(neighbours, key=lambda k: (-len(neighbours[k]), k)):  # best-connected leaders first
@@ -298,10 +289,6 @@ def _near_groups(files: list[FileFacts], max_distance: int) -> list[list[int]]:
     return groups
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-
-
 def _describe(groups: list[list[int]], files: list[FileFacts]) -> list[dict]:
     out = []
     for g in sorted(groups, key=lambda g: (-len(g), files[g[0]].path)):
@@ -312,22 +299,24 @@ def _describe(groups: list[list[int]], files: list[FileFacts]) -> list[dict]:
     return out
 
 
-def _label_issues(classifier, files: list[FileFacts], *, given_below: float = 0.2,
-                  other_above: float = 0.6) -> list[dict]:
-    """Images whose given label gets probability < `given_below` while another class gets > `other_above`,
-    least likely label first. Images the run was trained on are judged by a model that has seen them, so
-    only the clearest cases show there; the val and test splits are the fairer test."""
-    known = [f for f in files if f.label in classifier.classes_]
-    rows = classifier.predict([f.path for f in known], top_k=len(classifier.classes_))
-    by_path = {r["path"]: dict(r["top_k"]) for r in rows}
-    issues = []
-    for f in known:
-        probs = by_path.get(f.path)
-        if probs is None:
-            continue
-        best, p_best = max(probs.items(), key=lambda kv: kv[1])
-        if best != f.label and probs[f.label] < given_below and p_best > other_above:
-            issues.append({"path": f.path, "split": f.split, "label": f.label,
-                           "probability_label": probs[f.label], "predicted": best, "probability": p_best})
-    issues.sort(key=lambda r: r["probability_label"])
-    return issues
+def _label_issues(classifier, files: list[FileFacts], cache_dir=None, reporter: Reporter | None = None) -> dict:
+    """Images whose given label looks wrong, each judged out of fold: the run's head fitted on the
+    other folds of these images' cached features (diagnose/label_errors.py) -> {"method", "judged",
+    "rows": least likely label first}. Files of classes the run does not know are not judged."""
+    from .diagnose.label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
+    from .diagnose.run_features import frozen_features, head_candidate
+
+    trained = classifier.trained_
+    index = {c: i for i, c in enumerate(trained.classes)}
+    known = [f for f in files if f.label in index]
+    feats, _, _ = frozen_features(trained, [f.path for f in known], cache_dir=cache_dir, reporter=reporter)
+    ok = ~np.isnan(feats).any(axis=1)
+    known, feats = [f for f, k in zip(known, ok) if k], feats[ok]
+    y = np.array([index[f.label] for f in known], dtype=int)
+    if len(known) < 2 or len(np.unique(y)) < 2:
+        return {"method": "none: fewer than two classes with images", "judged": len(known), "rows": []}
+    probs, _ = out_of_fold_probabilities(feats, y, len(trained.classes), candidate=head_candidate(trained))
+    rows, method = find_label_issues(probs, y)
+    return {"method": method, "judged": len(known),
+            "rows": label_issue_rows(probs, y, rows, [f.path for f in known], trained.classes,
+                                     [f.split for f in known])}

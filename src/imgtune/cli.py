@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_flags(sub)
     _serve_flags(sub)
     _inspect_flags(sub)
+    _suggest_flags(sub)
     return p
 
 
@@ -136,6 +137,9 @@ def _predict_flags(sub) -> None:
                    help="label an image 'unknown' when its calibrated top probability is below P")
     r.add_argument("--runtime", default="torch", choices=RUNTIMES,
                    help="onnx: RUN/model.onnx with ONNX Runtime (see export); onnx-int8: RUN/model.int8.onnx")
+    r.add_argument("--explain", metavar="DIR",
+                   help="also write a Grad-CAM overlay per image into DIR (STEM.png, at the model's input size): "
+                        "where the network looked for the class it predicted (torch runtime only)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true")
 
@@ -173,15 +177,31 @@ def _inspect_flags(sub) -> None:
     i = sub.add_parser("inspect", help="audit a data set without changing it: counts, bad, odd, tiny and "
                                        "duplicate images, leakage between splits, likely label errors")
     i.add_argument("data", metavar="DATA")
-    i.add_argument("--run", metavar="RUN", help="a trained run: adds likely label errors, and its split")
+    i.add_argument("--run", metavar="RUN", help="a trained run: adds likely label errors (found out of fold on its "
+                                                "cached features; label_issues.csv), and its split")
     i.add_argument("--out", metavar="DIR", help="where inspect.json and inspect.html go (default: RUN with "
                                                 "--run, else the current folder)")
     i.add_argument("--min-side", type=_int_at_least(1), default=32, metavar="PX",
                    help="images with a shorter side are reported as tiny (default 32)")
     i.add_argument("--near-bits", type=_int_at_least(0), default=2, metavar="N",
                    help="perceptual hashes this many of 64 bits apart or closer are near duplicates (default 2)")
+    i.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     i.add_argument("--quiet", action="store_true")
+
+def _suggest_flags(sub) -> None:
+    s = sub.add_parser("suggest", help="the unlabelled images a run would learn most from: uncertain, diverse, "
+                                       "no copies of labelled ones (CSV + HTML page)")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("paths", metavar="UNLABELLED", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("-n", type=_int_at_least(1), default=100, metavar="N", help="how many to choose (default 100)")
+    s.add_argument("--output", metavar="FILE.csv", help="default RUN/suggest.csv; the page goes beside it as .html")
+    s.add_argument("--uncertainty", choices=["margin", "entropy"], default="margin",
+                   help="margin: 1 - (p1 - p2) of the calibrated probabilities (default); entropy: over all classes")
+    s.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--quiet", action="store_true")
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does: temporary files are
@@ -236,4 +256,4 @@ def _refuse_folders_as_files(args) -> None:
 
 
 _COMMANDS = {name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
-                                                       "inspect")}
+                                                       "inspect", "suggest")}

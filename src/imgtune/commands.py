@@ -40,7 +40,6 @@ def _headline(m: dict) -> str:
 def evaluate(args) -> int:
     from pathlib import Path
 
-    from .atomic import write_json_atomic
     from .classifier import ImageClassifier
     from .report.console import print_metrics
     from .report.page import write_report
@@ -53,7 +52,7 @@ def evaluate(args) -> int:
               file=sys.stderr)
     run = RunFolder(args.run)
     out = Path(args.json) if args.json else run.metrics
-    write_json_atomic(out, m)
+    run.write_metrics(m, out)
     report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
     print_metrics(m, title=f"{m['source']}: {_headline(m)}")
     if "tta" in m:
@@ -69,6 +68,8 @@ def predict(args) -> int:
 
     if args.output:
         check_output(args.output)
+    if args.explain:
+        _check_explain(args)
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
     for path, reason in rows.skipped:
@@ -83,7 +84,26 @@ def predict(args) -> int:
             print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(format_predictions(rows, "stdout.csv"))
+    if args.explain:
+        from .infer.explain import write_overlays
+
+        written = write_overlays(clf.trained_, rows, args.explain)
+        if not args.quiet:
+            print(f"Wrote {len(written):,} Grad-CAM overlays to {args.explain}", file=sys.stderr)
     return 0
+
+
+def _check_explain(args) -> None:
+    """--explain needs gradients and a folder to write into: refused before any work when it cannot."""
+    import os
+
+    from .errors import ConfigError
+
+    if args.runtime != "torch":
+        raise ConfigError(f"--explain: ONNX runtime has no gradients, use --runtime torch for --explain "
+                          f"(received --runtime {args.runtime}).")
+    if os.path.exists(args.explain) and not os.path.isdir(args.explain):
+        raise ConfigError(f"--explain {args.explain!r} is a file; give a folder to write the overlays into.")
 
 
 def export(args) -> int:
@@ -122,6 +142,7 @@ def inspect(args) -> int:
 
     from .atomic import write_json_atomic, write_text_atomic
     from .audit import audit
+    from .diagnose.label_errors import write_label_issues
     from .progress import Reporter
     from .report.inspect_page import build_inspect_page, summary_lines
     from .runs.folder import RunFolder
@@ -133,9 +154,40 @@ def inspect(args) -> int:
         clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
     out = Path(args.out or args.run or ".")
     doc = audit(args.data, classifier=clf, run_split=RunFolder(args.run).split if args.run else None,
-                min_side=args.min_side, near_distance=args.near_bits, reporter=Reporter(args.quiet))
+                min_side=args.min_side, near_distance=args.near_bits, reporter=Reporter(args.quiet),
+                cache_dir=args.cache_dir)
     write_json_atomic(out / "inspect.json", doc)
+    if "label_issues" in doc:
+        write_label_issues(doc["label_issues"], out / "label_issues.csv")
     write_text_atomic(out / "inspect.html", build_inspect_page(doc))
     print("\n".join(summary_lines(doc)))
     print(f"Details: {out / 'inspect.json'}\nPage: {out / 'inspect.html'}")
+    return 0
+
+
+def suggest(args) -> int:
+    from pathlib import Path
+
+    from .atomic import write_text_atomic
+    from .classifier import ImageClassifier
+    from .diagnose.suggest import suggest as rank, write_suggestions
+    from .errors import ParameterError
+    from .progress import Reporter
+    from .report.suggest_page import build_suggest_page
+    from .runs.folder import RunFolder
+
+    out = Path(args.output) if args.output else RunFolder(args.run).path / "suggest.csv"
+    if out.suffix.lower() != ".csv":
+        raise ParameterError("output", f"must end in .csv; received {str(out)!r}.")
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    result = rank(clf.trained_, args.paths, args.n, uncertainty=args.uncertainty, cache_dir=args.cache_dir,
+                  reporter=Reporter(args.quiet))
+    for path, reason in result["skipped"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    write_suggestions(result, out)
+    write_text_atomic(out.with_suffix(".html"), build_suggest_page(result, args.run))
+    dupes = result["duplicates"]
+    print(f"Chose {len(result['rows']):,} of {result['n_candidates']:,} unlabelled images to label next"
+          + (f" ({len(dupes):,} near-duplicates left out)" if dupes else "") + ".")
+    print(f"List: {out}\nPage: {out.with_suffix('.html')}")
     return 0

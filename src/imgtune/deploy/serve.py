@@ -1,6 +1,7 @@
 """`imgtune serve`: a trained run behind an HTTP API (FastAPI + uvicorn).
 
-    POST /predict   multipart form, field `file` (repeat it for several images) -> top-k labels as JSON
+    POST /predict   multipart form, field `file` (repeat it for several images) -> top-k labels as JSON;
+                    with ?explain=1 each answer also carries a Grad-CAM overlay (base64 PNG, torch runtime)
     GET  /health    {"status": "ok"}
     GET  /metadata  classes, backbone, image size, temperature, runtime, the run's test metrics
     GET  /docs      the OpenAPI page
@@ -10,6 +11,7 @@ why; the server keeps serving. Decoding uses the same code, with the same limits
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at run time.
 
+import base64
 import contextlib
 import json
 import os
@@ -17,12 +19,16 @@ from dataclasses import dataclass
 
 from ..data.images import BadImage, decode_rgb
 from ..errors import ConfigError, require
+from ..infer.explain import NO_GRADIENTS, explained_class, overlays, png_bytes
 from ..infer.predictor import predict as predict_images
 from ..runs.trained import fitted_state, load_run
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
 MAX_FILES = 64
+EXPLAIN_DOC = ("1: add to each answer \"explain\", a Grad-CAM overlay (base64 PNG at the model's input size) "
+               "of where the network looked for the predicted class (multi-label: the highest-probability "
+               "label). Needs the torch runtime: 400 on ONNX.")
 
 
 def _require():
@@ -88,7 +94,7 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                max_bytes: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES):
     """A FastAPI app around a trained model (a TrainedModel, or an ImageClassifier's)."""
     _require()
-    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -101,9 +107,11 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
     summary = _metrics_summary(m.run_dir)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(request, exc):  # a missing or misnamed form field
+    async def bad_request(request, exc):  # a missing or misnamed form field, or a bad ?explain= value
+        in_query = any(tuple(e.get("loc", ()))[:1] == ("query",) for e in exc.errors())
         return JSONResponse(status_code=422, content={
-            "error": "expected a multipart form with one or more images in the field 'file'",
+            "error": "expected explain=0 or explain=1" if in_query else
+                     "expected a multipart form with one or more images in the field 'file'",
             "detail": json.loads(json.dumps(exc.errors(), default=str))})
 
     @app.get("/health")
@@ -119,7 +127,15 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                 "metrics": summary}
 
     @app.post("/predict")
-    def predict(file: list[UploadFile] = File(..., description="one or more image files")) -> dict:
+    def predict(file: list[UploadFile] = File(..., description="one or more image files"),
+                explain: bool = Query(False, description=EXPLAIN_DOC)) -> dict:
+        """Top-k labels with calibrated probabilities for each uploaded image (a multi-label model: the
+        label set and every label's probability). With `explain=1`, each answer also has "explain": a
+        Grad-CAM overlay as a base64 PNG at the model's input size, for the predicted class (multi-label:
+        the highest-probability label); 400 on an ONNX runtime, which has no gradients."""
+        if explain and m.runtime != "torch":
+            raise HTTPException(400, {"error": f"explain=1 needs the torch runtime: {NO_GRADIENTS}; serve with "
+                                               f"--runtime torch (this server runs {m.runtime})"})
         if len(file) > MAX_FILES:
             raise HTTPException(413, {"error": f"at most {MAX_FILES} images per request; received {len(file)}"})
         images = []
@@ -136,12 +152,16 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                 raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
         rows = predict_images(m, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
         if m.task == "multi":  # the label set, and every label's calibrated probability
-            return {"predictions": [{"file": upload.filename, "labels": r["labels"],
-                                     "probabilities": r["probabilities"]} for upload, r in zip(file, rows)]}
-        return {"predictions": [
-            {"file": upload.filename, "label": r["label"], "probability": r["probability"],
-             "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
-            for upload, r in zip(file, rows)]}
+            answers = [{"file": upload.filename, "labels": r["labels"], "probabilities": r["probabilities"]}
+                       for upload, r in zip(file, rows)]
+        else:
+            answers = [{"file": upload.filename, "label": r["label"], "probability": r["probability"],
+                        "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
+                       for upload, r in zip(file, rows)]
+        if explain:
+            for a, image in zip(answers, overlays(m, images, [explained_class(m, r) for r in rows])):
+                a["explain"] = base64.b64encode(png_bytes(image)).decode("ascii")
+        return {"predictions": answers}
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the multipart parser's (malformed forms)
     async def http_error(request, exc):  # {"error": ...} at the top level, not under "detail"

@@ -15,8 +15,8 @@ from ..data.transforms import TTAViews, eval_transform
 from ..errors import ConfigError, DataError
 from ..model.heads import EachView
 from ..progress import Reporter
+from . import explain, multilabel
 from . import metrics as metrics_lib
-from . import multilabel
 from .calibration import softmax
 from .runner import run_network
 
@@ -88,9 +88,11 @@ def metrics_of(m, logits: np.ndarray, y: np.ndarray, paths: list[str]) -> dict:
                 "temperature": m.temperature}
     probs, single = probabilities(logits, m.temperature)
     views = logits if logits.ndim == 3 else logits[:, None]
-    return {**metrics_lib.evaluate(y, probs, m.classes, paths=paths, uncalibrated=softmax(views).mean(axis=1),
-                                   single_view=single if logits.ndim == 3 else None),
-            "temperature": m.temperature}
+    doc = metrics_lib.evaluate(y, probs, m.classes, paths=paths, uncalibrated=softmax(views).mean(axis=1),
+                               single_view=single if logits.ndim == 3 else None)
+    if doc.get("misclassified") and m.runtime == "torch":  # the report's gallery shows where each looked
+        explain.explain_misclassified(m, doc["misclassified"])
+    return {**doc, "temperature": m.temperature}
 
 
 def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: float | None = None,

@@ -35,6 +35,8 @@ figure img{max-width:100%;display:block}
 .tile .t{color:#1e7b34}.tile .w{color:#b3261e}
 .missing{display:flex;width:150px;height:150px;align-items:center;justify-content:center;background:#eef0f3;color:#5b6570}
 .warn{color:#b3261e;font-weight:600}
+ol.next{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 16px 10px 36px;margin:6px 0 12px}
+ol.next li{margin:6px 0}ol.next .note{margin:0}
 footer{color:#5b6570;font-size:12px;margin-top:40px}
 """
 

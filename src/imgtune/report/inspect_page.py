@@ -19,7 +19,7 @@ def summary_lines(doc: dict) -> list[str]:
              + (f"{doc['imbalance_ratio']:.2f}" if doc["imbalance_ratio"]
                 else f"undefined (an empty {kind})"),
              f"Unreadable or not images: {len(doc['unreadable']):,}",
-             f"Odd files: {len(doc['odd']):,}",
+             f"Odd files: {len(doc['odd']):,}" + _odd_kinds_text(doc["odd"]),
              f"Tiny (shorter side < {doc['min_side']} px): {len(doc['tiny']):,}",
              f"Exact duplicates: {len(ex):,} groups ({sum(len(g['paths']) for g in ex):,} files), "
              f"{sum(g['across_splits'] for g in ex):,} across splits, "
@@ -35,7 +35,8 @@ def summary_lines(doc: dict) -> list[str]:
     if multi:
         lines += multilabel_lines(doc["multilabel"])
     if "label_issues" in doc:
-        lines.append(f"Likely label errors (given label < 0.2, another class > 0.6): {len(doc['label_issues']):,}")
+        lines.append(f"Likely label errors ({doc.get('label_issues_method', 'rule')}, out of fold): "
+                     f"{len(doc['label_issues']):,} of {doc.get('label_issues_judged', 0):,} images")
     if "label_issues_skipped" in doc:
         lines.append(doc["label_issues_skipped"])
     return lines
@@ -109,10 +110,14 @@ def build_inspect_page(doc: dict) -> str:
     if "label_issues" in doc:
         issues = doc["label_issues"][:SHOWN]
         body.append(section("Likely label errors", gallery([tile(r["path"], [
-            (f"labelled {r['label']} ({r['probability_label']:.2f})", "w"),
-            (f"looks like {r['predicted']} ({r['probability']:.2f})", "t"), (r["split"], "")]) for r in issues]),
-            note=_more(doc["label_issues"], "Least likely label first. The model has seen its training images, "
-                                            "so check these by eye before relabelling.")))
+            (f"labelled {r['label']} ({r['score']:.2f})", "w"),
+            (f"looks like {r['suggested']} ({r['probability_suggested']:.2f})", "t"), (r["split"], "")])
+            for r in issues]) if issues else "<p>None found.</p>",
+            note=_more(doc["label_issues"], f"{doc.get('label_issues_method', 'rule').capitalize()} on out-of-fold "
+                                            "probabilities: each image judged by the run's head fitted without "
+                                            "it, on the cached features. Least likely label first; all of them "
+                                            "are in label_issues.csv beside this page. Check by eye before "
+                                            "relabelling.")))
     body.append(_groups("Exact duplicates", ex, "Byte-identical files."))
     body.append(_groups("Near duplicates", near,
                         f"Perceptual hashes within {doc['near_distance']} of 64 bits: resized, re-encoded or "
@@ -120,10 +125,7 @@ def build_inspect_page(doc: dict) -> str:
     body.append(section("Tiny images", gallery([tile(r["path"], [(f"{r['width']}x{r['height']}", "w")])
                                                 for r in doc["tiny"][:SHOWN]]) if doc["tiny"] else "<p>None.</p>",
                         note=_more(doc["tiny"], f"Shorter side under {doc['min_side']} px.")))
-    body.append(section("Odd files", table(["file", "why"], [[r["path"], "; ".join(r["reasons"])]
-                                                              for r in doc["odd"][:SHOWN]], path_column=0)
-                        if doc["odd"] else "<p>None.</p>",
-                        note=_more(doc["odd"], "Usable, but worth a look.")))
+    body.append(_odd_section(doc))
     body.append(section("Unreadable files", table(["file", "reason"], [[r["path"], r["reason"]]
                                                                         for r in doc["unreadable"][:SHOWN]],
                                                   path_column=0)
@@ -131,6 +133,47 @@ def build_inspect_page(doc: dict) -> str:
                         note=_more(doc["unreadable"], "Training skips these and lists them in RUN/skipped.csv.")))
     return page(f"imgtune inspect: {doc['source']}",
                 f"{doc['n_files']:,} files in {_n(len(classes), 'class')}. Nothing was modified.", "\n".join(body))
+
+
+ODD_KINDS = {"extension": "wrong extension", "mode": "unusual mode", "frames": "several frames",
+             "very_large": "very large", "dark": "very dark", "light": "very light",
+             "low_information": "low information", "blurry": "blurry", "odd_aspect_ratio": "odd aspect ratio"}
+
+
+def _odd_kind_counts(odd: list[dict]) -> dict[str, int]:
+    """Odd files per kind of reason (a file with two reasons counts under both), most common first."""
+    counts: dict[str, int] = {}
+    for r in odd:
+        for kind in r.get("kinds", []):
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _odd_kinds_text(odd: list[dict]) -> str:
+    """' (blurry 3, very dark 1)' after the odd-file count; '' when there are none."""
+    counts = _odd_kind_counts(odd)
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{ODD_KINDS.get(k, k)} {n:,}" for k, n in counts.items()) + ")"
+
+
+def _odd_section(doc: dict) -> str:
+    """Each odd file with its reasons (a quality reason carries its measure and threshold), then the
+    quality rules: the measure each reads, its threshold, what a flag means, and how many it flagged."""
+    odd = doc["odd"]
+    rows = [[r["path"], "; ".join(r["reasons"])] for r in odd[:SHOWN]]
+    files = table(["file", "why"], rows, path_column=0) if odd else "<p>None.</p>"
+    rules = doc.get("quality_rules", [])
+    counts = _odd_kind_counts(odd)
+    parts = [files]
+    if rules:
+        parts.append("<p class=\"note\">Quality checks, measured on the decoded pixels of every usable image "
+                     "(inspect.json gives each odd file's measures).</p>")
+        parts.append(table(["check", "measure", "flags when", "threshold", "what it means", "files"],
+                           [[r.get("label", r["kind"]), r["measure"], r["flags_when"],
+                             f"{r['threshold']:g}", r["means"], f"{counts.get(r['kind'], 0):,}"]
+                            for r in rules]))
+    return section("Odd files", *parts, note=_more(odd, "Usable, but worth a look."))
 
 
 def _multilabel_cards(ml: dict) -> list[tuple[str, str, str]]:

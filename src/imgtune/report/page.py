@@ -1,31 +1,47 @@
 """RUN/report.html: what a run learned and where it goes wrong, on one self-contained page.
 
-Built only from the run folder's files (config.json, history.jsonl) and a metrics document, so it can be
-written again at any time, and by `evaluate` for other data."""
+Built only from the run folder's files (config.json, history.jsonl, and where present diagnosis.json and
+inspect.json) and a metrics document, so it can be written again at any time, and by `evaluate` for
+other data."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..diagnose.next_steps import next_steps
 from ..runs.folder import RunFolder
 from . import plots
 from .console import baseline_lines
+from .diagnosis_sections import label_issues_section, learning_curve_section, next_steps_section
 from .html import cards, esc, figure, gallery, page, section, table, tile
 
 
 def write_report(run_dir: str | os.PathLike, metrics: dict, out: str | os.PathLike) -> Path:
     run = RunFolder(run_dir)
-    write_text_atomic(Path(out), build_report(run.read_config(), run.read_history(), metrics))
+    write_text_atomic(Path(out), build_report(run.read_config(), run.read_history(), metrics,
+                                              diagnosis=_read_json(run.diagnosis), audit=_read_json(run.audit),
+                                              run_dir=str(run.path)))
     return Path(out)
 
 
-def build_report(config: dict, history: list[dict], metrics: dict) -> str:
+def _read_json(path: Path) -> dict | None:
+    """An optional document of the run folder (diagnosis.json, inspect.json), None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def build_report(config: dict, history: list[dict], metrics: dict, *, diagnosis: dict | None = None,
+                 audit: dict | None = None, run_dir: str = "RUN") -> str:
     if metrics.get("task") == "multi":
         return build_multilabel_report(config, history, metrics)
     where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
-    body = [_headline(metrics), _baselines(metrics), _summary(config, metrics)]
+    steps = next_steps(metrics, config, diagnosis, audit, run=run_dir, data=str(config.get("data") or "DATA"))
+    body = [_headline(metrics), _baselines(metrics), next_steps_section(steps), _summary(config, metrics)]
     if history:
         body.append(section("Training", figure(plots.training_curves(history), "training curves"),
                             note=_training_note(config, history)))
@@ -39,6 +55,8 @@ def build_report(config: dict, history: list[dict], metrics: dict) -> str:
                         note="Rows are the true class, columns the predicted one."))
     body.append(_confused_pairs(metrics))
     body.append(_misclassified(metrics))
+    body.append(learning_curve_section((diagnosis or {}).get("learning_curve"), metrics))
+    body.append(label_issues_section((diagnosis or {}).get("label_issues")))
     body.append(_calibration(config, metrics))
     title = f"imgtune report: {config.get('backbone', '?')} on {Path(str(config.get('data', ''))).name or 'data'}"
     return page(title, f"Evaluated on {where}: {metrics['n_images']:,} images, {len(metrics['classes'])} classes.",
@@ -186,12 +204,26 @@ def _misclassified(m: dict) -> str:
     wrong = m.get("misclassified", [])
     if not wrong:
         return section("Misclassified images", "<p>None.</p>")
-    tiles = [tile(w["path"], [(f"true: {w['true']} ({w['probability_true']:.2f})", "t"),
-                              (f"predicted: {w['predicted']} ({w['probability']:.2f})", "w")]) for w in wrong]
+    tiles = []
+    for w in wrong:
+        lines = [(f"true: {w['true']} ({w['probability_true']:.2f})", "t"),
+                 (f"predicted: {w['predicted']} ({w['probability']:.2f})", "w")]
+        tiles.append(_explained_tile(w, lines) if w.get("explain") else tile(w["path"], lines))
     n_wrong = m["n_images"] - round(m["accuracy"] * m["n_images"])
+    maps = (" Each image is shown under two Grad-CAM maps: where the network found evidence for the true class "
+            "(left) and for the class it predicted (right), red most.") if any(w.get("explain") for w in wrong) else ""
     return section("Misclassified images", gallery(tiles),
                    note=f"The {len(wrong)} worst of {n_wrong} wrong predictions, lowest probability on the "
-                        "true class first. Look for wrong labels, unusual images, and classes that overlap.")
+                        "true class first. Look for wrong labels, unusual images, and classes that overlap." + maps)
+
+
+def _explained_tile(w: dict, lines: list[tuple[str, str]]) -> str:
+    """A misclassified image as its two class maps side by side (a base64 PNG made at evaluation time,
+    infer.explain.explain_misclassified), wide enough for both, with the usual captions."""
+    caption = "".join(f"<div class=\"{cls}\">{esc(text)}</div>" for text, cls in lines)
+    img = (f"<img style=\"width:306px;height:auto\" alt=\"Grad-CAM maps of {esc(w['path'])}\" "
+           f"src=\"data:image/png;base64,{esc(w['explain'])}\">")
+    return f"<div class=\"tile\" style=\"width:306px\">{img}{caption}<div class=\"p\">{esc(w['path'])}</div></div>"
 
 
 def _calibration(config: dict, m: dict) -> str:

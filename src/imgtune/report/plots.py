@@ -278,3 +278,23 @@ def cooccurrence(matrix, labels: list[str], *, conditional: bool) -> bytes:
                  if conditional else "images carrying both labels (diagonal: the label's images)", fontsize=8)
     _annotate(ax, shown, shares=conditional)
     return png(fig)
+
+
+def learning_curves(curve: dict, classes: list[str], highlight: list[str] | None = None) -> bytes:
+    """Per-class accuracy of head fits against training images per class (log scale), overall dashed;
+    the `highlight`ed classes in colour, the rest grey."""
+    n = np.asarray(curve["train_per_class"], float)
+    acc = np.asarray(curve["accuracy"], float)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    shown = set(highlight or classes[:8])
+    for j, c in enumerate(classes):
+        if c in shown:
+            ax.plot(n[:, j], acc[:, j], marker="o", ms=3, lw=1.4, label=c)
+        else:
+            ax.plot(n[:, j], acc[:, j], color="#b8bec6", lw=0.8)
+    ax.plot(n.mean(axis=1), curve["overall"], color="black", ls="--", lw=1, label="overall")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel(f"accuracy on {curve.get('split', 'test')}")
+    ax.legend(fontsize=7, loc="lower right", ncol=2, frameon=False)
+    return png(fig)

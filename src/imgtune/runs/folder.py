@@ -33,6 +33,9 @@ class RunFolder:
     report = property(lambda self: self.path / "report.html")
     skipped = property(lambda self: self.path / "skipped.csv")
     split = property(lambda self: self.path / "split.csv")
+    diagnosis = property(lambda self: self.path / "diagnosis.json")  # label errors, learning curves
+    label_issues = property(lambda self: self.path / "label_issues.csv")
+    audit = property(lambda self: self.path / "inspect.json")  # `inspect --run` writes it here by default
     checkpoints = property(lambda self: self.path / "checkpoints")
 
     @contextlib.contextmanager
@@ -83,8 +86,10 @@ class RunFolder:
             raise RunFolderError(f"{str(self.config)!r} is not an imgtune run config (no \"format\": \"{FORMAT}\").")
         return config
 
-    def write_metrics(self, metrics: dict) -> None:
-        write_json_atomic(self.metrics, metrics)
+    def write_metrics(self, metrics: dict, path: Path | None = None) -> None:
+        """metrics.json (or `path`) without the Grad-CAM maps the report inlines: they are pictures, not
+        figures, and would make the file megabytes."""
+        write_json_atomic(path or self.metrics, without_pictures(metrics))
 
     def write_history(self, records: list[dict]) -> None:
         write_text_atomic(self.history, "".join(json.dumps(r) + "\n" for r in records))
@@ -131,6 +136,13 @@ class RunFolder:
             raise RunFolderError(f"{str(self.weights)!r} holds non-finite values (NaN or infinity) in "
                                  f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; retrain, or restore it.")
         return tensors
+
+
+def without_pictures(metrics: dict) -> dict:
+    if not any("explain" in w for w in metrics.get("misclassified", [])):
+        return metrics
+    return {**metrics, "misclassified": [{k: v for k, v in w.items() if k != "explain"}
+                                         for w in metrics["misclassified"]]}
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:

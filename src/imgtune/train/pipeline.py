@@ -20,6 +20,8 @@ from ..cache.trunk_views import TrunkViews
 from ..data.builtin import resolve as resolve_data
 from ..data.manifest import Manifest
 from ..data.scan import find_images, require_usable, scan
+from ..diagnose.diagnosis import diagnose
+from ..diagnose.label_errors import write_label_issues
 from ..engine import prepare
 from ..errors import DataError, ParameterError, RunFolderError
 from ..infer import metrics as metrics_lib
@@ -40,7 +42,7 @@ from .decide import decision_for_kept, decision_line, fit_label_decision, label_
 from .finetune import Images, fine_tune
 from .head import fit_head
 from .resolution import auto_image_size
-from .selection import load_into
+from .selection import Candidate, load_into
 
 
 @dataclass
@@ -85,8 +87,14 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
                            task=feats.manifest.task)
     with _timed(ctx, "evaluate"):
         calibration, decision = decide_and_evaluate(ctx, trained, feats, views, head.choice, finetune["kept"])
-    ctx.seconds["total"] = time.perf_counter() - ctx.started_wall
     m = feats.manifest
+    if not m.multi and ctx.limit is None:  # label errors out of fold, per-class learning curves
+        with _timed(ctx, "diagnosis"):
+            write_diagnosis(ctx, feats, head.choice, trained.metrics["split"])
+    elif not m.multi:  # its head fits are not in the time plan: the limit is kept
+        ctx.say(f"Diagnosis (label errors, learning curves) left out under --time-limit: `imgtune inspect "
+                f"{m.source} --run {ctx.run.path}` finds the label errors.")
+    ctx.seconds["total"] = time.perf_counter() - ctx.started_wall
     per_class = m.targets(m.items).sum(0) if m.multi else np.bincount(m.targets(m.items), minlength=len(m.classes))
     trained.fit_info = {"weights": backbone.weights_id, "recipe": ctx.recipe.to_dict(), "data": m.source,
                         "counts": m.counts(), "skipped": len(m.skipped),
@@ -213,6 +221,19 @@ def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features,
     for line in baseline_lines(trained.metrics):
         ctx.say(line)
     return calibration, decision
+
+
+def write_diagnosis(ctx: FitContext, feats: Features, choice, eval_split: str) -> None:
+    """RUN/diagnosis.json and RUN/label_issues.csv, from the cached features (seconds)."""
+    m = feats.manifest
+    candidate = choice.selection.candidate if choice is not None else Candidate(1.0)
+    paths = {s: [it.path for it in m.split(s)] for s in ("train", "val", "test")}
+    doc = diagnose(feats.splits, paths, m.classes, candidate, eval_split, ctx.seed)
+    write_json_atomic(ctx.run.diagnosis, doc)
+    write_label_issues(doc["label_issues"]["rows"], ctx.run.label_issues)
+    issues = doc["label_issues"]
+    ctx.say(f"Label check: {len(issues['rows']):,} of {issues['judged']:,} training and validation images look "
+            f"mislabelled ({issues['method']}, out of fold), listed in {ctx.run.label_issues}.")
 
 
 def _split_logits(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None, tuned: bool):

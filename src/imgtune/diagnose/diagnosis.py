@@ -1,0 +1,34 @@
+"""A run's diagnosis, made at the end of `train` from the cached features (RUN/diagnosis.json): the
+likely label errors among the training and validation images (out of fold) and the per-class learning
+curve. The report turns it into "what to do next" (next_steps.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..train.selection import MAX_CV_IMAGES, Candidate, stratified_folds
+from . import learning_curve
+from .label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
+
+
+def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, list[str]], classes: list[str],
+             candidate: Candidate, eval_split: str, seed: int = 0) -> dict:
+    """`splits`: split -> (cached features, class indices); `paths`: split -> the files of those rows.
+    The learning curve scores heads fitted on fractions of train on `eval_split`; a train split larger
+    than MAX_CV_IMAGES is sampled (stratified) first, as the head selection does."""
+    k = len(classes)
+    (x, y), (xv, yv) = splits["train"], splits["val"]
+    xa, ya = np.concatenate([x, xv]), np.concatenate([y, yv]).astype(int)
+    names = paths["train"] + paths["val"]
+    probs, _ = out_of_fold_probabilities(xa, ya, k, candidate=candidate, seed=seed)
+    rows, method = find_label_issues(probs, ya)
+    issues = {"method": method, "judged": len(ya), "split": "train+val",
+              "rows": label_issue_rows(probs, ya, rows, names, classes,
+                                       ["train"] * len(y) + ["val"] * len(yv))}
+    sample = np.arange(len(y))
+    if len(y) > MAX_CV_IMAGES:
+        sample = np.flatnonzero(stratified_folds(np.asarray(y, int), -(-len(y) // MAX_CV_IMAGES), seed) == 0)
+    xe, ye = splits[eval_split]
+    curve = learning_curve.measure(x[sample], np.asarray(y, int)[sample], xe, ye, k, candidate=candidate, seed=seed)
+    curve.update(split=eval_split, sampled=len(sample) < len(y))
+    return {"label_issues": issues, "learning_curve": curve}
