@@ -3,6 +3,8 @@ renamed over the target, so a crash leaves either the old file or the new one, n
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import secrets
@@ -54,6 +56,15 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     # surrogateescape: a file name that is not valid UTF-8 is written back as the bytes it was read from
     write_bytes_atomic(path, text.encode("utf-8", errors="surrogateescape"))
+
+
+def write_csv_atomic(path: str | os.PathLike, header, rows) -> None:
+    """A CSV file (a header row, then `rows`), written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -12,12 +12,11 @@ the same out-of-fold probabilities stands in, and the result says which method f
 
 from __future__ import annotations
 
-import csv
-import io
+import warnings
 
 import numpy as np
 
-from ..atomic import write_text_atomic
+from ..atomic import write_csv_atomic
 from ..infer.calibration import softmax
 from ..train.selection import Candidate, fit_head, logits, stratified_folds
 
@@ -60,8 +59,10 @@ def find_label_issues(probs: np.ndarray, y: np.ndarray) -> tuple[list[int], str]
     seen = np.unique(y)
     p = probs[:, seen]
     p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
-    ranked = confident_learning(np.searchsorted(seen, y), p, return_indices_ranked_by="self_confidence",
-                                n_jobs=1)
+    with warnings.catch_warnings():  # "may not flag all label issues in class ...": small classes, said once
+        warnings.simplefilter("ignore", UserWarning)
+        ranked = confident_learning(np.searchsorted(seen, y), p, return_indices_ranked_by="self_confidence",
+                                    n_jobs=1)
     return [int(i) for i in ranked], "confident learning"
 
 
@@ -95,10 +96,5 @@ CSV_COLUMNS = ("path", "split", "label", "suggested", "score", "probability_sugg
 def write_label_issues(rows: list[dict], output) -> None:
     """label_issues.csv: path, split, the given label, the suggested one, score (the out-of-fold
     probability of the given label; lower is more likely wrong) and the suggested label's probability."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        w.writerow([r["path"], r.get("split", ""), r["label"], r["suggested"], f"{r['score']:.6f}",
-                    f"{r['probability_suggested']:.6f}"])
-    write_text_atomic(output, buf.getvalue())
+    write_csv_atomic(output, CSV_COLUMNS, ([r["path"], r.get("split", ""), r["label"], r["suggested"],
+                                            f"{r['score']:.6f}", f"{r['probability_suggested']:.6f}"] for r in rows))

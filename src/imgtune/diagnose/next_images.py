@@ -47,20 +47,13 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each unit row of `a`: the largest cosine similarity with a row of `b`, and that row's index
-    (-inf and -1 where `b` is empty)."""
+def nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each unit row of `a`: the largest cosine similarity with a row of `b` (-inf where `b` is empty)."""
     best = np.full(len(a), -np.inf, np.float32)
-    which = np.full(len(a), -1, np.int64)
     for s in range(0, len(b), CHUNK):
         for r in range(0, len(a), CHUNK):
-            sim = a[r:r + CHUNK] @ b[s:s + CHUNK].T
-            j = sim.argmax(axis=1)
-            v = sim[np.arange(len(j)), j]
-            better = v > best[r:r + CHUNK]
-            best[r:r + CHUNK][better] = v[better]
-            which[r:r + CHUNK][better] = j[better] + s
-    return best, which
+            best[r:r + CHUNK] = np.maximum(best[r:r + CHUNK], (a[r:r + CHUNK] @ b[s:s + CHUNK].T).max(axis=1))
+    return best
 
 
 @dataclass
@@ -80,7 +73,7 @@ def rank_for_labelling(probs: np.ndarray, features: np.ndarray, labelled: np.nda
     u = uncertainty(probs, kind)
     x = unit_rows(features)
     duplicates, twins = _near_duplicates(hashes, labelled_hashes, max_bits)
-    near_sim = nearest(x, unit_rows(labelled))[0] if len(labelled) else np.full(len(x), -np.inf, np.float32)
+    near_sim = nearest(x, unit_rows(labelled)) if len(labelled) else np.full(len(x), -np.inf, np.float32)
     free = np.array([i for i in np.argsort(-u, kind="stable") if int(i) not in duplicates], dtype=np.int64)
     pool = free[:max(n, pool_factor * n)]
     d = (np.clip(1.0 - near_sim[pool], 0.0, 2.0) if len(labelled) else np.full(len(pool), 2.0)).astype(np.float64)

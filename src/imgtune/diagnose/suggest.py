@@ -4,13 +4,12 @@ the calibrated predictions that make them uncertain and the near-duplicates left
 from __future__ import annotations
 
 import csv
-import io
 import os
 
 import numpy as np
 import torch
 
-from ..atomic import write_text_atomic
+from ..atomic import write_csv_atomic
 from ..cache.features import default_cache_dir
 from ..cache.image_hashes import perceptual_hashes
 from ..data.scan import image_files
@@ -102,10 +101,7 @@ CSV_COLUMNS = ("rank", "path", "predicted", "probability", "second", "probabilit
 def write_suggestions(result: dict, output) -> None:
     """The chosen images as CSV, best first (the columns above; distance: 1 - cosine similarity to the
     nearest labelled or earlier-chosen image)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for r in result["rows"]:
-        w.writerow([r["rank"], r["path"], r["predicted"], f"{r['probability']:.6f}", r["second"],
-                    f"{r['probability_second']:.6f}", f"{r['uncertainty']:.6f}", f"{r['distance']:.6f}"])
-    write_text_atomic(output, buf.getvalue())
+    write_csv_atomic(output, CSV_COLUMNS, ([r["rank"], r["path"], r["predicted"], f"{r['probability']:.6f}",
+                                            r["second"], f"{r['probability_second']:.6f}",
+                                            f"{r['uncertainty']:.6f}", f"{r['distance']:.6f}"]
+                                           for r in result["rows"]))

@@ -4,9 +4,7 @@ and checkpoints/. Weights are safetensors, settings JSON; nothing here unpickles
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import json
 import os
 from pathlib import Path
@@ -15,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from ..errors import RunFolderError
 
 FORMAT = "imgtune-run"
@@ -111,11 +109,7 @@ class RunFolder:
         return records
 
     def write_skipped(self, skipped: list[tuple[str, str]]) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "reason"])
-        w.writerows(skipped)
-        write_text_atomic(self.skipped, buf.getvalue())
+        write_csv_atomic(self.skipped, ["path", "reason"], skipped)
 
     # -- weights ------------------------------------------------------------------------------
     def save_weights(self, state: dict[str, torch.Tensor], classes: list[str]) -> None:
