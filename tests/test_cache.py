@@ -6,6 +6,7 @@ from conftest import write_class_folders
 from PIL import Image
 
 from imgtune.cache.features import FeatureCache, extract_features
+from imgtune.cache.store import ShardStore
 from imgtune.model.backbones import create_backbone
 
 
@@ -62,3 +63,25 @@ def test_cache_on_disk_is_close_to_the_raw_feature_bytes(tmp_path):
     extract_features(b, paths, cache, device=torch.device("cpu"))
     raw = len(paths) * b.num_features * 4
     assert cache.store.disk_bytes() <= 1.2 * raw
+
+
+def test_rows_read_one_by_one_match_the_shards_and_a_damaged_shard_counts_as_missing(tmp_path):
+    store = ShardStore(tmp_path / "s", {"what": "test"}, dtype="<f2")
+    rng = np.random.default_rng(0)
+    rows = {f"k{i}": rng.normal(size=(3, 2, 2)).astype(np.float16) for i in range(10)}
+    for start in (0, 4, 8):  # three shards
+        keys = list(rows)[start:start + 4]
+        store.put_many(keys, np.stack([rows[k] for k in keys]))
+    asked = ["k9", "k0", "missing", "k5", "k0"]  # any order, repeats, one that is not there
+    got, found = ShardStore(tmp_path / "s", {"what": "test"}, dtype="<f2").get_rows(asked, (3, 2, 2))
+    assert found == [True, True, False, True, True] and got.shape == (5, 3, 2, 2)
+    for j, k in enumerate(asked):
+        if k in rows:
+            assert np.array_equal(got[j], rows[k])
+    fresh = ShardStore(tmp_path / "s", {"what": "test"}, dtype="<f2")
+    shard = fresh.index()["k5"][0]
+    body = bytearray(shard.read_bytes())
+    body[-20] ^= 0x01  # one bit of the last row
+    shard.write_bytes(bytes(body))
+    _, found = fresh.get_rows(["k4", "k5", "k0"], (3, 2, 2))
+    assert found == [False, False, True] and not shard.exists()

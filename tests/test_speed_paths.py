@@ -10,6 +10,7 @@ import torch
 from conftest import write_class_folders
 from PIL import Image
 
+from imgtune.cache.store import ShardStore
 from imgtune.classifier import ImageClassifier
 from imgtune.data.transforms import DataConfig, eval_transform
 from imgtune.errors import ConfigError
@@ -70,10 +71,16 @@ def test_transforms_resample_tensors_as_pillow_would():
     assert levels.max() <= 2.01 and levels.mean() < 0.1
 
 
-def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
+def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys, monkeypatch):
     data = write_class_folders(tmp_path / "photos", 12, seed=3)
-    kw = dict(image_size=32, epochs=2, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu")
+    kw = dict(image_size=32, epochs=2, batch_size=8, cache_dir=str(tmp_path / "cache"), quiet=True, device="cpu")
+    read = []  # how many cached views each read asks for: a batch, never the whole training set
+    get_rows = ShardStore.get_rows
+    monkeypatch.setattr(ShardStore, "get_rows", lambda self, keys, shape: read.append(len(keys)) or
+                        get_rows(self, keys, shape))
     first = ImageClassifier(**{**kw, "quiet": False}).fit(data, out=tmp_path / "a")
+    n_train, n_val = first.fit_info_["counts"]["train"], first.fit_info_["counts"]["val"]
+    assert read and max(read) <= max(8, n_val) < n_train
     assert "Trunk view 1" in capsys.readouterr().err  # the first run computes the views
     shards_before = sorted(p.name for p in (tmp_path / "cache" / "trunk").rglob("*.its"))
     second = ImageClassifier(**{**kw, "quiet": False}).fit(data, out=tmp_path / "b")  # every view from the cache
@@ -88,7 +95,6 @@ def test_cached_views_are_reused_and_train_only_the_tail(tmp_path, capsys):
     tuned = first.model_.backbone.state_dict()
     assert torch.equal(tuned["blocks.4.0.conv_pw.weight"], pretrained["blocks.4.0.conv_pw.weight"])
     history = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
-    n_train = first.fit_info_["counts"]["train"]
     assert [h["images"] for h in history if h["stage"] == "fine-tune" and h["epoch"] > 0] == [n_train] * 2
     shards = list((tmp_path / "cache" / "trunk").rglob("*.its"))
     assert shards  # 3 augmented views + the plain one of every training image, and the plain one of the rest

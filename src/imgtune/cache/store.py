@@ -6,7 +6,9 @@ the rows, then the first 16 bytes of the SHA-256 of all that. A torn or altered 
 and its rows count as missing (they are recomputed); nothing is trusted that was not verified.
 
 Packing rows keeps the cache near the size of its raw bytes: one file per row wasted most of a 4 KiB
-disk block on each 5 KiB feature vector.
+disk block on each 5 KiB feature vector. `get_rows` reads single rows out of the shards (a shard is
+verified, in chunks, the first time one of its rows is read), so that fine-tuning can read a batch at a
+time in any order without holding the cache in memory.
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ class ShardStore:
         self.info = info
         self.dtype = np.dtype(dtype)
         self._index: dict[str, tuple[Path, int]] | None = None
+        self._body_at: dict[Path, int] = {}  # where each indexed shard's rows begin
+        self._verified: set[Path] = set()  # shards whose checksum get_rows has checked
 
     # -- reading ---------------------------------------------------------------------------------
     def index(self) -> dict[str, tuple[Path, int]]:
         """key -> (shard, row), from the shards' headers (their contents are verified when read)."""
         if self._index is None:
-            self._index = {}
+            self._index, self._body_at = {}, {}
             for shard in sorted(self.dir.glob(f"*{SUFFIX}")):
-                keys = _read_keys(shard)
-                if keys is not None:
+                header = _read_header(shard)
+                if header is not None:
+                    keys, self._body_at[shard] = header
                     self._index.update((k, (shard, i)) for i, k in enumerate(keys))
         return self._index
 
@@ -68,6 +73,36 @@ class ShardStore:
                 out[k] = data[i].copy()  # the shard's bytes are released once its rows are out
         return out
 
+    def get_rows(self, keys: list[str], shape: tuple[int, ...]) -> tuple[np.ndarray, list[bool]]:
+        """Rows of `keys` as one array [len(keys), *shape], read row by row from the shards (memory in
+        proportion to `keys`, not to the store), and which of them were found. A shard is verified
+        the first time a row of it is read; a damaged one is removed and its rows count as missing."""
+        out = np.zeros((len(keys), *shape), dtype=self.dtype)
+        row_bytes = out[0].nbytes if len(keys) else 0
+        found = [False] * len(keys)
+        wanted: dict[Path, list[tuple[int, int]]] = {}
+        for j, k in enumerate(keys):
+            where = self.index().get(k)
+            if where:
+                wanted.setdefault(where[0], []).append((j, where[1]))
+        for shard, rows in wanted.items():
+            if shard not in self._verified:
+                if not _verify(shard, self._body_at[shard], row_bytes, self.dtype):
+                    self._forget(shard)
+                    continue
+                self._verified.add(shard)
+            try:
+                with open(shard, "rb") as f:
+                    for j, i in sorted(rows, key=lambda r: r[1]):
+                        f.seek(self._body_at[shard] + i * row_bytes)
+                        out[j] = np.frombuffer(f.read(row_bytes), dtype=self.dtype).reshape(shape)
+                        found[j] = True
+            except (OSError, ValueError):  # removed or cut short since it was verified
+                self._forget(shard)
+                for j, _ in rows:
+                    found[j] = False
+        return out, found
+
     def _read_shard(self, shard: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         try:
             blob = shard.read_bytes()
@@ -86,6 +121,7 @@ class ShardStore:
 
     def _forget(self, shard: Path) -> None:
         self._index = {k: v for k, v in self.index().items() if v[0] != shard}
+        self._verified.discard(shard)
         shard.unlink(missing_ok=True)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -103,20 +139,44 @@ class ShardStore:
         write_bytes_atomic(shard, body + hashlib.sha256(body).digest()[:16], durable=False)
         index = self.index()
         index.update((k, (shard, i)) for i, k in enumerate(keys))
+        self._body_at[shard] = 8 + len(header)
 
     def disk_bytes(self) -> int:
         """Bytes the shards occupy on disk (whole blocks), for the cache-size benchmark."""
         return sum(os.stat(p).st_blocks * 512 for p in self.dir.glob(f"*{SUFFIX}"))
 
 
-def _read_keys(shard: Path) -> list[str] | None:
+def _read_header(shard: Path) -> tuple[list[str], int] | None:
+    """(the shard's keys, the offset of its first row), or None when it is not a shard."""
     try:
         with open(shard, "rb") as f:
             head = f.read(8)
             if len(head) < 8 or head[:4] != MAGIC:
                 return None
-            header = json.loads(f.read(int.from_bytes(head[4:8], "little")))
+            n = int.from_bytes(head[4:8], "little")
+            header = json.loads(f.read(n))
         keys = header["keys"]
-        return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
+        return (keys, 8 + n) if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _verify(shard: Path, body_at: int, row_bytes: int, dtype: np.dtype, chunk: int = 1 << 20) -> bool:
+    """The shard's checksum holds and its rows are `row_bytes` each of `dtype`, read in chunks."""
+    try:
+        size = os.path.getsize(shard)
+        with open(shard, "rb") as f:
+            header = json.loads(f.read(body_at)[8:])
+            if np.dtype(header["dtype"]) != dtype or size - 16 - body_at != len(header["keys"]) * row_bytes:
+                return False
+            f.seek(0)
+            h, left = hashlib.sha256(), size - 16
+            while left:
+                block = f.read(min(chunk, left))
+                if not block:
+                    return False
+                h.update(block)
+                left -= len(block)
+            return h.digest()[:16] == f.read(16)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -93,15 +93,16 @@ class TrunkViews:
 
     def rows(self, paths: list[str], digests: list[str], views: list[int], *, device: torch.device,
              reporter: Reporter) -> torch.Tensor:
-        """Outputs for (path, view) pairs as one float16 tensor [N, C, H, W]; any missing or damaged in
-        the store are computed again first."""
+        """Outputs for (path, view) pairs as one float16 tensor [N, C, H, W], read from the store row by
+        row (a batch's worth of memory); any missing or damaged are computed again first."""
         keys = [self.key(d, v) for d, v in zip(digests, views)]
-        found = self.store.get_many(keys, self.shape)
-        lost = [(i, v) for i, (k, v) in enumerate(zip(keys, views)) if k not in found]
+        out, found = self.store.get_rows(keys, self.shape)
+        lost = [(i, v) for i, (ok, v) in enumerate(zip(found, views)) if not ok]
         if lost:
             self.fill(paths, digests, lost, device=device, reporter=reporter)
-            found.update(self.store.get_many([keys[i] for i, _ in lost], self.shape))
-        for i, k in enumerate(keys):
-            if k not in found:
-                raise DataError(f"{paths[i]}: no longer readable as it was when the run checked it; run again.")
-        return torch.from_numpy(np.stack([found[k] for k in keys]))
+            again, ok = self.store.get_rows([keys[i] for i, _ in lost], self.shape)
+            for (i, _), row, there in zip(lost, again, ok):
+                if not there:
+                    raise DataError(f"{paths[i]}: no longer readable as it was when the run checked it; run again.")
+                out[i] = row
+        return torch.from_numpy(out)

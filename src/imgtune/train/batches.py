@@ -76,9 +76,10 @@ def stage_batches(ctx: FitContext, cfg: FineTuneConfig, model: Classifier, image
 
 
 def _view_batches(ctx: FitContext, cfg: FineTuneConfig, images: Images, bs: int):
-    """(train_batches(epoch), val_batches()) over cached trunk outputs. Each image has the plain view
-    and `cfg.cached_views` augmented ones; its own seeded permutation of them decides which one each
-    epoch uses, so every view is seen once per cycle."""
+    """(train_batches(epoch), val_batches()) over cached trunk outputs, read from the cache a batch at
+    a time in the epoch's shuffled order. Each image has the plain view and `cfg.cached_views` augmented
+    ones; its own seeded permutation of them decides which one each epoch uses, so every view is seen once
+    per cycle."""
     views, ranks, device, rep = images.views, ctx.ranks, ctx.device, ctx.reporter
     train_items, val_items = images.manifest.split("train"), images.manifest.split("val")
     n_views = cfg.cached_views + 1
@@ -95,16 +96,22 @@ def _view_batches(ctx: FitContext, cfg: FineTuneConfig, images: Images, bs: int)
     yv = torch.as_tensor(images.manifest.targets(val_items))
     g = generator(ctx.seed)
     cycle = torch.stack([torch.randperm(n_views, generator=g) for _ in train_items]) if train_items else None
-    xv = views.rows(vp, vd, [0] * len(vp), device=device, reporter=rep)
+
+    def read(paths, digests, idx, view_of):
+        """One batch of views, read from the cache as it is needed: memory flat in the number of images."""
+        idx = idx.tolist()
+        return views.rows([paths[i] for i in idx], [digests[i] for i in idx], [view_of(i) for i in idx],
+                          device=device, reporter=rep).float()
 
     def train_batches(epoch: int):
-        x = views.rows(tp, td, cycle[:, epoch % n_views].tolist(), device=device, reporter=rep)
+        view = cycle[:, epoch % n_views].tolist()
         order = torch.randperm(len(y), generator=generator(epoch_seed(ctx.seed, epoch)))
         for idx in share_batches(order, bs * ranks.world, ranks):
-            yield x[idx].float(), y[idx]
+            yield read(tp, td, idx, view.__getitem__), y[idx]
 
     def val_batches():
         for i in range(0, len(yv), 256):
-            yield xv[i:i + 256].float(), yv[i:i + 256]
+            idx = torch.arange(i, min(i + 256, len(yv)))
+            yield read(vp, vd, idx, lambda _: 0), yv[idx]
 
     return train_batches, val_batches
