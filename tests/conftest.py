@@ -63,7 +63,8 @@ def cache_dir(shared_feature_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """One trained run shared by the read-only tests: (run folder, data folder, cache)."""
+    """One trained run shared by the read-only tests: (run folder, data folder, cache). Its model.onnx is
+    exported here, so that the commands' --runtime auto finds it current and writes nothing into the run."""
     from imgtune.cli import main
 
     base = tmp_path_factory.mktemp("trained")
@@ -71,6 +72,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     run, cache = base / "run", base / "cache"  # its own cache: tests read what it holds
     assert main(["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "1",
                  "--cache-dir", str(cache), "--quiet"]) == 0
+    assert main(["export", str(run), "--quiet"]) == 0
     return run, data, cache
 
 

@@ -85,3 +85,14 @@ def test_rows_read_one_by_one_match_the_shards_and_a_damaged_shard_counts_as_mis
     shard.write_bytes(bytes(body))
     _, found = fresh.get_rows(["k4", "k5", "k0"], (3, 2, 2))
     assert found == [False, False, True] and not shard.exists()
+
+
+def test_cached_rows_are_read_into_the_callers_matrix_and_others_are_left_alone(tmp_path):
+    store = ShardStore(tmp_path / "s", {"what": "test"})
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    store.put_many(["a", "b"], vectors[:2])
+    store.put_many(["c", "d"], vectors[2:])
+    out = np.full((5, 3), np.nan, np.float32)
+    found = ShardStore(tmp_path / "s", {"what": "test"}).read_into(["d", None, "a", "missing", "a"], out)
+    assert found == [True, False, True, False, True]
+    assert np.array_equal(out[[0, 2, 4]], vectors[[3, 0, 0]]) and np.isnan(out[[1, 3]]).all()

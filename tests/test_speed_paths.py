@@ -167,3 +167,41 @@ def test_time_limits_from_seconds_durations_and_objects():
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ConfigError):
             TimeLimit(bad)
+
+
+def test_features_are_one_matrix_whose_splits_are_views_and_bad_rows_are_dropped_in_place():
+    """Training at scale holds one per-image array: the splits, and train+val, are views of it."""
+    from imgtune.data.manifest import Item, Manifest
+    from imgtune.train.pipeline import split_views
+    from imgtune.train.selection import joined
+
+    split_of = ["train"] * 5 + ["val"] * 3 + ["test"] * 2
+    items = [Item(f"f{i}.png", i % 2, s) for i, s in enumerate(split_of)]
+    feats = np.arange(40, dtype=np.float32).reshape(10, 4)  # rows in split order, as extraction writes them
+    before = feats.copy()
+    kept = [i not in (1, 6) for i in range(10)]  # one training and one validation file did not decode
+    manifest = Manifest(["a", "b"], [it for it, k in zip(items, kept) if k])
+    splits = split_views(feats, kept, manifest)
+    assert [len(splits[s][0]) for s in ("train", "val", "test")] == [4, 2, 2]
+    assert all(np.shares_memory(splits[s][0], feats) for s in splits)
+    assert np.array_equal(np.concatenate([splits[s][0] for s in ("train", "val", "test")]), before[kept])
+    assert [list(splits[s][1]) for s in ("train", "val")] == [[0, 0, 1, 0], [1, 1]]
+    both = joined(splits["train"][0], splits["val"][0])
+    assert np.shares_memory(both, feats) and np.array_equal(both, before[kept][:6])
+    apart = joined(splits["train"][0], splits["test"][0])  # not adjacent: a copy, still in order
+    assert not np.shares_memory(apart, feats) and np.array_equal(apart, before[kept][[0, 1, 2, 3, 6, 7]])
+
+
+def test_a_fit_on_a_mask_of_rows_is_the_fit_on_a_copy_of_them():
+    """Out-of-fold heads weigh the held-out rows zero instead of copying the others' features."""
+    from imgtune.train.selection import Candidate, fit_head
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    x = (rng.normal(size=(300, 8)) + y[:, None] * 0.7).astype(np.float32)
+    seen = rng.random(300) < 0.8
+    for weighting in ("none", "balanced"):
+        cand = Candidate(0.5, weighting)
+        W1, b1 = fit_head(x[seen], y[seen], 3, cand)
+        W2, b2 = fit_head(x, y, 3, cand, rows=seen)
+        assert torch.allclose(W1, W2, atol=1e-4) and torch.allclose(b1, b2, atol=1e-4)

@@ -21,9 +21,11 @@ from .cache.features import default_cache_dir
 from .config import get_recipe, with_overrides
 from .data.scan import labelled_files
 from .data.transforms import DataConfig
+from .deploy.runtime import choose_runtime
 from .errors import DataError, NotFittedError, ParameterError, RunFolderError
 from .infer import predictor
 from .progress import Reporter
+from .report import mlflow_log
 from .runs.folder import RunFolder
 from .runs.trained import load_run, save_run
 from .train import pipeline
@@ -85,9 +87,11 @@ class ImageClassifier:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
-            resume: bool = False, tensorboard: bool = False) -> "ImageClassifier":
+            resume: bool = False, tensorboard: bool = False,
+            mlflow: bool | str | None = None) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
-        `tensorboard` writes per-epoch scalars to out/tensorboard/."""
+        `tensorboard` writes per-epoch scalars to out/tensorboard/. `mlflow` logs the fit to an MLflow run:
+        True for $MLFLOW_TRACKING_URI (or MLflow's default), or a tracking URI."""
         if not predictor.is_path(data):
             raise DataError(f"fit takes a folder of class folders, a CSV file or builtin:NAME; received "
                             f"{type(data).__name__}. For a list of labelled files, write them to a CSV with "
@@ -101,6 +105,7 @@ class ImageClassifier:
             raise ParameterError("task", f"{{name}} must be single or multi; received {self.task!r}.")
         if self.image_size is not None:
             DataConfig.check_image_size(self.image_size)  # before any work
+        mlflow_log.check(mlflow)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         with contextlib.ExitStack() as scope:
             ranks, device = scope.enter_context(engine.ranks_and_device(self.device))
@@ -119,7 +124,8 @@ class ImageClassifier:
                              started, checkpoint_every=self.checkpoint_every)
             spec = {"backbone": self.backbone, "weights": self.weights, "image_size": self.image_size,
                     "task": self.task}
-            self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard)
+            self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard,
+                                         mlflow=mlflow)
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -128,9 +134,17 @@ class ImageClassifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str = "auto", quiet: bool = False,
-             runtime: str = "torch") -> "ImageClassifier":
+             runtime: str = "torch", needs_gradients: str | None = None) -> "ImageClassifier":
         """A run folder -> a ready classifier. Only JSON, safetensors and (with runtime="onnx" or
-        "onnx-int8") ONNX are read; nothing is unpickled."""
+        "onnx-int8") ONNX are read; nothing is unpickled. runtime="auto" (the command line's default):
+        ONNX Runtime where it is installed and the run's model.onnx is checked against its weights
+        (exported now when it is missing or stale), else PyTorch; `needs_gradients` (what needs them,
+        such as "--explain") keeps it on PyTorch. The choice is said in one line and kept in runtime_."""
+        reporter = Reporter(quiet)
+        runtime, why = choose_runtime(path, runtime, device=device, needs_gradients=needs_gradients,
+                                      reporter=reporter)
+        if why:
+            reporter.say(why)
         trained = load_run(path, device=device, runtime=runtime)
         clf = cls(trained.backbone, recipe=trained.recipe, seed=trained.seed, device=device, quiet=quiet)
         clf.trained_ = trained

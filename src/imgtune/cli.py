@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
 
 from . import commands
 from ._version import __version__
-from .config import RUNTIMES
+from .config import DEVICES, RUNTIMES
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 
@@ -49,6 +50,16 @@ def _size(text: str) -> int | None:
     return None if text == "auto" else _int_at_least(16)(text)
 
 
+def _device(text: str) -> str:
+    name = text.strip().lower()
+    if name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name):
+        return name  # whether it is there is resolve_device's to say, with the devices that are
+    raise argparse.ArgumentTypeError(f"expected {DEVICES}, received {text!r}")
+
+
+RUNTIME_HELP = ("auto (the default): ONNX Runtime where it is installed and RUN/model.onnx was checked against "
+                "the run's weights (exported now, once, when it is missing or stale), else PyTorch; torch; onnx: "
+                "RUN/model.onnx (see export); onnx-int8: RUN/model.int8.onnx")
 _probability = _number_in(0.0, 1.0, "a number from 0 to 1")
 _seconds = _number_in(0.0, float("inf"), "0 or more seconds")
 
@@ -67,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flags(sub)
     _inspect_flags(sub)
     _suggest_flags(sub)
+    _embed_flags(sub)
+    _similar_flags(sub)
     return p
 
 
@@ -74,8 +87,10 @@ def _train_flags(sub) -> None:
     t = sub.add_parser("train", help="train a classifier on DATA (class folders, train/val/test splits, a CSV, "
                                      "or builtin:digits)")
     t.add_argument("data", metavar="DATA")
-    t.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    t.add_argument("--backbone", default="efficientnet_lite0", help="registry or timm model name")
+    t.add_argument("--out", metavar="RUN", help="run folder to write (default: runs/train, then runs/train-2, ... "
+                                                "the first that does not exist; with --resume the latest)")
+    t.add_argument("--backbone", "--model", dest="backbone", default="efficientnet_lite0",
+                   help="registry or timm model name (--model is another name for it)")
     t.add_argument("--weights", metavar="FILE", help="pretrained backbone weights (.safetensors)")
     t.add_argument("--recipe", default="default", choices=["default", "seed"])
     t.add_argument("--image-size", type=_size, default=None, metavar="N|auto",
@@ -101,7 +116,8 @@ def _train_flags(sub) -> None:
     t.add_argument("--loss", choices=["bce", "asl"],
                    help="multi-label loss: binary cross-entropy or the asymmetric loss (default: the recipe's, bce)")
     t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--time-limit", metavar="DURATION",
@@ -110,6 +126,9 @@ def _train_flags(sub) -> None:
     t.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
                    help="also checkpoint inside fine-tune epochs this often (default 60), so --resume loses little")
     t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
+    t.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                   help="log the run to MLflow: parameters, epochs, test metrics, report (default URI: "
+                        "$MLFLOW_TRACKING_URI, else MLflow's own; needs imgtune[mlflow])")
     t.add_argument("--quiet", action="store_true")
 
 
@@ -120,9 +139,10 @@ def _evaluate_flags(sub) -> None:
     e.add_argument("--json", metavar="FILE", help="write metrics here instead of RUN/metrics.json (and the "
                                                   "report beside it, as FILE.html, instead of RUN/report.html)")
     e.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
-    e.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                   help="onnx: RUN/model.onnx with ONNX Runtime (see export); onnx-int8: RUN/model.int8.onnx")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help=RUNTIME_HELP)
+    e.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
     e.add_argument("--quiet", action="store_true")
 
 
@@ -135,20 +155,25 @@ def _predict_flags(sub) -> None:
     r.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
     r.add_argument("--min-confidence", type=_probability, metavar="P",
                    help="label an image 'unknown' when its calibrated top probability is below P")
-    r.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                   help="onnx: RUN/model.onnx with ONNX Runtime (see export); onnx-int8: RUN/model.int8.onnx")
+    r.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help=RUNTIME_HELP)
     r.add_argument("--explain", metavar="DIR",
                    help="also write a Grad-CAM overlay per image into DIR (STEM.png, at the model's input size): "
-                        "where the network looked for the class it predicted (torch runtime only)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+                        "where the network looked for the class it predicted (on PyTorch, which auto picks for it)")
+    r.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
     r.add_argument("--quiet", action="store_true")
 
 
 def _export_flags(sub) -> None:
-    x = sub.add_parser("export", help="the model as ONNX, checked against PyTorch on the validation images")
+    x = sub.add_parser("export", help="the model as ONNX, or as a folder timm loads (--format timm), checked "
+                                      "against PyTorch on the validation images")
     x.add_argument("run", metavar="RUN")
-    x.add_argument("--format", default="onnx", choices=["onnx"])
-    x.add_argument("--output", metavar="FILE", help="default RUN/model.onnx")
+    x.add_argument("--format", default="onnx", choices=["onnx", "timm"],
+                   help="onnx: one .onnx file; timm: a folder in timm's hub format (config.json, "
+                        "model.safetensors, a README.md model card)")
+    x.add_argument("--output", metavar="FILE|DIR", help="default RUN/model.onnx; with --format timm a folder, "
+                                                        "default RUN/timm")
     x.add_argument("--quantize", choices=["int8"], help="also write an int8 copy (FILE.int8.onnx), with its "
                                                         "accuracy and speed against fp32 on validation")
     x.add_argument("--quiet", action="store_true")
@@ -169,8 +194,9 @@ def _serve_flags(sub) -> None:
     v.add_argument("--header-timeout", type=_int_at_least(1, 3600), default=10, metavar="S",
                    help="a connection that has not sent a whole request's headers S seconds after connecting "
                         "(or after its previous answer) is closed (default 10)")
-    v.add_argument("--runtime", default="torch", choices=RUNTIMES)
-    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    v.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
 
 
 def _inspect_flags(sub) -> None:
@@ -186,7 +212,8 @@ def _inspect_flags(sub) -> None:
     i.add_argument("--near-bits", type=_int_at_least(0), default=2, metavar="N",
                    help="perceptual hashes this many of 64 bits apart or closer are near duplicates (default 2)")
     i.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    i.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
     i.add_argument("--quiet", action="store_true")
 
 def _suggest_flags(sub) -> None:
@@ -199,7 +226,37 @@ def _suggest_flags(sub) -> None:
     s.add_argument("--uncertainty", choices=["margin", "entropy"], default="margin",
                    help="margin: 1 - (p1 - p2) of the calibrated probabilities (default); entropy: over all classes")
     s.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
+    s.add_argument("--quiet", action="store_true")
+
+
+def _embed_flags(sub) -> None:
+    m = sub.add_parser("embed", help="the run's backbone features of images as a Parquet index (path, label, "
+                                     "vector), for imgtune similar")
+    m.add_argument("run", metavar="RUN")
+    m.add_argument("paths", metavar="PATH", nargs="+",
+                   help="image files, folders (searched recursively; class folders give labels) or a CSV path,label")
+    m.add_argument("--output", required=True, metavar="FILE.parquet", help="the index to write")
+    m.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    m.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
+    m.add_argument("--quiet", action="store_true")
+
+
+def _similar_flags(sub) -> None:
+    s = sub.add_parser("similar", help="the images of an index nearest each query image, by cosine similarity "
+                                       "(CSV + HTML page)")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("paths", metavar="QUERY", nargs="+", help="image files or folders (searched recursively)")
+    s.add_argument("--index", required=True, metavar="FILE.parquet", help="written by imgtune embed with a run "
+                                                                          "of the same backbone and image size")
+    s.add_argument("-k", type=_int_at_least(1), default=10, metavar="K", help="neighbours per query (default 10)")
+    s.add_argument("--output", metavar="FILE.csv", help="default INDEX_STEM.similar.csv beside the index; the "
+                                                        "page goes beside it as .html")
+    s.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    s.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
     s.add_argument("--quiet", action="store_true")
 
 
@@ -251,9 +308,9 @@ def _refuse_folders_as_files(args) -> None:
     """An output file named by an existing folder is refused before any work, not after it."""
     for flag in ("output", "json"):
         value = getattr(args, flag, None)
-        if value and os.path.isdir(value):
+        if value and os.path.isdir(value) and not (flag == "output" and getattr(args, "format", None) == "timm"):
             raise ConfigError(f"--{flag} {value!r} is a folder; give the name of a file to write.")
 
 
 _COMMANDS = {name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
-                                                       "inspect", "suggest")}
+                                                       "inspect", "suggest", "embed", "similar")}

@@ -23,13 +23,31 @@ def train(args) -> int:
                           # the command's limit counts from the start of the process: imports are part of the wait
                           time_limit=None if args.time_limit is None else TimeLimit(
                               parse_duration(args.time_limit), started=time.perf_counter() - process_age()))
-    clf.fit(args.data, out=args.out, resume=args.resume, tensorboard=args.tensorboard)
+    out = args.out or _default_run_folder(args.resume)
+    clf.fit(args.data, out=out, resume=args.resume, tensorboard=args.tensorboard, mlflow=args.mlflow)
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
     print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
     return 0
+
+
+def _default_run_folder(resume: bool) -> str:
+    """train without --out: runs/train, runs/train-2, ... (the first that does not exist), or with
+    --resume the latest of them; said in one line, since the user did not name it."""
+    import os
+
+    from .errors import ConfigError
+    from .runs.folder import latest_run_folder, next_run_folder
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank must name the same folder
+        raise ConfigError("under torchrun, train needs --out RUN: the processes must agree on one run folder.")
+    out = latest_run_folder("runs/train") if resume else next_run_folder("runs/train")
+    if out is None:
+        raise ConfigError("--resume without --out: no runs/train* folder to continue; give --out RUN.")
+    print(f"Run folder: {out}{' (continuing the latest)' if resume else ''}", file=sys.stderr)
+    return str(out)
 
 
 def _headline(m: dict) -> str:
@@ -63,34 +81,87 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
+    """Rows are written as their batches finish (memory flat in the number of images). Under torchrun
+    each rank predicts a contiguous share of the files into a part beside --output; rank 0 joins the
+    parts, in input order, into the one file."""
+    import time
+
     from .classifier import ImageClassifier
-    from .deploy.writers import check_output, format_predictions, write_predictions
+    from .deploy.writers import PredictionFormat, check_output, join_parts, write_stream
+    from .engine import ranks_and_device
+    from .errors import ConfigError
+    from .infer.predictor import stream
+    from .progress import Reporter
 
     if args.output:
         check_output(args.output)
     if args.explain:
         _check_explain(args)
-    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
-    rows = clf.predict(args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
-    for path, reason in rows.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if not rows:
+    with ranks_and_device(args.device) as (ranks, device):
+        if ranks.active and not args.output:
+            raise ConfigError("under torchrun, predict needs --output FILE.csv|FILE.json: each process writes "
+                              "its share there and the first joins them.")
+        if ranks.active and args.explain:
+            raise ConfigError("--explain runs in one process: run predict --explain without torchrun.")
+        quiet = args.quiet or not ranks.main
+        clf = ImageClassifier.load(args.run, device=str(device), quiet=quiet, runtime=args.runtime,
+                                   needs_gradients="--explain" if args.explain else None)
+        m = clf.trained_
+        started = time.perf_counter()
+        found = stream(m, args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence,
+                       reporter=Reporter(quiet), share=(ranks.rank, ranks.world))
+        fmt = PredictionFormat(args.output or "stdout.csv", top_k=min(args.top_k, len(m.classes)),
+                               labels=m.classes if m.task == "multi" else None)
+        kept = [] if args.explain else None  # --explain draws each answered file afterwards
+
+        def batches():
+            for rows in found:
+                if kept is not None:
+                    kept.extend(rows)
+                yield rows
+
+        if not args.output:
+            sys.stdout.write(fmt.head())
+            n = fmt.body(batches(), lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+            sys.stdout.write(fmt.tail(n > 0))
+        elif ranks.active:
+            parts = [_part(args.output, r, ranks.world) for r in range(ranks.world)]
+            n = write_stream(parts[ranks.rank], fmt, batches(), body_only=True)
+            counts = [int(c) for c in ranks.gather(n)]  # also the barrier: every part is written
+            if ranks.main:
+                join_parts(args.output, fmt, parts, counts)
+            n = sum(counts)
+        else:
+            n = write_stream(args.output, fmt, batches())
+        for path, reason in found.skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        ranks.barrier()
+    if not ranks.main:
+        return 0
+    if not n:
         print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",
               file=sys.stderr)
         return 2
-    if args.output:
-        write_predictions(rows, args.output)
-        if not args.quiet:
-            print(f"Wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(format_predictions(rows, "stdout.csv"))
+    seconds = time.perf_counter() - started
+    if not args.quiet:
+        where = f" to {args.output}" if args.output else ""
+        processes = f" by {ranks.world} processes" if ranks.active else ""
+        print(f"Wrote {n:,} predictions{where} in {seconds:.1f} s ({n / seconds:,.1f} images/s{processes}).",
+              file=sys.stderr)
     if args.explain:
         from .infer.explain import write_overlays
 
-        written = write_overlays(clf.trained_, rows, args.explain)
+        written = write_overlays(m, kept, args.explain)
         if not args.quiet:
             print(f"Wrote {len(written):,} Grad-CAM overlays to {args.explain}", file=sys.stderr)
     return 0
+
+
+def _part(output: str, rank: int, world: int):
+    from pathlib import Path
+
+    out = Path(output)
+    return out.parent / f".{out.name}.part-{rank}-of-{world}"
 
 
 def _check_explain(args) -> None:
@@ -99,7 +170,7 @@ def _check_explain(args) -> None:
 
     from .errors import ConfigError
 
-    if args.runtime != "torch":
+    if args.runtime not in ("torch", "auto"):
         raise ConfigError(f"--explain: ONNX runtime has no gradients, use --runtime torch for --explain "
                           f"(received --runtime {args.runtime}).")
     if os.path.exists(args.explain) and not os.path.isdir(args.explain):
@@ -111,6 +182,8 @@ def export(args) -> int:
     from .deploy.export import export_onnx
     from .progress import Reporter
 
+    if args.format == "timm":
+        return _export_timm(args)
     clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet)
     r = export_onnx(clf.trained_, args.output, quantize=args.quantize, reporter=Reporter(args.quiet))
     agreement = "label-set" if clf.trained_.task == "multi" else "top-1"
@@ -128,6 +201,24 @@ def export(args) -> int:
                   file=sys.stderr)
     return 0
 
+
+def _export_timm(args) -> int:
+    from pathlib import Path
+
+    from .classifier import ImageClassifier
+    from .deploy.timm_export import check_output, export_timm
+    from .errors import ConfigError
+    from .progress import Reporter
+
+    if args.quantize:
+        raise ConfigError(f"--quantize {args.quantize} applies to --format onnx; a timm export keeps the fp32 weights.")
+    check_output(Path(args.output or Path(args.run) / "timm"))  # before the model is loaded
+    clf = ImageClassifier.load(args.run, device="cpu", quiet=args.quiet, runtime="torch")
+    r = export_timm(clf.trained_, args.output, reporter=Reporter(args.quiet))
+    print(f"Wrote {r['output']} ({', '.join(r['files'])}) for timm's {r['architecture']}: timm's logits match "
+          f"imgtune's on {r['parity_images']:,} validation images, max |logit difference| {r['max_abs_logit_diff']:.2e}, "
+          f"{r['agreement']:.2%} the same {'label sets' if clf.trained_.task == 'multi' else 'top-1 class'}.")
+    return 0
 
 def serve(args) -> int:
     from .deploy.serve import ServeSettings, serve
@@ -190,4 +281,54 @@ def suggest(args) -> int:
     print(f"Chose {len(result['rows']):,} of {result['n_candidates']:,} unlabelled images to label next"
           + (f" ({len(dupes):,} near-duplicates left out)" if dupes else "") + ".")
     print(f"List: {out}\nPage: {out.with_suffix('.html')}")
+    return 0
+
+
+def embed(args) -> int:
+    from pathlib import Path
+
+    from .classifier import ImageClassifier
+    from .errors import ParameterError
+    from .infer import embed as embeddings
+    from .progress import Reporter
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".parquet":
+        raise ParameterError("output", f"must end in .parquet; received {str(out)!r}.")
+    embeddings.require_pyarrow()  # before the images are read, not after
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    emb = embeddings.embed(clf.trained_, args.paths, cache_dir=args.cache_dir, reporter=Reporter(args.quiet))
+    for path, reason in emb.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    embeddings.write_index(emb, out)
+    n_labelled = sum(y is not None for y in emb.labels)
+    print(f"Embedded {len(emb.paths):,} images ({n_labelled:,} with labels"
+          + (f", {len(emb.skipped):,} skipped" if emb.skipped else "") + f"): {emb.space['dim']}-dimensional "
+          f"features of {emb.space['backbone']} at {emb.space['image_size']} px.\nIndex: {out}")
+    return 0
+
+
+def similar(args) -> int:
+    from pathlib import Path
+
+    from .atomic import write_text_atomic
+    from .classifier import ImageClassifier
+    from .errors import ParameterError
+    from .infer import embed as embeddings
+    from .progress import Reporter
+    from .report.similar_page import build_similar_page
+
+    out = Path(args.output) if args.output else embeddings.default_output(args.index)
+    if out.suffix.lower() != ".csv":
+        raise ParameterError("output", f"must end in .csv; received {str(out)!r}.")
+    embeddings.require_pyarrow()
+    clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
+    result = embeddings.similar(clf.trained_, args.paths, args.index, args.k, cache_dir=args.cache_dir,
+                                reporter=Reporter(args.quiet), run=f"run {args.run!r}")
+    for path, reason in result["skipped"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    embeddings.write_neighbours(result, out)
+    write_text_atomic(out.with_suffix(".html"), build_similar_page(result, args.run))
+    print(f"Found the {min(args.k, result['n_index']):,} nearest of {result['n_index']:,} indexed images for "
+          f"{len(result['queries']):,} queries ({result['method']}).\nList: {out}\nPage: {out.with_suffix('.html')}")
     return 0

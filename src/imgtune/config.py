@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")  # what runs a trained model: PyTorch, ONNX Runtime in fp32 or int8
+# what runs a trained model: auto (ONNX Runtime where its copy of the model is checked, else PyTorch),
+# PyTorch, ONNX Runtime in fp32 or int8
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device accepts
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTI_LOSSES = ("bce", "asl")  # multi-label data: binary cross-entropy, the asymmetric loss

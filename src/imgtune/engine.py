@@ -16,20 +16,34 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .config import DEVICES
 from .errors import ParameterError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto (a CUDA GPU where one is visible, else the CPU), cpu, cuda, cuda:N or mps (Apple's GPU) ->
+    the device; one that is not there is one clear ParameterError."""
+    name = str(name).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ParameterError("device", "{name} cuda was asked for, but no CUDA GPU is visible; use cpu or "
-                                           "auto.")
-        return torch.device("cuda")
-    raise ParameterError("device", f"must be auto, cpu or cuda; received {name!r}.")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ParameterError("device", f"{{name}} {name} was asked for, but no CUDA GPU is visible; use cpu "
+                                           "or auto.")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= n:
+            raise ParameterError("device", f"{{name}} {name} was asked for, but only {n} CUDA GPU(s) are visible "
+                                           f"(cuda:0 to cuda:{n - 1}).")
+        return torch.device("cuda", index)
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ParameterError("device", "{name} mps was asked for, but this machine has no Apple GPU that "
+                                           "PyTorch can use; use cpu or auto.")
+        return torch.device("mps")
+    raise ParameterError("device", f"must be {DEVICES}; received {name!r}.")
 
 
 @contextlib.contextmanager

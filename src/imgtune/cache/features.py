@@ -47,8 +47,9 @@ class FeatureCache:
         key = hashlib.sha256(json.dumps(self.key_info, sort_keys=True).encode()).hexdigest()[:20]
         self.store = ShardStore(Path(root) / "features" / key, self.key_info)
 
-    def get_many(self, digests: list[str], n_features: int) -> dict[str, np.ndarray]:
-        return self.store.get_many(digests, (n_features,))
+    def read_into(self, digests: list[str | None], out: np.ndarray) -> list[bool]:
+        """Cached vectors of `digests` into the rows of `out` [N, D]; -> which were found."""
+        return self.store.read_into(digests, out)
 
     def put_many(self, digests: list[str], vectors: np.ndarray) -> None:
         self.store.put_many(digests, vectors)
@@ -80,13 +81,8 @@ def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, 
                 digests.append(None)
             advance()
     feats = np.full((len(paths), backbone.num_features), np.nan, dtype=np.float32)
-    found = cache.get_many([d for d in digests if d], backbone.num_features)
-    misses: list[int] = []
-    for i, d in enumerate(digests):
-        if d in found:
-            feats[i] = found[d]
-        elif d is not None:
-            misses.append(i)
+    found = cache.read_into(digests, feats)  # straight into the matrix: no second copy of the cached rows
+    misses = [i for i, d in enumerate(digests) if d is not None and not found[i]]
     if not misses:
         return feats, bad, 0, digests
     mine = misses[ranks.rank::ranks.world]
@@ -97,14 +93,17 @@ def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, 
         if keep is not None:
             out = keep(batch, out)
         cache.put_many(batch, out)
-        done.update((mine[j], row) for j, row in zip(ids, out))
+        rows = [mine[j] for j in ids]
+        feats[rows] = out  # a copy: the batch's outputs (with `keep`, the trunk's too) are let go
+        if ranks.active:
+            done.update((i, feats[i]) for i in rows)
 
     images = ImageFiles([paths[i] for i in mine], None, eval_transform(backbone.data_config),
                         backbone.data_config.image_size)
     _, more_bad = run_network((network() if network else backbone.model).to(device), images, device=device,
                               batch_size=batch_size, reporter=reporter, description="Extracting features",
                               on_batch=store, keep=False)
-    for rows, failed in ranks.gather((done, more_bad)):
+    for rows, failed in ranks.gather((done, more_bad)) if ranks.active else [({}, more_bad)]:
         for i, row in rows.items():
             feats[i] = row
         bad.update(failed)

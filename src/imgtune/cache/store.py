@@ -58,20 +58,29 @@ class ShardStore:
     def get_many(self, keys: list[str], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The verified rows of `keys` that are stored with `shape`; missing or damaged ones are left out
         (and a damaged shard is removed, so its rows are written again)."""
-        wanted: dict[Path, list[tuple[str, int]]] = {}
-        for k in keys:
-            where = self.index().get(k)
+        out = np.zeros((len(keys), *shape), dtype=self.dtype)
+        found = self.read_into(keys, out)
+        return {k: out[j] for j, k in enumerate(keys) if found[j]}
+
+    def read_into(self, keys: list[str | None], out: np.ndarray) -> list[bool]:
+        """The verified rows of `keys` into the rows of `out` (its row shape is theirs), a shard at a time
+        (its bytes are let go once its rows are out); -> which were found. Missing, damaged (the shard is
+        removed, so its rows are written again) and None keys leave their rows of `out` as they were."""
+        found = [False] * len(keys)
+        wanted: dict[Path, list[tuple[int, int]]] = {}
+        for j, k in enumerate(keys):
+            where = self.index().get(k) if k is not None else None
             if where:
-                wanted.setdefault(where[0], []).append((k, where[1]))
-        out: dict[str, np.ndarray] = {}
+                wanted.setdefault(where[0], []).append((j, where[1]))
         for shard, rows in wanted.items():
-            data = self._read_shard(shard, shape)
+            data = self._read_shard(shard, out.shape[1:])
             if data is None:
                 self._forget(shard)
                 continue
-            for k, i in rows:
-                out[k] = data[i].copy()  # the shard's bytes are released once its rows are out
-        return out
+            for j, i in rows:
+                out[j] = data[i]
+                found[j] = True
+        return found
 
     def get_rows(self, keys: list[str], shape: tuple[int, ...]) -> tuple[np.ndarray, list[bool]]:
         """Rows of `keys` as one array [len(keys), *shape], read row by row from the shards (memory in

@@ -7,6 +7,7 @@ images) with its accuracy and speed against fp32 on the validation split."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -35,9 +36,11 @@ INT8_DROP_MAX = 0.01  # accuracy the int8 model may lose on validation before ex
 
 
 def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str | None = None,
-                reporter: Reporter | None = None) -> dict:
+                reporter: Reporter | None = None, parity_images: int | None = None) -> dict:
     """Write the run's model.onnx (or `output`) for `model` (a TrainedModel, or an ImageClassifier's) and,
-    with quantize="int8", model.int8.onnx beside it. Returns the figures that were checked."""
+    with quantize="int8", model.int8.onnx beside it. Returns the figures that were checked: parity with
+    PyTorch on the run's validation images (an evenly spaced `parity_images` of them where given). The
+    file records the digest of the run's model.safetensors it was made from (weights_digest)."""
     onnx, _ = require_onnx()
     rep = reporter or Reporter(quiet=True)
     m = fitted_state(model)
@@ -56,7 +59,7 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
                      "then (x - mean) / std; NCHW float32",
             "output": "logits with the decision offsets already added (the graph adds them): the decision is "
                       "argmax(logits), the probabilities softmax(logits / temperature)",
-            "imgtune": __version__}
+            "imgtune": __version__, "weights_sha256": weights_digest(run)}
     if multi:
         info.update(task="multi", thresholds=m.thresholds, offsets=None,
                     output="two outputs: logits, and probabilities = sigmoid(logits / temperature), a temperature "
@@ -66,6 +69,8 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     graph.producer_name = "imgtune"
 
     paths = [p for p, _ in val] or [p for p, _ in train][:64]
+    if parity_images is not None and len(paths) > parity_images:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, parity_images).round().astype(int)]
     result = {"output": str(output), "parity_images": 0}
 
     def write_checked(tmp: str) -> None:
@@ -95,6 +100,17 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     elif quantize is not None:
         raise ImgtuneError(f"Unknown quantisation {quantize!r}: expected int8.")
     return result
+
+
+def weights_digest(run: RunFolder) -> str | None:
+    """SHA-256 of the run's model.safetensors (None where it has none): what an ONNX copy was made from."""
+    if not run.weights.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(run.weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class WithProbabilities(torch.nn.Module):

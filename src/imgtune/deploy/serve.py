@@ -1,10 +1,12 @@
 """`imgtune serve`: a trained run behind an HTTP API (FastAPI + uvicorn).
 
     POST /predict   multipart form, field `file` (repeat it for several images) -> top-k labels as JSON;
-                    with ?explain=1 each answer also carries a Grad-CAM overlay (base64 PNG, torch runtime)
+                    with ?explain=1 each answer also carries a Grad-CAM overlay (base64 PNG, drawn on PyTorch)
     GET  /health    {"status": "ok"}
     GET  /metadata  classes, backbone, image size, temperature, runtime, the run's test metrics
-    GET  /docs      the OpenAPI page
+    GET  /          a page of its own (web_page.py): drop images on it, see their labels and probabilities
+    GET  /report    the run's report.html
+    GET  /docs      the OpenAPI page; /openapi.json lists every status each endpoint answers, with its model
 
 Bad uploads (empty, not an image, too large, a decompression bomb) get a 4xx JSON answer that says
 why; the server keeps serving. Decoding uses the same code, with the same limits, as training."""
@@ -13,22 +15,29 @@ why; the server keeps serving. Decoding uses the same code, with the same limits
 
 import base64
 import contextlib
+import functools
 import json
 import os
+import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
 from ..data.images import BadImage, decode_rgb
 from ..errors import ConfigError, require
 from ..infer.explain import NO_GRADIENTS, explained_class, overlays, png_bytes
 from ..infer.predictor import predict as predict_images
-from ..runs.trained import fitted_state, load_run
+from ..runs.trained import fitted_state, load_run, with_torch
+from .runtime import choose_runtime
+from .web_page import page
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
 MAX_FILES = 64
 EXPLAIN_DOC = ("1: add to each answer \"explain\", a Grad-CAM overlay (base64 PNG at the model's input size) "
                "of where the network looked for the predicted class (multi-label: the highest-probability "
-               "label). Needs the torch runtime: 400 on ONNX.")
+               "label). Drawn on PyTorch (under --runtime auto, the run's PyTorch copy); 400 on a server forced to "
+               "--runtime onnx.")
 
 
 def _require():
@@ -91,20 +100,29 @@ class RequestCap:
 
 
 def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tta: bool = False,
-               max_bytes: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES):
-    """A FastAPI app around a trained model (a TrainedModel, or an ImageClassifier's)."""
+               max_bytes: int = MAX_UPLOAD_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
+               explain_on_torch: bool = False):
+    """A FastAPI app around a trained model (a TrainedModel, or an ImageClassifier's). With
+    `explain_on_torch` (--runtime auto), explain=1 on an ONNX model draws its maps with the run's PyTorch
+    twin, loaded on the first such request; without it, explain=1 needs the torch runtime."""
     _require()
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     m = fitted_state(model)
+    s = _schemas()
+    explainer = functools.cache(lambda: with_torch(m)) if explain_on_torch else None
     app = FastAPI(title="imgtune", version=str(m.fit_info.get("weights", "")) or "1",
                   description=f"Image classifier over {len(m.classes)} {'labels (multi-label)' if m.task == 'multi' else 'classes'}: "
                               f"{', '.join(m.classes)}.")
     app.add_middleware(RequestCap, limit=max_request_bytes)
     summary = _metrics_summary(m.run_dir)
+    report = os.path.join(str(m.run_dir), "report.html") if m.run_dir else None
+    home = page(title=f"imgtune: {os.path.basename(str(m.run_dir)) if m.run_dir else 'classifier'}",
+                classes=m.classes, task=m.task, top_k=top_k, min_confidence=min_confidence,
+                report=bool(report and os.path.isfile(report)))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):  # a missing or misnamed form field, or a bad ?explain= value
@@ -114,30 +132,55 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                      "expected a multipart form with one or more images in the field 'file'",
             "detail": json.loads(json.dumps(exc.errors(), default=str))})
 
-    @app.get("/health")
-    def health() -> dict:
+    @app.get("/", response_class=HTMLResponse, summary="A page to classify images in the browser")
+    def home_page():
+        """Pick or drop images; each is sent to /predict and shown with its label and probabilities."""
+        return home
+
+    @app.get("/report", response_class=HTMLResponse, summary="The run's report",
+             responses={404: {"description": "the run has no report.html", "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/Error"}}}}})  # not "model": that would say text/html
+    def run_report():
+        """RUN/report.html, as `imgtune train` or `imgtune evaluate` wrote it."""
+        if not (report and os.path.isfile(report)):
+            raise HTTPException(404, {"error": "this run has no report.html; `imgtune evaluate RUN DATA` writes one"})
+        return FileResponse(report, media_type="text/html")
+
+    @app.get("/health", response_model=s.Health)
+    def health():
         return {"status": "ok"}
 
-    @app.get("/metadata")
-    def meta() -> dict:
+    @app.get("/metadata", response_model=s.Metadata, response_model_exclude_unset=True)
+    def meta():
         return {"classes": m.classes, "backbone": m.backbone, "image_size": m.data_config.image_size,
                 "temperature": m.temperature, "runtime": m.runtime, "task": m.task,
                 **({"thresholds": m.thresholds} if m.task == "multi" else {}),
                 "top_k": top_k, "min_confidence": min_confidence, "tta": tta, "max_upload_bytes": max_bytes,
                 "metrics": summary}
 
-    @app.post("/predict")
-    def predict(file: list[UploadFile] = File(..., description="one or more image files"),
-                explain: bool = Query(False, description=EXPLAIN_DOC)) -> dict:
+    @app.post("/predict", response_model=s.LabelSets if m.task == "multi" else s.Predictions,
+              response_model_exclude_unset=True, responses={
+                  400: {"model": s.Error, "description": "an empty file, a malformed form, or explain=1 on an "
+                                                         "ONNX runtime"},
+                  413: {"model": s.Error, "description": f"a file over {max_bytes:,} bytes, or a request over "
+                                                         f"{max_request_bytes:,} bytes"},
+                  415: {"model": s.Error, "description": "a file that is not an image"},
+                  422: {"model": s.Error, "description": f"a corrupt or truncated image, a decompression bomb, more "
+                                                         f"than {MAX_FILES} files; or no field `file`, or a bad "
+                                                         "`explain` (these two with `detail`)"}},
+              openapi_extra=UPLOAD_ENCODING)
+    def predict(file: Annotated[list[UploadFile], File(description=f"one or more image files (at most {MAX_FILES})",
+                                                       json_schema_extra=UPLOAD_SCHEMA)],
+                explain: Annotated[bool, Query(description=EXPLAIN_DOC)] = False):
         """Top-k labels with calibrated probabilities for each uploaded image (a multi-label model: the
         label set and every label's probability). With `explain=1`, each answer also has "explain": a
         Grad-CAM overlay as a base64 PNG at the model's input size, for the predicted class (multi-label:
-        the highest-probability label); 400 on an ONNX runtime, which has no gradients."""
-        if explain and m.runtime != "torch":
+        the highest-probability label); 400 on a server forced to an ONNX runtime, which has no gradients."""
+        if explain and m.runtime != "torch" and (explainer is None or explainer() is None):
             raise HTTPException(400, {"error": f"explain=1 needs the torch runtime: {NO_GRADIENTS}; serve with "
                                                f"--runtime torch (this server runs {m.runtime})"})
-        if len(file) > MAX_FILES:
-            raise HTTPException(413, {"error": f"at most {MAX_FILES} images per request; received {len(file)}"})
+        if len(file) > MAX_FILES:  # 422 like any other form the document calls invalid (its maxItems)
+            raise HTTPException(422, {"error": f"at most {MAX_FILES} images per request; received {len(file)}"})
         images = []
         for upload in file:
             data = upload.file.read(max_bytes + 1)
@@ -159,16 +202,88 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                         "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
                        for upload, r in zip(file, rows)]
         if explain:
-            for a, image in zip(answers, overlays(m, images, [explained_class(m, r) for r in rows])):
+            for a, image in zip(answers, overlays(m if m.runtime == "torch" else explainer(), images, [explained_class(m, r) for r in rows])):
                 a["explain"] = base64.b64encode(png_bytes(image)).decode("ascii")
         return {"predictions": answers}
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the multipart parser's (malformed forms)
     async def http_error(request, exc):  # {"error": ...} at the top level, not under "detail"
         body = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
-        return JSONResponse(status_code=exc.status_code, content=body)
+        # the headers too: a 405 carries Allow, which HTTP requires
+        return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
     return app
+
+
+# `file` as OpenAPI should say it: one to MAX_FILES non-empty files (FastAPI's own schema allows none, or
+# empty ones, which the server refuses), each an image (any format Pillow reads, whatever the part's
+# Content-Type says: the bytes decide)
+UPLOAD_SCHEMA = {"minItems": 1, "maxItems": MAX_FILES,
+                 "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                           "minLength": 1}}
+UPLOAD_ENCODING = {"requestBody": {"content": {"multipart/form-data": {"encoding": {
+    "file": {"contentType": "image/*"}}}}}}
+
+
+@functools.cache
+def _schemas() -> SimpleNamespace:
+    """The answers' pydantic models, for /docs and the OpenAPI document. Built on first use: pydantic
+    comes with FastAPI, which only serving needs."""
+    from pydantic import BaseModel, Field
+
+    class Error(BaseModel):
+        """Every 4xx answer."""
+
+        error: str = Field(description="what was wrong, in one line")
+        file: str | None = Field(None, description="the upload it concerns, where it concerns one")
+        detail: list[dict[str, Any]] | None = Field(None, description="422 on a missing field or a bad query "
+                                                                       "value: the validation errors")
+
+    class Health(BaseModel):
+        status: Literal["ok"]
+
+    class Scored(BaseModel):
+        label: str
+        probability: float = Field(description="calibrated, from 0 to 1")
+
+    class Prediction(BaseModel):
+        file: str | None = Field(description="the upload's file name")
+        label: str = Field(description="the most probable class, or \"unknown\" when its probability is under "
+                                       "the server's --min-confidence")
+        probability: float = Field(description="the most probable class's calibrated probability")
+        top_k: list[Scored] = Field(description="the K most probable classes, most probable first")
+        explain: str | None = Field(None, description="with explain=1: a Grad-CAM overlay, base64 PNG")
+
+    class LabelSet(BaseModel):
+        file: str | None = Field(description="the upload's file name")
+        labels: list[str] = Field(description="every label whose probability reaches its threshold")
+        probabilities: dict[str, float] = Field(description="every label's calibrated probability")
+        explain: str | None = Field(None, description="with explain=1: a Grad-CAM overlay, base64 PNG")
+
+    class Predictions(BaseModel):
+        predictions: list[Prediction] = Field(description="one per uploaded file, in order")
+
+    class LabelSets(BaseModel):
+        predictions: list[LabelSet] = Field(description="one per uploaded file, in order")
+
+    class Metadata(BaseModel):
+        classes: list[str]
+        backbone: str
+        image_size: int
+        temperature: float | list[float] = Field(description="the calibration temperature (one per label for "
+                                                             "a multi-label model)")
+        runtime: str
+        task: Literal["single", "multi"]
+        thresholds: list[float] | None = Field(None, description="multi-label: each label's threshold")
+        top_k: int
+        min_confidence: float | None
+        tta: bool
+        max_upload_bytes: int
+        metrics: dict[str, float | int | str | None] | None = Field(description="the run's test metrics, if "
+                                                                               "it has metrics.json")
+
+    return SimpleNamespace(Error=Error, Health=Health, Predictions=Predictions, LabelSets=LabelSets,
+                           Metadata=Metadata)
 
 
 def _metrics_summary(run_dir) -> dict | None:
@@ -189,7 +304,8 @@ def app_from_environment():
     settings = json.loads(os.environ["IMGTUNE_SERVE"])
     model = load_run(settings["run"], device=settings["device"], runtime=settings["runtime"])
     return create_app(model, top_k=settings["top_k"], min_confidence=settings["min_confidence"],
-                      tta=settings["tta"], max_bytes=settings["max_bytes"])
+                      tta=settings["tta"], max_bytes=settings["max_bytes"],
+                      explain_on_torch=settings["explain_on_torch"])
 
 
 @dataclass(frozen=True)
@@ -200,7 +316,7 @@ class ServeSettings:
     port: int = 8000
     workers: int = 1
     device: str = "auto"
-    runtime: str = "torch"
+    runtime: str = "auto"  # --runtime auto: deploy.runtime.choose_runtime
     top_k: int = 3
     min_confidence: float | None = None
     tta: bool = False
@@ -225,7 +341,10 @@ def serve(run: str, settings: ServeSettings = ServeSettings()) -> None:
     import uvicorn
 
     o = settings
-    handed = {"run": run, "device": o.device, "runtime": o.runtime, "top_k": o.top_k,
+    runtime, why = choose_runtime(run, o.runtime, device=o.device)  # once, before any worker loads the run
+    if why:
+        print(why, file=sys.stderr, flush=True)
+    handed = {"run": run, "device": o.device, "runtime": runtime, "explain_on_torch": o.runtime == "auto", "top_k": o.top_k,
               "min_confidence": o.min_confidence, "tta": o.tta, "max_bytes": o.max_bytes}
     with _environment("IMGTUNE_SERVE", json.dumps(handed)):  # for the worker processes' factory
         app = app_from_environment()  # loaded here first, so a bad run folder fails before the server starts

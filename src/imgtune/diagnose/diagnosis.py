@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..train.selection import MAX_CV_IMAGES, Candidate, stratified_folds
+from ..train.selection import MAX_CV_IMAGES, Candidate, joined, stratified_folds
 from . import learning_curve
 from .label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
 
@@ -18,7 +18,7 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     than MAX_CV_IMAGES is sampled (stratified) first, as the head selection does."""
     k = len(classes)
     (x, y), (xv, yv) = splits["train"], splits["val"]
-    xa, ya = np.concatenate([x, xv]), np.concatenate([y, yv]).astype(int)
+    xa, ya = joined(x, xv), np.concatenate([y, yv]).astype(int)
     names = paths["train"] + paths["val"]
     probs, _ = out_of_fold_probabilities(xa, ya, k, candidate=candidate, seed=seed)
     rows, method = find_label_issues(probs, ya)

@@ -40,8 +40,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, c
         held_out, seen = fold == f, fold != f
         if not held_out.any():
             continue
-        head = fit_head(x[seen], y[seen], n_classes, candidate)
-        probs[held_out] = softmax(logits(x[held_out], head))
+        head = fit_head(x, y, n_classes, candidate, rows=seen)  # the held-out rows weigh nothing
+        probs[held_out] = softmax(logits(x, head)[held_out])
     return probs, fold
 
 

@@ -15,10 +15,11 @@ from ..data.transforms import TTAViews, eval_transform
 from ..errors import ConfigError, DataError
 from ..model.heads import EachView
 from ..progress import Reporter
+from ..runs.trained import with_torch
 from . import explain, multilabel
 from . import metrics as metrics_lib
 from .calibration import softmax
-from .runner import run_network
+from .runner import network_batches, run_network
 
 UNKNOWN = "unknown"  # the label of an image below --min-confidence
 
@@ -90,8 +91,10 @@ def metrics_of(m, logits: np.ndarray, y: np.ndarray, paths: list[str]) -> dict:
     views = logits if logits.ndim == 3 else logits[:, None]
     doc = metrics_lib.evaluate(y, probs, m.classes, paths=paths, uncalibrated=softmax(views).mean(axis=1),
                                single_view=single if logits.ndim == 3 else None)
-    if doc.get("misclassified") and m.runtime == "torch":  # the report's gallery shows where each looked
-        explain.explain_misclassified(m, doc["misclassified"])
+    if doc.get("misclassified"):  # the report's gallery shows where each looked: gradients, so PyTorch
+        twin = with_torch(m)
+        if twin is not None:
+            explain.explain_misclassified(twin, doc["misclassified"])
     return {**doc, "temperature": m.temperature}
 
 
@@ -101,22 +104,82 @@ def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: flo
     given (a folder's files in sorted order): {"path", "label", "probability", "top_k": [(label,
     probability), ...]}, calibrated. With `min_confidence`, an image whose top probability is below it
     is labelled "unknown" (its top_k still lists the classes). A multi-label model answers
-    {"path", "labels", "probabilities"} (label_set_row)."""
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise ConfigError(f"min_confidence must be from 0 to 1; received {min_confidence}.")
+    {"path", "labels", "probabilities"} (label_set_row). For more files than fit in memory: `stream`."""
+    _check_confidence(min_confidence)
     if is_path(inputs) or not isinstance(inputs, (list, tuple)):
         inputs = [inputs]
-    rows, skipped = _probability_rows(m, inputs, tta, reporter or Reporter(quiet=True))
+    files = [x for x in inputs if is_path(x)]
+    found = stream(m, files, top_k=top_k, tta=tta, min_confidence=min_confidence, reporter=reporter)
+    per_path = [[] for _ in files]  # a file or a folder may give no rows, or many
+    for origins, rows in found.batches():
+        for i, r in zip(origins, rows):
+            per_path[i].append(r)
+    images = [x for x in inputs if not is_path(x)]
+    image_rows, file_rows = iter(_image_rows(m, images, top_k, tta, min_confidence) if images else []), iter(per_path)
+    out = []
+    for i, x in enumerate(inputs):
+        out += next(file_rows) if is_path(x) else [{**next(image_rows), "path": f"<image {i}>"}]
+    return Predictions(out, found.skipped)
+
+
+class stream:
+    """Predictions for image files (folders searched recursively), made and handed out one batch at a
+    time in the files' order, so that memory stays flat however many there are: iterate for lists of
+    rows (as `predict` gives them). `share=(rank, world)` takes this process's contiguous share of the
+    files (torchrun). `n_files` counts the files of the share; `skipped` lists [(path, reason)] and fills
+    as the batches go by."""
+
+    def __init__(self, m, paths: list, *, top_k: int = 5, tta: bool = False, min_confidence: float | None = None,
+                 reporter: Reporter | None = None, share: tuple[int, int] = (0, 1)):
+        _check_confidence(min_confidence)
+        self.m, self.top_k, self.tta, self.min_confidence = m, top_k, tta, min_confidence
+        self.reporter = reporter or Reporter(quiet=True)
+        self.files, self._origin, self.skipped = [], [], []
+        for i, p in enumerate(paths):
+            files, missing = image_files([p])  # each folder is walked once
+            self.files += files
+            self._origin += [i] * len(files)
+            self.skipped += missing
+        rank, world = share
+        lo, hi = len(self.files) * rank // world, len(self.files) * (rank + 1) // world
+        self.files, self._origin = self.files[lo:hi], self._origin[lo:hi]
+        self.n_files = len(self.files)
+
+    def __iter__(self):
+        for _, rows in self.batches():
+            yield rows
+
+    def batches(self):
+        """Yields (for each row, the index of the path given it was found under; the rows) per batch."""
+        m = self.m
+        transform = TTAViews(m.data_config) if self.tta else eval_transform(m.data_config)
+        images = ImageFiles(self.files, None, transform, m.data_config.image_size)
+        for ids, logits, failed in network_batches(EachView(m.model), images, device=m.device, reporter=self.reporter,
+                                                   description="Predicting"):
+            self.skipped += sorted(failed.items())
+            if ids:
+                yield [self._origin[i] for i in ids], answer_rows(m, [self.files[i] for i in ids],
+                                                                  calibrated(m, logits)[0], self.top_k,
+                                                                  self.min_confidence)
+
+
+def answer_rows(m, paths: list[str], probs: np.ndarray, top_k: int, min_confidence: float | None) -> list[dict]:
+    """Calibrated probabilities [N, K] -> one answer per image (see `predict`)."""
     if m.task == "multi":
-        return Predictions([label_set_row(m, path, p) for path, p in rows], skipped)
+        return [label_set_row(m, path, p) for path, p in zip(paths, probs)]
     k = max(1, min(top_k, len(m.classes)))
     out = []
-    for path, p in rows:
+    for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")[:k]
         unknown = min_confidence is not None and p[order[0]] < min_confidence
         out.append({"path": path, "label": UNKNOWN if unknown else m.classes[order[0]],
                     "probability": float(p[order[0]]), "top_k": [(m.classes[j], float(p[j])) for j in order]})
-    return Predictions(out, skipped)
+    return out
+
+
+def _check_confidence(min_confidence: float | None) -> None:
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ConfigError(f"min_confidence must be from 0 to 1; received {min_confidence}.")
 
 
 def label_set_row(m, path: str, p: np.ndarray) -> dict:
@@ -126,32 +189,13 @@ def label_set_row(m, path: str, p: np.ndarray) -> dict:
             "probabilities": {c: float(pj) for c, pj in zip(m.classes, p)}}
 
 
-def _probability_rows(m, inputs: list, tta: bool, reporter: Reporter):
-    """-> ([(path or "<image i>", calibrated probabilities)], [(skipped path, reason)])."""
-    groups: list[list[str] | None] = []  # per input: its image files, or None for an in-memory image
-    skipped: list[tuple[str, str]] = []
-    for x in inputs:
-        if is_path(x):
-            files, missing = image_files([x])  # each folder is walked once
-            groups.append(files)
-            skipped += missing
-        else:
-            groups.append(None)
-    logits, kept, bad = infer(m, [f for g in groups if g for f in g], reporter, tta=tta)
-    by_path = dict(zip(kept, calibrated(m, logits)[0]))
-    images = [x for x, g in zip(inputs, groups) if g is None]
-    if images:
-        tf = TTAViews(m.data_config) if tta else eval_transform(m.data_config)
-        batch = torch.stack([tf(as_pil(im)) for im in images]).to(m.device)
-        with torch.inference_mode():
-            image_probs = iter(calibrated(m, EachView(m.model)(batch).cpu().numpy())[0])
-    rows = []
-    for i, g in enumerate(groups):
-        if g is None:
-            rows.append((f"<image {i}>", next(image_probs)))
-        else:
-            rows += [(f, by_path[f]) for f in g if f in by_path]
-    return rows, skipped + bad
+def _image_rows(m, images: list, top_k: int, tta: bool, min_confidence: float | None) -> list[dict]:
+    """In-memory images (PIL or arrays) -> their answers, paths left for the caller to name."""
+    tf = TTAViews(m.data_config) if tta else eval_transform(m.data_config)
+    batch = torch.stack([tf(as_pil(im)) for im in images]).to(m.device)
+    with torch.inference_mode():
+        probs = calibrated(m, EachView(m.model)(batch).cpu().numpy())[0]
+    return answer_rows(m, [""] * len(images), probs, top_k, min_confidence)
 
 
 def as_pil(image):

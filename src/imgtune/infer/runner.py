@@ -15,24 +15,38 @@ from ..engine import loader_workers, release_free_memory
 from ..progress import Reporter
 
 
-@torch.inference_mode()
 def run_network(net: nn.Module, images: ImageFiles, *, device: torch.device, batch_size: int = 32,
                 reporter: Reporter | None = None, description: str = "Images", on_batch=None, keep: bool = True
                 ) -> tuple[dict[int, np.ndarray], dict[str, str]]:
     """Decode, transform and forward `images` in batches -> ({index: output row}, {bad path: reason}).
 
-    Decoding overlaps the forward pass: in worker processes, or in a background thread for a network
-    that runs outside the GIL (ONNX Runtime). `on_batch(indices, outputs)` is
-    called after each batch (the cache writes there, so an interrupted extraction keeps what it did);
-    with `keep=False` the outputs are only handed to it.
+    `on_batch(indices, outputs)` is called after each batch (the cache writes there, so an interrupted
+    extraction keeps what it did); with `keep=False` the outputs are only handed to it.
     """
-    reporter = reporter or Reporter(quiet=True)
-    net.eval()
     outputs: dict[int, np.ndarray] = {}
     bad: dict[str, str] = {}
+    for ids, out, failed in network_batches(net, images, device=device, batch_size=batch_size, reporter=reporter,
+                                            description=description):
+        bad.update(failed)
+        if ids:
+            if keep:
+                outputs.update(zip(ids, out))
+            if on_batch:
+                on_batch(ids, out)
+    return outputs, bad
+
+
+def network_batches(net: nn.Module, images: ImageFiles, *, device: torch.device, batch_size: int = 32,
+                    reporter: Reporter | None = None, description: str = "Images"):
+    """Yields (indices, output rows, {bad path: reason}) per batch of `images`, in their order.
+
+    Decoding overlaps the forward pass: in worker processes, or in a background thread for a network
+    that runs outside the GIL (ONNX Runtime)."""
+    reporter = reporter or Reporter(quiet=True)
+    net.eval()
     paths, dataset = images.paths, images
     if not paths:
-        return outputs, bad
+        return
     if getattr(net, "runs_without_gil", False):
         loader = _prefetched(dataset, batch_size)
     else:
@@ -42,20 +56,15 @@ def run_network(net: nn.Module, images: ImageFiles, *, device: torch.device, bat
     with reporter.bar(description, len(paths)) as advance:
         for n, (x, _, idx, reasons) in enumerate(loader, 1):
             ok = [j for j, r in enumerate(reasons) if not r]
-            for j, r in enumerate(reasons):
-                if r:
-                    bad[paths[int(idx[j])]] = r
+            failed = {paths[int(idx[j])]: r for j, r in enumerate(reasons) if r}
+            out = np.zeros((0,))
             if ok:
-                out = net(x[ok].to(device)).float().cpu().numpy()
-                ids = [int(idx[j]) for j in ok]
-                if keep:
-                    outputs.update(zip(ids, out))
-                if on_batch:
-                    on_batch(ids, out)
+                with torch.inference_mode():
+                    out = net(x[ok].to(device)).float().cpu().numpy()
             advance(len(reasons))
+            yield [int(idx[j]) for j in ok], out, failed
             if n % 8 == 0:
                 release_free_memory()
-    return outputs, bad
 
 
 def _prefetched(dataset: ImageFiles, batch_size: int):

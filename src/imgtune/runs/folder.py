@@ -159,3 +159,28 @@ def load_tensors_and_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise RunFolderError(f"{str(path)!r} is not a valid safetensors file ({e}); it may be truncated or "
                              "tampered with. Retrain, or restore it from a backup.") from None
+
+
+def _numbered(base: Path) -> list[tuple[int, Path]]:
+    """base, base-2, base-3, ... that exist, as (number, path); base itself is number 1."""
+    found = [(1, base)] if base.exists() else []
+    if base.parent.is_dir():
+        for p in base.parent.iterdir():
+            tail = p.name[len(base.name) + 1:]
+            if p.name.startswith(base.name + "-") and tail.isdigit() and int(tail) >= 2:
+                found.append((int(tail), p))
+    return sorted(found)
+
+
+def next_run_folder(base: str | Path = "runs/train") -> Path:
+    """The first of base, base-2, base-3, ... after the highest that exists (as Ultralytics names runs)."""
+    base, found = Path(base), _numbered(Path(base))
+    if not found:
+        return base
+    return base.with_name(f"{base.name}-{found[-1][0] + 1}")
+
+
+def latest_run_folder(base: str | Path = "runs/train") -> Path | None:
+    """The highest-numbered of base, base-2, ... that exists, or None."""
+    found = _numbered(Path(base))
+    return found[-1][1] if found else None

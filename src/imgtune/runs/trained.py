@@ -79,7 +79,7 @@ def save_run(trained: TrainedModel, path) -> Path:
 def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "torch") -> TrainedModel:
     """A run folder -> its TrainedModel. Only JSON, safetensors and (runtime "onnx" or "onnx-int8") ONNX
     are read; nothing is unpickled."""
-    if runtime not in RUNTIMES:
+    if runtime not in RUNTIMES or runtime == "auto":  # auto is chosen before loading: deploy.runtime
         raise ConfigError(f"Unknown runtime {runtime!r}: expected torch, onnx or onnx-int8.")
     run = RunFolder(path)
     cfg = run.read_config()
@@ -103,6 +103,19 @@ def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "tor
                         metric=str(recipe.get("metric", "accuracy")), recipe=str(recipe.get("name", "default")),
                         seed=seed, device=where, runtime=runtime, run_dir=run.path,
                         fit_info={k: cfg[k] for k in FIT_INFO if k in cfg}, task=task, thresholds=thresholds)
+
+
+def with_torch(m: TrainedModel) -> TrainedModel | None:
+    """The model itself where it runs on PyTorch, else its run loaded again on PyTorch (what needs
+    gradients, such as the report's Grad-CAM maps, runs there); None where the run cannot be read."""
+    if m.runtime == "torch":
+        return m
+    if m.run_dir is None:
+        return None
+    try:
+        return load_run(m.run_dir, device="cpu", runtime="torch")
+    except RunFolderError:
+        return None
 
 
 def _temperature(cfg: dict, run: RunFolder, n_labels: int | None = None) -> float | list[float]:

@@ -50,20 +50,20 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     were evaluated), from its cached features. The probe is the head selection's own logistic regression
     without class weights, its C cross-validated (reused from the selection when it ran)."""
     from .decide import scores
-    from .selection import fit_head, select_head
+    from .selection import fit_head, joined, select_head
     from .selection import logits as selection_logits
 
     (x, y), (xv, yv) = feats["train"], feats["val"]
     xe, ye = feats[split]
-    xe, ye = xe[rows], ye[rows]
+    ye = ye[rows]
     n_classes = len(classes)
     majority = majority_class(y, n_classes)
     out = {"majority": {"class": classes[majority], **scores(ye, np.full(len(ye), majority), n_classes)}}
     if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
         choice = select_head(x, y, xv, yv, n_classes, metric="accuracy", seed=seed, weightings=("none",))
     probe = choice.probe()
-    head = fit_head(np.concatenate([x, xv]), np.concatenate([y, yv]), n_classes, probe)
-    out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head).argmax(1), n_classes)}
+    head = fit_head(joined(x, xv), np.concatenate([y, yv]), n_classes, probe)
+    out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head)[rows].argmax(1), n_classes)}
     return out
 
 
@@ -78,7 +78,7 @@ def run_multilabel_baselines(choice, feats: dict, split: str, rows: list[int], s
 
     (x, y), (xv, yv) = feats["train"], feats["val"]
     xe, ye = feats[split]
-    xe, ye = xe[rows], ye[rows]
+    ye = ye[rows]
     prior = np.broadcast_to(y.mean(0), ye.shape)
     out = {"prior": {"map": ml.mean_average_precision(ye, prior), "macro_f1": ml.scores(ye, np.ones(ye.shape, bool))["macro_f1"],
                      "description": "each label's training share as its score; every label on every image"}}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..infer import multilabel as ml
 from .decide import fit_label_decision
-from .selection import CS, Candidate, HeadChoice, Selection, fit_logistic, logits
+from .selection import CS, Candidate, HeadChoice, Selection, fit_logistic, joined, logits
 
 ASL_GAMMA_NEG, ASL_GAMMA_POS, ASL_CLIP = 4.0, 0.0, 0.05  # the paper's defaults
 
@@ -105,7 +105,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
                 loss: str = "bce", folds: int = 5, seed: int = 0) -> HeadChoice:
     """Cross-validate over train+val, fit the winner on train (fine-tuning's start) and on train+val (the
     head kept alone), and fit the decisions on its out-of-fold logits."""
-    x = np.concatenate([x_train, x_val])
+    x = joined(x_train, x_val)
     y = np.concatenate([y_train, y_val]).astype(np.float32)
     sample = np.arange(len(y))
     if len(y) > MAX_CV_IMAGES:  # a stratified sample: the choice needs no more than this

@@ -18,7 +18,7 @@ from ..atomic import write_json_atomic
 from ..cache.features import FeatureCache, extract_features
 from ..cache.trunk_views import TrunkViews
 from ..data.builtin import resolve as resolve_data
-from ..data.manifest import Manifest
+from ..data.manifest import SPLITS, Manifest
 from ..data.scan import find_images, require_usable, scan
 from ..diagnose.diagnosis import diagnose
 from ..diagnose.label_errors import write_label_issues
@@ -32,6 +32,7 @@ from ..model.frozen import fast_frozen
 from ..model.heads import Classifier
 from ..model.trunk import Tail, split_stage
 from ..report.console import baseline_lines
+from ..report.mlflow_log import MlflowLog
 from ..report.page import write_report
 from ..report.tensorboard import TensorBoardLog
 from ..runs.trained import TrainedModel, load_run, save_run
@@ -55,9 +56,20 @@ class Features:
     extract_rate: float | None  # images/s through the frozen network, decoding included
 
 
-def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool) -> TrainedModel:
+def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool,
+        mlflow: bool | str | None = None) -> TrainedModel:
     """`spec`: the backbone's name, weights and image size (None: auto) -> the trained model, saved in
-    ctx.run. Ranks other than 0 return the model rank 0 saved."""
+    ctx.run. Ranks other than 0 return the model rank 0 saved. `mlflow` (True or a tracking URI): rank 0
+    logs the fit to an MLflow run too, the server reached before any step."""
+    settings = {"recipe": ctx.recipe.to_dict(), **spec, "seed": ctx.seed, "data": str(data)}
+    with MlflowLog.maybe(mlflow if ctx.ranks.main else None, ctx.run, settings, ctx.say) as tracking:
+        trained = _fit(ctx, data, spec, resume=resume, tensorboard=tensorboard, tracking=tracking)
+        tracking.finish(ctx.run, trained.history)
+    return trained
+
+
+def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool, tracking) -> TrainedModel:
+    """fit's steps; `tracking` hears of each epoch as TensorBoard does."""
     source = resolve_data(str(data), ctx.cache_root)
     manifest = check_and_scan(ctx, source, spec, resume)
     backbone = create_backbone(spec["backbone"], weights=spec["weights"], image_size=spec["image_size"])
@@ -67,15 +79,19 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
     views = trunk_views(ctx, backbone, spec["backbone"])
     feats = features(ctx, backbone, manifest, views)
     with TensorBoardLog.maybe(ctx.run.path / "tensorboard", tensorboard and ctx.ranks.main) as tb:
+        def log_epoch(record: dict, step: int) -> None:
+            tb.epoch(record, step)
+            tracking.epoch(record, step)
+
         with _timed(ctx, "head"):
-            head = fit_head(ctx, feats.splits, backbone.num_features, len(feats.manifest.classes), tb.epoch,
+            head = fit_head(ctx, feats.splits, backbone.num_features, len(feats.manifest.classes), log_epoch,
                             multi=feats.manifest.multi)
         model = prepare(Classifier(backbone.model, head.module.to(ctx.device)), ctx.device)
         finetune, ft_history = {"kept": False, "reason": "not asked for (--epochs 0)"}, []
         with _timed(ctx, "finetune"):
             if ctx.recipe.finetune.epochs > 0:
                 images = Images(feats.manifest, backbone.data_config, views, feats.digest_of, spec["backbone"])
-                ft_history, finetune = fine_tune(ctx, model, images, head, tb.epoch, feats.extract_rate)
+                ft_history, finetune = fine_tune(ctx, model, images, head, log_epoch, feats.extract_rate)
     if not ctx.ranks.main:  # rank 0 alone decides, evaluates and writes the run; the others read it
         ctx.ranks.barrier()
         return load_run(ctx.run.path, device=ctx.device)
@@ -174,7 +190,7 @@ def features(ctx: FitContext, backbone: Backbone, manifest: Manifest, views: Tru
     """Pooled features of every scanned file, from the cache or extracted (one pass fills the trunk-view
     cache's plain view too); files that fail to decode are skipped and listed."""
     t = time.perf_counter()
-    paths = [it.path for it in manifest.items]
+    paths = [it.path for s in SPLITS for it in manifest.split(s)]  # split by split: each split is a view
     cache = FeatureCache(ctx.cache_root, backbone)
     faster = _faster(ctx, backbone)
     hooks = {"network": faster(backbone.model, "features")}
@@ -193,10 +209,25 @@ def features(ctx: FitContext, backbone: Backbone, manifest: Manifest, views: Tru
     rate = n_new / ctx.seconds["features"] if n_new >= 64 else None  # images/s, decoding included
     if ctx.limit is not None and ctx.limit.rates is not None:
         rate = ctx.limit.rates.forward
-    row = {p: i for i, p in enumerate(paths)}
-    splits = {s: (feats[[row[it.path] for it in manifest.split(s)]], manifest.targets(manifest.split(s)))
-              for s in ("train", "val", "test")}
-    return Features(manifest, splits, dict(zip(paths, digests)), rate)
+    return Features(manifest, split_views(feats, [p not in bad for p in paths], manifest),
+                    dict(zip(paths, digests)), rate)
+
+
+def split_views(feats: np.ndarray, kept: list[bool], manifest: Manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (its rows of `feats`, its targets). `feats` holds the files split by split in the
+    manifest's order, `kept` saying which of them decoded; the rows of the others are dropped in place
+    (later rows move up), so that the matrix is the only per-image array and each split a view of it."""
+    rows = np.flatnonzero(kept)
+    if len(rows) < len(feats):
+        for start in range(0, len(rows), 4096):  # rows[i] >= i: each chunk reads only rows not yet written
+            chunk = rows[start:start + 4096]
+            feats[start:start + len(chunk)] = feats[chunk]
+    splits, start = {}, 0
+    for s in SPLITS:
+        items = manifest.split(s)
+        splits[s] = (feats[start:start + len(items)], manifest.targets(items))
+        start += len(items)
+    return splits
 
 
 def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None,

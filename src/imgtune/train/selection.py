@@ -59,16 +59,21 @@ def class_weights(y: np.ndarray, n_classes: int, weighting: str) -> np.ndarray:
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, weights: np.ndarray | None = None,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 300, loss=None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = 300, loss=None,
+                 rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS on the features `x`: minimises
     the weighted mean cross-entropy + |W|^2 / (2 C n), scikit-learn's objective divided by C n. The
     bias is not penalised. -> (W [K, D], b [K]) as float32 tensors. `loss(logits, y)` -> per-image
-    losses replaces the cross-entropy (multi-label heads: y is then 0/1 rows [N, K])."""
+    losses replaces the cross-entropy (multi-label heads: y is then 0/1 rows [N, K]). `rows` (a boolean
+    mask) fits on those images only, without copying their features (out-of-fold fits on a large set)."""
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long if loss is None else torch.float32)
-    n, d = xt.shape
+    d = xt.shape[1]
+    mask = None if rows is None else torch.as_tensor(rows, dtype=torch.float32)
+    n = len(yt) if mask is None else int(rows.sum())
     w_img = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)[yt]
+    if mask is not None:
+        w_img = mask if w_img is None else w_img * mask
     W = torch.zeros(n_classes, d) if init is None else init[0].clone()
     b = torch.zeros(n_classes) if init is None else init[1].clone()
     W.requires_grad_(True)
@@ -81,7 +86,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, weig
         opt.zero_grad()
         z = xt @ W.T + b
         ce = F.cross_entropy(z, yt, reduction="none") if loss is None else loss(z, yt)
-        total = (ce if w_img is None else ce * w_img).mean() + l2 * (W * W).sum()
+        total = (ce if w_img is None else ce * w_img).sum() / n + l2 * (W * W).sum()
         total.backward()
         return total
 
@@ -93,6 +98,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float, weig
 def logits(x: np.ndarray, head: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
     W, b = head
     return (torch.as_tensor(x, dtype=torch.float32) @ W.T + b).numpy()
+
+
+def joined(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rows of `a`, then those of `b`: a view where `b`'s rows directly follow `a`'s in the same
+    buffer (train and val of the split-ordered feature matrix), else a copy."""
+    if a.base is not None and b.base is a.base and a.flags.c_contiguous and b.flags.c_contiguous \
+            and a.dtype == b.dtype and a.ndim == b.ndim >= 1 and a.shape[1:] == b.shape[1:] \
+            and a.ctypes.data + a.nbytes == b.ctypes.data:
+        return np.lib.stride_tricks.as_strided(a, (len(a) + len(b), *a.shape[1:]), a.strides)
+    return np.concatenate([a, b])
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -156,12 +171,14 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str,
     return Selection(cand, table, oof[cand], k, metric)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cand: Candidate, max_iter: int = 500
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate fitted on every image given: logits are x @ W.T + b."""
+def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, cand: Candidate, max_iter: int = 500,
+             rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate fitted on every image given (or on the `rows` mask of them): logits are
+    x @ W.T + b."""
     y = np.asarray(y, int)
-    cw = class_weights(y, n_classes, cand.weighting) if cand.weighting != "none" else None
-    return fit_logistic(x, y, n_classes, c=cand.c, weights=cw, max_iter=max_iter)
+    cw = class_weights(y if rows is None else y[rows], n_classes, cand.weighting) \
+        if cand.weighting != "none" else None
+    return fit_logistic(x, y, n_classes, c=cand.c, weights=cw, max_iter=max_iter, rows=rows)
 
 
 def load_into(linear: torch.nn.Linear, head: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -251,7 +268,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     differ in size (1.5x or more). For accuracy every image counts the same, which is what the plain
     likelihood fits: on the clip art the sqrt-weighted head won the cross-validated log-loss by 0.001
     and was 0.9 points less accurate on the held-out drawings."""
-    x = np.concatenate([x_train, x_val])
+    x = joined(x_train, x_val)
     y = np.concatenate([y_train, y_val]).astype(int)
     counts = np.bincount(y_train, minlength=n_classes)
     if weightings is None:

@@ -1,0 +1,100 @@
+"""--runtime auto: the fastest runtime that gives the run's own answers.
+
+ONNX Runtime (about twice PyTorch's speed on a CPU: BENCHMARKS.md) where it is installed, the model runs
+on the CPU and the run's model.onnx was made from the run's current weights, which export checked
+against PyTorch before it kept the file; else PyTorch. A missing or stale RUN/model.onnx is exported on
+demand, with the same parity check, under a lock (a second process waits and then finds it done) and
+atomically. What was chosen, and why, is said in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from ..engine import resolve_device
+from ..errors import ImgtuneError, RunFolderError
+from ..progress import Reporter
+from ..runs.folder import RunFolder
+
+PARITY_IMAGES = 256  # validation images an on-demand export is checked on (export itself checks them all)
+
+
+def choose_runtime(run_dir: str | os.PathLike, runtime: str = "auto", *, device: str = "auto",
+                   needs_gradients: str | None = None, reporter: Reporter | None = None) -> tuple[str, str]:
+    """-> (the runtime to load the run with, a line saying why). `needs_gradients` names what needs
+    PyTorch (--explain); an explicit runtime is kept as it is (a missing RUN/model.onnx is exported for
+    runtime onnx too)."""
+    run = RunFolder(run_dir)
+    run.read_config()  # not a finished run: its own one-line error, before anything is exported
+    if runtime == "onnx" and not (run.path / "model.onnx").is_file():
+        _export_once(run, reporter)
+        return runtime, f"Runtime: ONNX Runtime ({run.path / 'model.onnx'} exported now, checked against PyTorch)."
+    if runtime != "auto":
+        return runtime, ""
+    if needs_gradients:
+        return "torch", f"Runtime: PyTorch ({needs_gradients} needs gradients, which ONNX Runtime does not have)."
+    if resolve_device(device).type != "cpu":
+        return "torch", "Runtime: PyTorch (on the GPU)."
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch", "Runtime: PyTorch (ONNX Runtime is not installed: pip install 'imgtune[onnx]' for ~2x)."
+    onnx_file = run.path / "model.onnx"
+    if is_current(run):
+        return "onnx", f"Runtime: ONNX Runtime ({onnx_file}, checked against PyTorch when it was exported)."
+    try:
+        _export_once(run, reporter)
+    except RunFolderError:  # the run itself is broken: loading it on PyTorch would say the same
+        raise
+    except (ImgtuneError, OSError) as e:
+        return "torch", f"Runtime: PyTorch (could not export {onnx_file}: {_one_line(e)})."
+    return "onnx", f"Runtime: ONNX Runtime ({onnx_file} exported now, checked against PyTorch)."
+
+
+def is_current(run: RunFolder) -> bool:
+    """RUN/model.onnx exists, reads as an imgtune export, and was made from the run's current weights."""
+    from ..model.onnx_module import metadata, read_checked
+    from .export import weights_digest
+
+    path = run.path / "model.onnx"
+    if not path.is_file():
+        return False
+    try:
+        made_from = metadata(read_checked(path)).get("weights_sha256")
+    except ImgtuneError:
+        return False
+    return made_from is not None and made_from == weights_digest(run)
+
+
+def _export_once(run: RunFolder, reporter: Reporter | None) -> None:
+    """Export RUN/model.onnx unless another process did while this one waited for the lock."""
+    from ..runs.trained import load_run
+    from .export import export_onnx
+
+    with _locked(run.path / ".model.onnx.lock"):
+        if is_current(run):
+            return
+        (reporter or Reporter(quiet=True)).say(f"Exporting {run.path / 'model.onnx'} for ONNX Runtime "
+                                               "(once; checked against PyTorch first) ...")
+        export_onnx(load_run(run.path, device="cpu", runtime="torch"), run.path / "model.onnx",
+                    reporter=reporter, parity_images=PARITY_IMAGES)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on `path` (created if need be) for the block, released by the system
+    however the process ends."""
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _one_line(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)
+    return " ".join(str(text).split())[:300]
