@@ -211,10 +211,16 @@ def _inspect_flags(sub) -> None:
                    help="images with a shorter side are reported as tiny (default 32)")
     i.add_argument("--near-bits", type=_int_at_least(0), default=2, metavar="N",
                    help="perceptual hashes this many of 64 bits apart or closer are near duplicates (default 2)")
-    i.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    i.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+    _feature_flags(i)
+
+
+def _feature_flags(p) -> None:
+    """--cache-dir, --device and --quiet, as every command that runs the backbone over images has them."""
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
                    help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    i.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
 
 def _suggest_flags(sub) -> None:
     s = sub.add_parser("suggest", help="the unlabelled images a run would learn most from: uncertain, diverse, "
@@ -225,10 +231,7 @@ def _suggest_flags(sub) -> None:
     s.add_argument("--output", metavar="FILE.csv", help="default RUN/suggest.csv; the page goes beside it as .html")
     s.add_argument("--uncertainty", choices=["margin", "entropy"], default="margin",
                    help="margin: 1 - (p1 - p2) of the calibrated probabilities (default); entropy: over all classes")
-    s.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    s.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    s.add_argument("--quiet", action="store_true")
+    _feature_flags(s)
 
 
 def _embed_flags(sub) -> None:
@@ -238,10 +241,7 @@ def _embed_flags(sub) -> None:
     m.add_argument("paths", metavar="PATH", nargs="+",
                    help="image files, folders (searched recursively; class folders give labels) or a CSV path,label")
     m.add_argument("--output", required=True, metavar="FILE.parquet", help="the index to write")
-    m.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    m.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    m.add_argument("--quiet", action="store_true")
+    _feature_flags(m)
 
 
 def _similar_flags(sub) -> None:
@@ -254,10 +254,7 @@ def _similar_flags(sub) -> None:
     s.add_argument("-k", type=_int_at_least(1), default=10, metavar="K", help="neighbours per query (default 10)")
     s.add_argument("--output", metavar="FILE.csv", help="default INDEX_STEM.similar.csv beside the index; the "
                                                         "page goes beside it as .html")
-    s.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    s.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    s.add_argument("--quiet", action="store_true")
+    _feature_flags(s)
 
 
 class Terminated(KeyboardInterrupt):

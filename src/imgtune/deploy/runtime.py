@@ -55,7 +55,8 @@ def choose_runtime(run_dir: str | os.PathLike, runtime: str = "auto", *, device:
 
 
 def is_current(run: RunFolder) -> bool:
-    """RUN/model.onnx exists, reads as an imgtune export, and was made from the run's current weights."""
+    """RUN/model.onnx exists, reads as an imgtune export, and was made from the run's current weights
+    for the classes its config.json lists."""
     from ..model.onnx_module import metadata, read_checked
     from .export import weights_digest
 
@@ -63,10 +64,12 @@ def is_current(run: RunFolder) -> bool:
     if not path.is_file():
         return False
     try:
-        made_from = metadata(read_checked(path)).get("weights_sha256")
+        meta = metadata(read_checked(path))
     except ImgtuneError:
         return False
-    return made_from is not None and made_from == weights_digest(run)
+    made_from = meta.get("weights_sha256")
+    return made_from is not None and made_from == weights_digest(run) \
+        and meta.get("classes") == run.read_config().get("classes")
 
 
 def _export_once(run: RunFolder, reporter: Reporter | None) -> None:
