@@ -84,7 +84,7 @@ def timed(cmd: list[str], env: dict) -> dict:
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
-    return {"wall_s": wall, "peak_rss_mib": rss, "stderr_tail": proc.stderr[-600:]}
+    return {"wall_s": wall, "peak_rss_mib": rss, "stderr": proc.stderr}
 
 
 def train_part(work: Path, sizes: list[int], env: dict, label: str) -> dict:
@@ -97,6 +97,7 @@ def train_part(work: Path, sizes: list[int], env: dict, label: str) -> dict:
         r = timed([sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "64",
                    "--epochs", "1", "--cache-dir", str(cache), "--quiet"], env)
         r["ms_per_image"] = 1000 * r["wall_s"] / n
+        del r["stderr"]
         out[str(n)] = r
         print(f"train {label} {n:,}: {r['wall_s']:.0f} s, {r['peak_rss_mib']:,.0f} MiB", flush=True)
         shutil.rmtree(cache, ignore_errors=True)
@@ -113,7 +114,7 @@ def predict_part(work: Path, sizes: list[int], env: dict, label: str, run: Path)
                                                           "--standalone", f"--nproc_per_node={procs}"]
             r = timed([*prefix, "-m", "imgtune", "predict", str(run), str(folder), "--output", str(target),
                        "--device", "cpu"], env)
-            said = re.search(r"in ([\d.]+) s \(([\d,.]+) images/s", r["stderr_tail"])
+            said = re.search(r"in ([\d.]+) s \(([\d,.]+) images/s", r.pop("stderr"))
             r["images_per_s"] = float(said.group(2).replace(",", "")) if said else None
             r["rows"] = sum(1 for _ in open(target)) - 1
             out[f"{n}/{procs}"] = r
