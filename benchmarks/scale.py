@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(HERE))
 from fashion_mnist import CLASSES, read_idx  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FEATURE_WIDTH = 1280  # float32 features per image of the default backbone (EfficientNet-Lite0): the matrix
 
 
 def fmnist_all() -> tuple[np.ndarray, np.ndarray]:
@@ -77,14 +79,50 @@ def make_images(root: Path, n: int, fmt: str) -> Path:
     return root
 
 
+def tree_pss_mib(root: int) -> float:
+    """Proportional set size of `root` and all its descendants (MiB): the memory the command holds,
+    each page shared between processes (a forked data-loader worker and its parent) counted once."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, pp in parent.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1))
+        except (OSError, AttributeError):
+            continue
+    return total / 1024
+
+
 def timed(cmd: list[str], env: dict) -> dict:
+    """Runs `cmd` under /usr/bin/time -v -> wall seconds, peak RSS of its largest process (from time:
+    a forked worker counts the pages it shares with its parent too) and the peak PSS of its process
+    tree (sampled every 0.2 s: pages shared between the processes counted once), with its stderr."""
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
+    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    peak_pss, errors = 0.0, []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        peak_pss = max(peak_pss, tree_pss_mib(proc.pid))
+        time.sleep(0.2)
+    reader.join()
+    wall, stderr = time.perf_counter() - started, errors[0] if errors else ""
     if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
-    return {"wall_s": wall, "peak_rss_mib": rss, "stderr": proc.stderr}
+        sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1)) / 1024
+    return {"wall_s": wall, "peak_rss_mib": rss, "peak_pss_mib": peak_pss, "stderr": stderr}
 
 
 def train_part(work: Path, sizes: list[int], env: dict, label: str) -> dict:
@@ -127,18 +165,22 @@ def predict_part(work: Path, sizes: list[int], env: dict, label: str, run: Path)
 def markdown(res: dict) -> str:
     lines = []
     for label, rows in res.get("train", {}).items():
-        lines += [f"train ({label}):", "", "| training images | wall s | ms per image | peak RSS MiB |",
-                  "| --- | --- | --- | --- |"]
+        lines += [f"train ({label}):", "", "| images | wall s | ms per image | peak RSS MiB | peak PSS MiB | "
+                  "feature matrix MiB | peak PSS less the matrix MiB |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for n, r in rows.items():
-            lines.append(f"| {int(n):,} | {r['wall_s']:.0f} | {r['ms_per_image']:.2f} | {r['peak_rss_mib']:,.0f} |")
+            matrix = int(n) * FEATURE_WIDTH * 4 / 2**20
+            pss = r.get("peak_pss_mib")
+            lines.append(f"| {int(n):,} | {r['wall_s']:.0f} | {r['ms_per_image']:.2f} | {r['peak_rss_mib']:,.0f} | "
+                         + (f"{pss:,.0f} | {matrix:,.0f} | {pss - matrix:,.0f} |" if pss else " | | |"))
         lines.append("")
     for label, rows in res.get("predict", {}).items():
-        lines += [f"predict ({label}):", "", "| images | processes | images/s | wall s | peak RSS MiB |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"predict ({label}):", "", "| images | processes | images/s | wall s | peak RSS MiB | peak PSS MiB |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for key, r in rows.items():
             n, procs = key.split("/")
+            pss = f"{r['peak_pss_mib']:,.0f}" if r.get("peak_pss_mib") else ""
             lines.append(f"| {int(n):,} | {procs} | {r['images_per_s']:,.1f} | {r['wall_s']:.0f} | "
-                         f"{r['peak_rss_mib']:,.0f} |")
+                         f"{r['peak_rss_mib']:,.0f} | {pss} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -110,6 +110,17 @@ def test_measured_curve_shows_the_overlapping_classes_gain_most():
     assert rows["far"]["flat"] and rows["far"]["now"] == 1.0
 
 
+def test_learning_curve_of_a_sample_given_by_rows_is_that_of_a_copy_of_it():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 90)
+    x = (rng.normal(size=(270, 8)) + y[:, None]).astype(np.float32)
+    xe, ye = x[::3] + 0.1, y[::3]
+    rows = np.flatnonzero(np.arange(270) % 5 != 0)
+    by_rows = learning_curve.measure(x, y, xe, ye, 3, candidate=Candidate(1.0), sample=rows)
+    assert by_rows == learning_curve.measure(x[rows], y[rows], xe, ye, 3, candidate=Candidate(1.0))
+    assert by_rows["train_per_class"][-1] == [72.0] * 3
+
+
 def test_ranking_puts_the_uncertain_first_spreads_them_and_leaves_out_copies():
     rng = np.random.default_rng(0)
     d = 8

@@ -52,6 +52,18 @@ def test_selection_picks_the_better_head_on_planted_features():
     assert chosen == [1e-2, 1e2]
 
 
+def test_cross_validating_a_sample_by_its_rows_is_the_same_as_on_a_copy_of_it():
+    """Large sets cross-validate on a sample given as indices (each fold gathers its own rows, so no
+    copy of the sample is held): the scores and out-of-fold logits are those of the copied sample."""
+    rng = np.random.default_rng(1)
+    x, y = _gaussians(rng, [120, 80, 40])
+    rows = np.sort(rng.choice(len(y), 150, replace=False))
+    by_rows = cross_validate(x, y, 3, metric="macro_f1", cs=(0.1, 1.0), sample=rows)
+    copied = cross_validate(x[rows], y[rows], 3, metric="macro_f1", cs=(0.1, 1.0))
+    assert by_rows.candidate == copied.candidate and by_rows.table == copied.table
+    np.testing.assert_array_equal(by_rows.oof_logits, copied.oof_logits)
+
+
 def test_offsets_raise_macro_f1_on_an_imbalanced_planted_set():
     rng = np.random.default_rng(2)
     counts = [900, 60, 40]

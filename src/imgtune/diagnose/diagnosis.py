@@ -29,6 +29,6 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     if len(y) > MAX_CV_IMAGES:
         sample = np.flatnonzero(stratified_folds(np.asarray(y, int), -(-len(y) // MAX_CV_IMAGES), seed) == 0)
     xe, ye = splits[eval_split]
-    curve = learning_curve.measure(x[sample], np.asarray(y, int)[sample], xe, ye, k, candidate=candidate, seed=seed)
+    curve = learning_curve.measure(x, y, xe, ye, k, candidate=candidate, seed=seed, sample=sample)
     curve.update(split=eval_split, sampled=len(sample) < len(y))
     return {"label_issues": issues, "learning_curve": curve}

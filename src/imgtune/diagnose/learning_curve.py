@@ -42,12 +42,15 @@ def subsample(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.nd
 
 
 def measure(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_classes: int, *,
-            candidate: Candidate, fractions=FRACTIONS, seeds: int = SEEDS, seed: int = 0) -> dict:
+            candidate: Candidate, fractions=FRACTIONS, seeds: int = SEEDS, seed: int = 0,
+            sample: np.ndarray | None = None) -> dict:
     """Per-class accuracy (recall) on the evaluation images of heads fitted on fractions of the
     training images -> {"fractions", "train_per_class": [fraction][class] images, "accuracy":
     [fraction][class] (mean over seeds), "overall": [fraction]}. The whole set is one fit (no seed
-    changes it)."""
-    y_train, y_eval = np.asarray(y_train, int), np.asarray(y_eval, int)
+    changes it). `sample` (indices into the training images): those only, each fit gathering its own
+    rows of `x_train`."""
+    sample = np.arange(len(y_train)) if sample is None else np.asarray(sample)
+    y_train, y_eval = np.asarray(y_train, int)[sample], np.asarray(y_eval, int)
     counts_eval = np.bincount(y_eval, minlength=n_classes)
     rows = {"fractions": list(fractions), "train_per_class": [], "accuracy": [], "overall": []}
     for f in fractions:
@@ -55,7 +58,7 @@ def measure(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval
         acc, overall, n = np.zeros(n_classes), 0.0, np.zeros(n_classes)
         for s in range(runs):
             idx = subsample(y_train, f, np.random.default_rng([seed, s, int(f * 1000)]))
-            head = fit_head(x_train[idx], y_train[idx], n_classes, candidate)
+            head = fit_head(x_train[sample[idx]], y_train[idx], n_classes, candidate)
             pred = logits(x_eval, head).argmax(1)
             right = np.bincount(y_eval[pred == y_eval], minlength=n_classes)
             acc += right / np.maximum(counts_eval, 1)

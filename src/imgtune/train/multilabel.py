@@ -76,19 +76,24 @@ def label_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
-                   cs=CS, max_iter: int = 300) -> Selection:
+                   cs=CS, max_iter: int = 300, sample: np.ndarray | None = None) -> Selection:
     """Every L2 strength scored by k-fold cross-validation -> the winner (lowest out-of-fold binary
-    cross-entropy) and every candidate's out-of-fold figures."""
+    cross-entropy) and every candidate's out-of-fold figures. `sample` (indices into `x` and `y`):
+    those images only, each fold gathering its own rows of `x` (see selection.cross_validate)."""
+    sample = np.arange(len(y)) if sample is None else np.asarray(sample)
+    y = y[sample]
     smallest = int(y.sum(0)[y.sum(0) > 0].min()) if y.any() else 2
     k = max(2, min(folds, smallest, len(y)))
     fold = label_folds(y, k, seed)
     oof = {c: np.zeros(y.shape, np.float32) for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
+        xtr, xte = x[sample[tr]], x[sample[te]]
         head = None
         for c in cs:  # warm start along the path
-            head = fit_ovr(x[tr], y[tr], c=c, loss=loss, init=head, max_iter=max_iter)
-            oof[c][te] = logits(x[te], head)
+            head = fit_ovr(xtr, y[tr], c=c, loss=loss, init=head, max_iter=max_iter)
+            oof[c][te] = logits(xte, head)
+        del xtr, xte  # before the next fold's are gathered
     table = []
     for c, z in oof.items():
         s = val_scores(z, y)
@@ -110,7 +115,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     sample = np.arange(len(y))
     if len(y) > MAX_CV_IMAGES:  # a stratified sample: the choice needs no more than this
         sample = np.flatnonzero(label_folds(y, -(-len(y) // MAX_CV_IMAGES), seed) == 0)
-    sel = cross_validate(x[sample], y[sample], loss=loss, folds=folds, seed=seed)
+    sel = cross_validate(x, y, loss=loss, folds=folds, seed=seed, sample=sample)
     train_head = fit_ovr(x_train, y_train, c=sel.candidate.c, loss=loss, max_iter=500)
     all_head = fit_ovr(x, y, c=sel.candidate.c, loss=loss, max_iter=500)
     train_loss = float(image_losses(torch.from_numpy(logits(x_train, train_head)), torch.from_numpy(y_train),

@@ -135,23 +135,26 @@ class Selection:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str, folds: int = 5, seed: int = 0,
-                   cs=CS, weightings=WEIGHTINGS, max_iter: int = 300) -> Selection:
+                   cs=CS, weightings=WEIGHTINGS, max_iter: int = 300, sample: np.ndarray | None = None) -> Selection:
     """Score every candidate by k-fold cross-validation -> the winner (see below) and every candidate's
-    out-of-fold scores."""
-    y = np.asarray(y, int)
+    out-of-fold scores. `sample` (indices into `x` and `y`) cross-validates on those images only: each
+    fold gathers its own rows of `x`, so no copy of the sample is held besides the fold's."""
+    sample = np.arange(len(y)) if sample is None else np.asarray(sample)
+    y = np.asarray(y, int)[sample]
     smallest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
     k = max(2, min(folds, smallest))
     fold = stratified_folds(y, k, seed)
     oof = {Candidate(c, w): np.zeros((len(y), n_classes), np.float32) for w in weightings for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
-        xtr, xte = x[tr], x[te]
+        xtr, xte = x[sample[tr]], x[sample[te]]
         for w in weightings:
             cw = class_weights(y[tr], n_classes, w) if w != "none" else None
             head = None
             for c in cs:  # warm start along the path
                 head = fit_logistic(xtr, y[tr], n_classes, c=c, weights=cw, init=head, max_iter=max_iter)
                 oof[Candidate(c, w)][te] = logits(xte, head)
+        del xtr, xte  # before the next fold's are gathered
     table = []
     balanced = torch.as_tensor(class_weights(y, n_classes, "balanced"), dtype=torch.float32)
     for cand, z in oof.items():
@@ -278,8 +281,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     if len(y) > MAX_CV_IMAGES:  # a seeded stratified sample: the choice needs no more than this
         fold = stratified_folds(y, -(-len(y) // MAX_CV_IMAGES), seed)
         sample = np.flatnonzero(fold == 0)
-    sel = cross_validate(x[sample], y[sample], n_classes, metric=metric, folds=folds, seed=seed,
-                         weightings=weightings)
+    sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample)
     train_head = fit_head(x_train, y_train, n_classes, sel.candidate)
     all_head = fit_head(x, y, n_classes, sel.candidate)
     cw = class_weights(np.asarray(y_train, int), n_classes, sel.candidate.weighting) \
