@@ -18,6 +18,14 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     than MAX_CV_IMAGES is sampled (stratified) first, as the head selection does."""
     k = len(classes)
     (x, y), (xv, yv) = splits["train"], splits["val"]
+    # The curve first: its fits gather up to MAX_CV_IMAGES rows each, and they are let go before confident
+    # learning loads scikit-learn and cleanlab (which stay loaded), so the two never add up.
+    sample = np.arange(len(y))
+    if len(y) > MAX_CV_IMAGES:
+        sample = np.flatnonzero(stratified_folds(np.asarray(y, int), -(-len(y) // MAX_CV_IMAGES), seed) == 0)
+    xe, ye = splits[eval_split]
+    curve = learning_curve.measure(x, y, xe, ye, k, candidate=candidate, seed=seed, sample=sample)
+    curve.update(split=eval_split, sampled=len(sample) < len(y))
     xa, ya = joined(x, xv), np.concatenate([y, yv]).astype(int)
     names = paths["train"] + paths["val"]
     probs, _ = out_of_fold_probabilities(xa, ya, k, candidate=candidate, seed=seed)
@@ -25,10 +33,4 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     issues = {"method": method, "judged": len(ya), "split": "train+val",
               "rows": label_issue_rows(probs, ya, rows, names, classes,
                                        ["train"] * len(y) + ["val"] * len(yv))}
-    sample = np.arange(len(y))
-    if len(y) > MAX_CV_IMAGES:
-        sample = np.flatnonzero(stratified_folds(np.asarray(y, int), -(-len(y) // MAX_CV_IMAGES), seed) == 0)
-    xe, ye = splits[eval_split]
-    curve = learning_curve.measure(x, y, xe, ye, k, candidate=candidate, seed=seed, sample=sample)
-    curve.update(split=eval_split, sampled=len(sample) < len(y))
     return {"label_issues": issues, "learning_curve": curve}

@@ -92,6 +92,8 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
             if ctx.recipe.finetune.epochs > 0:
                 images = Images(feats.manifest, backbone.data_config, views, feats.digest_of, spec["backbone"])
                 ft_history, finetune = fine_tune(ctx, model, images, head, log_epoch, feats.extract_rate)
+        if views is not None:  # nothing past fine-tuning reads the cache: its index (~200 bytes a view) goes
+            views.store.refresh()
     if not ctx.ranks.main:  # rank 0 alone decides, evaluates and writes the run; the others read it
         ctx.ranks.barrier()
         return load_run(ctx.run.path, device=ctx.device)
