@@ -49,7 +49,8 @@ class ShardStore:
         return self._index
 
     def refresh(self) -> None:
-        """Forget the index, so that shards written by other processes are seen."""
+        """Forget the index (rebuilt from the shards' headers when next needed): to see shards other
+        processes wrote, or to let its memory (a few hundred bytes a row) go."""
         self._index = None
 
     def __contains__(self, key: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..train.selection import MAX_CV_IMAGES, Candidate, joined, stratified_folds
+from ..train.selection import MAX_CV_IMAGES, Candidate, capped_sample, joined
 from . import learning_curve
 from .label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
 
@@ -20,9 +20,7 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     (x, y), (xv, yv) = splits["train"], splits["val"]
     # The curve first: its fits gather up to MAX_CV_IMAGES rows each, and they are let go before confident
     # learning loads scikit-learn and cleanlab (which stay loaded), so the two never add up.
-    sample = np.arange(len(y))
-    if len(y) > MAX_CV_IMAGES:
-        sample = np.flatnonzero(stratified_folds(np.asarray(y, int), -(-len(y) // MAX_CV_IMAGES), seed) == 0)
+    sample = capped_sample(y, seed)
     xe, ye = splits[eval_split]
     curve = learning_curve.measure(x, y, xe, ye, k, candidate=candidate, seed=seed, sample=sample)
     curve.update(split=eval_split, sampled=len(sample) < len(y))

@@ -264,6 +264,15 @@ class HeadChoice:
 MAX_CV_IMAGES = 20_000  # the selection cross-validates on a stratified sample this large at most
 
 
+def capped_sample(y: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of every image, or of a seeded stratified sample of at most MAX_CV_IMAGES of them (one fold
+    of ceil(n / MAX_CV_IMAGES))."""
+    y = np.asarray(y, int)
+    if len(y) <= MAX_CV_IMAGES:
+        return np.arange(len(y))
+    return np.flatnonzero(stratified_folds(y, -(-len(y) // MAX_CV_IMAGES), seed) == 0)
+
+
 def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
                 metric: str, folds: int = 5, seed: int = 0, weightings=None) -> HeadChoice:
     """Cross-validate the candidates over train+val, then fit the winner on train and on train+val.
@@ -277,10 +286,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     if weightings is None:
         imbalanced = counts.max() >= 1.5 * max(1, counts[counts > 0].min())
         weightings = WEIGHTINGS if imbalanced and metric != "accuracy" else ("none",)
-    sample = np.arange(len(y))
-    if len(y) > MAX_CV_IMAGES:  # a seeded stratified sample: the choice needs no more than this
-        fold = stratified_folds(y, -(-len(y) // MAX_CV_IMAGES), seed)
-        sample = np.flatnonzero(fold == 0)
+    sample = capped_sample(y, seed)  # the choice needs no more than this
     sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample)
     train_head = fit_head(x_train, y_train, n_classes, sel.candidate)
     all_head = fit_head(x, y, n_classes, sel.candidate)
