@@ -58,6 +58,12 @@ def bad_uploads(good: bytes) -> list[tuple[str, bytes]]:
             ("truncated.png", good[: len(good) // 2]), ("random.jpg", os.urandom(4096))]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def good_uploads(run: Path, n: int) -> list[tuple[str, bytes]]:
     with open(run / "split.csv", newline="") as f:
         rows = [r["path"] for r in csv.DictReader(f) if r["split"] in ("test", "val")]
@@ -81,9 +87,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/load-test.json"))
     args = p.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "imgtune", "serve", str(args.run), "--port", str(port),
                                "--runtime", args.runtime, "--workers", str(args.workers)],

@@ -116,3 +116,57 @@ def test_file_name_that_is_not_utf8_round_trips_through_split_csv(tmp_path):
     again = scan(tmp_path / "split.csv")
     assert set(again.items) == set(m.items)
     assert any(it.path.encode("utf-8", "surrogateescape") == odd for it in again.items)
+
+
+def _partly_split_csv(tmp_path, column: str, label_of) -> tuple:
+    """A CSV of 3 classes x 12 images where only some rows fill the `split` column: per class, 3 rows
+    say test, and one row says train -> (the CSV's path, {absolute path: the split given, or ""})."""
+    root = write_class_folders(tmp_path / "photos", 12)
+    rows, given = [f"path,{column},split"], {}
+    for c in ("circle", "square", "triangle"):
+        for i in range(12):
+            p = f"photos/{c}/{c}_{i:03d}.{'jpg' if i % 2 else 'png'}"
+            split = "test" if i < 3 else "train" if i == 3 else ""
+            rows.append(f"{p},{label_of(c)},{split}")
+            given[str(root.parent / p)] = split
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "labels.csv", given
+
+
+@pytest.mark.parametrize("column,label_of", [("label", lambda c: c), ("labels", lambda c: f"{c};shape")],
+                         ids=["single-label", "multi-label"])
+def test_a_partly_filled_split_column_keeps_every_given_split_and_splits_only_the_rest(tmp_path, column,
+                                                                                       label_of):
+    csv_path, given = _partly_split_csv(tmp_path, column, label_of)
+    m = scan(csv_path, seed=0)
+    assert m.multi == (column == "labels")
+    found = {it.path: it.split for it in m.items}
+    assert set(found) == set(given)
+    for path, split in given.items():  # a row that names its split stays in it
+        if split:
+            assert found[path] == split, path
+    # the rest make up train and val: test is what the CSV said it is, and nothing more
+    assert {p for p, s in found.items() if s == "test"} == {p for p, s in given.items() if s == "test"}
+    assert m.counts()["val"] > 0 and m.counts()["train"] > 9
+    assert "24 of 36 CSV rows name no split: split into train and val" in m.summary()
+    assert scan(csv_path, seed=0).items == m.items  # seeded
+
+
+def test_a_partly_filled_split_column_through_the_cli_never_trains_on_the_test_rows(tmp_path):
+    """The CLI in a fresh process: the rows marked test are the test split in split.csv, and the
+    console says how the rest was split."""
+    import csv
+    import subprocess
+    import sys
+
+    csv_path, given = _partly_split_csv(tmp_path, "label", lambda c: c)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "imgtune", "train", str(csv_path), "--out", str(run),
+                           "--image-size", "32", "--epochs", "0"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = " ".join((done.stdout + done.stderr).split())  # the console wraps long lines
+    assert "24 of 36 CSV rows name no split: split into train and val" in said
+    with open(run / "split.csv", newline="") as f:
+        written = {r["path"]: r["split"] for r in csv.DictReader(f)}
+    assert {p for p, s in written.items() if s == "test"} == {p for p, s in given.items() if s == "test"}
+    assert all(written[p] == "train" for p, s in given.items() if s == "train")

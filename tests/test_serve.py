@@ -3,6 +3,7 @@ JSON and keeps serving. Also --min-confidence and TensorBoard logs."""
 
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -73,12 +74,18 @@ def _start_server(run, *flags):
 
 
 @pytest.fixture(scope="module")
-def server(trained_run):
+def served(trained_run):
+    """The server process and its URL."""
     run, _, _ = trained_run
     proc, url = _start_server(run, "--max-upload-mb", "1", "--top-k", "3")
-    yield url
+    yield proc, url
     proc.terminate()
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[1]
 
 
 def test_predict_endpoint_labels_uploaded_images(server):
@@ -203,3 +210,40 @@ def _slow_headers_closed(server: str) -> bool:
             assert data == b"", f"answered before the headers were complete: {data[:200]!r}"
             return True
     return False
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux: VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def _blank_png(side: int) -> bytes:
+    """A black side x side PNG: a few kilobytes that decode to side^2 pixels."""
+    from PIL import Image
+
+    return _png(Image.new("L", (side, side)))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads peak memory from Linux's /proc")
+def test_memory_is_flat_in_the_number_of_large_images_in_a_request(served):
+    """Eight large images in one request cost what one does: each is shrunk to the model's input as
+    soon as it is decoded. (Before, every decoded image was held until all were predicted: eight 36 MP
+    images added about 1 GB.)"""
+    proc, url = served
+    big = _blank_png(6000)  # 36 MP: 108 MB as RGB once decoded
+    assert len(big) < 200_000
+    assert _request(url + "/predict", [("one.png", big)])[0] == 200
+    one = _peak_rss_mib(proc.pid)
+    status, body = _request(url + "/predict", [(f"{i}.png", big) for i in range(8)])
+    assert status == 200 and len(body["predictions"]) == 8
+    assert _peak_rss_mib(proc.pid) - one < 150, "memory grew with the number of images"
+
+
+def test_a_request_whose_images_decode_to_too_many_pixels_is_refused_before_decoding(server):
+    """Five 81 MP blank PNGs (under 100 KB each, each under the per-image guard) are over the request's
+    pixel budget: 413 at once, naming the limit; the server keeps serving."""
+    big = _blank_png(9000)
+    status, body = _request(server + "/predict", [(f"{i}.png", big) for i in range(5)])
+    assert status == 413 and "pixels in all" in body["error"]
+    assert _request(server + "/health") == (200, {"status": "ok"})

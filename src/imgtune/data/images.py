@@ -81,6 +81,25 @@ def decode_rgb(data: bytes, *, draft_size: int | None = None, max_pixels: int = 
         raise BadImage(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
 
 
+def decoded_pixels(source, *, draft_size: int | None = None) -> int:
+    """How many pixels `decode_rgb` would make of this file (bytes, or a binary file object, left at its
+    start), read from its header alone: JPEG's reduced-scale decoding counted. 0 for anything Pillow
+    cannot open, which decoding then refuses with its reason."""
+    f = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
+                w, h = img.size
+                return w * h
+    except Exception:  # noqa: BLE001 - whatever it is, decoding names it
+        return 0
+    finally:
+        f.seek(0)
+
+
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP",
                b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 

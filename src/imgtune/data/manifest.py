@@ -35,6 +35,7 @@ class Manifest:
     source: str = ""
     splits_given: bool = False  # True when the data named its splits (folders or a CSV column)
     task: str = "single"  # "single": one class per file; "multi": a set of labels per file (classes = labels)
+    split_note: str = ""  # how files without a given split were split, where some had one (a CSV column)
 
     @property
     def multi(self) -> bool:
@@ -62,14 +63,15 @@ class Manifest:
             return self
         keep = [it for it in self.items if it.path not in bad]
         return Manifest(self.classes, keep, self.skipped + sorted(bad.items()), self.source, self.splits_given,
-                        self.task)
+                        self.task, self.split_note)
 
     def summary(self) -> str:
         n_skip = len(self.skipped)
         skipped = f" ({n_skip:,} skipped)" if n_skip else ""
         parts = ", ".join(f"{n:,} {s}" for s, n in self.counts().items() if n)
         kind = "labels (multi-label)" if self.multi else "classes"
-        return (f"Found {len(self.items):,} images in {len(self.classes)} {kind}{skipped}: {parts}.")
+        note = f" {self.split_note}" if self.split_note else ""
+        return f"Found {len(self.items):,} images in {len(self.classes)} {kind}{skipped}: {parts}.{note}"
 
     def write_csv(self, path: Path) -> None:
         """path,label,split (multi-label: path,labels,split, labels joined by ";") with absolute paths, so

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import DataError, ParameterError
 from .images import not_regular
-from .manifest import SPLIT_NAMES, Item, Manifest, multilabel_split, stratified_split
+from .manifest import SPLIT_NAMES, SPLITS, Item, Manifest, multilabel_split, stratified_split
 
 TASKS = ("single", "multi")
 PATH_COLUMNS = ("path", "file_name")
@@ -60,15 +60,36 @@ def scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float, t
     split_files = multilabel_split if multi else stratified_split
     if not multi:
         files = [(p, labels[0]) for p, labels in files]
-    splits_given = all(given_split)
-    if splits_given:
-        items = [_item(p, y, s, multi) for (p, y), s in zip(files, given_split)]
-        if not any(it.split == "val" for it in items):
-            train = [(p, y) for (p, y), s in zip(files, given_split) if s == "train"]
-            items = split_files(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
-    else:
-        items = split_files(files, seed, val_fraction, test_fraction)
-    return Manifest(classes, items, skipped, str(path), splits_given, task)
+    items, note = given_splits(files, given_split, split_files, seed, val_fraction, test_fraction, multi)
+    return Manifest(classes, items, skipped, str(path), any(given_split), task, note)
+
+
+def given_splits(files: list, given: list[str], split_files, seed: int, val_fraction: float, test_fraction: float,
+                 multi: bool) -> tuple[list[Item], str]:
+    """Items in the splits the CSV gave them, and the rows without one split by `split_files` -> (items, a
+    sentence saying what was split, or ""). A row that names its split always stays in it: the rows left
+    without one make up the train split and whichever of val and test no row names. Only where every row
+    names its split and none is val does val come out of train, as it does from a train/ folder."""
+    named = {s for s in given if s}
+    items = [_item(p, y, s, multi) for (p, y), s in zip(files, given) if s]
+    rest = [f for f, s in zip(files, given) if not s]
+    if not named:
+        return split_files(files, seed, val_fraction, test_fraction), ""
+    if rest:
+        carved = [s for s in ("val", "test") if s not in named]
+        items += split_files(rest, seed, val_fraction if "val" in carved else 0.0,
+                             test_fraction if "test" in carved else 0.0)
+        into = " and ".join(["train", *carved])
+        return _in_split_order(items), (f"{len(rest):,} of {len(files):,} CSV rows name no split: split into "
+                                        f"{into} (rows that name a split stay in it).")
+    if not any(it.split == "val" for it in items):
+        train = [(it.path, it.labels if multi else it.label) for it in items if it.split == "train"]
+        items = split_files(train, seed, val_fraction, 0.0) + [it for it in items if it.split != "train"]
+    return items, ""
+
+
+def _in_split_order(items: list[Item]) -> list[Item]:
+    return sorted(items, key=lambda it: (SPLITS.index(it.split), it.label, it.path))
 
 
 def _item(p: str, y, split: str, multi: bool) -> Item:

@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
-from ..data.images import BadImage, decode_rgb
+import torch
+
+from ..data.images import MAX_PIXELS, BadImage, decode_rgb, decoded_pixels
+from ..engine import release_free_memory
 from ..errors import ConfigError, require
-from ..infer.explain import NO_GRADIENTS, explained_class, overlays, png_bytes
-from ..infer.predictor import predict as predict_images
+from ..infer.explain import NO_GRADIENTS, explained_class, overlays_of_inputs, png_bytes
+from ..infer.predictor import answer_inputs, model_input
 from ..runs.trained import fitted_state, load_run, with_torch
 from .runtime import choose_runtime
 from .web_page import page
@@ -34,6 +37,11 @@ from .web_page import page
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # per image
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # per request body, counted as it arrives (RequestCap)
 MAX_FILES = 64
+# decoded pixels per request, from the images' headers: four of the largest images decoding takes
+# (data.images.MAX_PIXELS). Images are decoded one at a time and shrunk at once, so memory does not grow
+# with this; it bounds the work a small upload of large blank PNGs can ask for.
+MAX_REQUEST_PIXELS = 4 * MAX_PIXELS
+BATCH = 16  # images decoded, shrunk and predicted together
 EXPLAIN_DOC = ("1: add to each answer \"explain\", a Grad-CAM overlay (base64 PNG at the model's input size) "
                "of where the network looked for the predicted class (multi-label: the highest-probability "
                "label). Drawn on PyTorch (under --runtime auto, the run's PyTorch copy); 400 on a server forced to "
@@ -162,8 +170,9 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
               response_model_exclude_unset=True, responses={
                   400: {"model": s.Error, "description": "an empty file, a malformed form, or explain=1 on an "
                                                          "ONNX runtime"},
-                  413: {"model": s.Error, "description": f"a file over {max_bytes:,} bytes, or a request over "
-                                                         f"{max_request_bytes:,} bytes"},
+                  413: {"model": s.Error, "description": f"a file over {max_bytes:,} bytes, a request over "
+                                                         f"{max_request_bytes:,} bytes, or images that decode to "
+                                                         f"over {MAX_REQUEST_PIXELS:,} pixels in all"},
                   415: {"model": s.Error, "description": "a file that is not an image"},
                   422: {"model": s.Error, "description": f"a corrupt or truncated image, a decompression bomb, more "
                                                          f"than {MAX_FILES} files; or no field `file`, or a bad "
@@ -181,29 +190,29 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                                                f"--runtime torch (this server runs {m.runtime})"})
         if len(file) > MAX_FILES:  # 422 like any other form the document calls invalid (its maxItems)
             raise HTTPException(422, {"error": f"at most {MAX_FILES} images per request; received {len(file)}"})
-        images = []
-        for upload in file:
-            data = upload.file.read(max_bytes + 1)
-            name = upload.filename or "upload"
-            if len(data) > max_bytes:
-                raise HTTPException(413, {"error": f"{name}: larger than the limit of {max_bytes:,} bytes",
-                                          "file": name})
-            try:
-                images.append(decode_rgb(data, draft_size=m.data_config.image_size))
-            except BadImage as e:
-                status = 400 if not data else 415 if "not a recognised" in str(e) else 422
-                raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
-        rows = predict_images(m, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
-        if m.task == "multi":  # the label set, and every label's calibrated probability
-            answers = [{"file": upload.filename, "labels": r["labels"], "probabilities": r["probabilities"]}
-                       for upload, r in zip(file, rows)]
-        else:
-            answers = [{"file": upload.filename, "label": r["label"], "probability": r["probability"],
-                        "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
-                       for upload, r in zip(file, rows)]
-        if explain:
-            for a, image in zip(answers, overlays(m if m.runtime == "torch" else explainer(), images, [explained_class(m, r) for r in rows])):
-                a["explain"] = base64.b64encode(png_bytes(image)).decode("ascii")
+        _check_pixels(file, m.data_config.image_size)
+        transform, answers = model_input(m, tta), []
+        # a batch at a time, each image shrunk to the model's input as soon as it is decoded: memory stays
+        # flat in the number of files, whatever their size
+        for start in range(0, len(file), BATCH):
+            chunk = file[start:start + BATCH]
+            x = torch.stack([transform(_decoded(upload, max_bytes, m.data_config.image_size)) for upload in chunk])
+            rows = answer_inputs(m, x, top_k, min_confidence)
+            if m.task == "multi":  # the label set, and every label's calibrated probability
+                found = [{"file": upload.filename, "labels": r["labels"], "probabilities": r["probabilities"]}
+                         for upload, r in zip(chunk, rows)]
+            else:
+                found = [{"file": upload.filename, "label": r["label"], "probability": r["probability"],
+                          "top_k": [{"label": lab, "probability": p} for lab, p in r["top_k"]]}
+                         for upload, r in zip(chunk, rows)]
+            if explain:
+                drawn = overlays_of_inputs(m if m.runtime == "torch" else explainer(), x[:, 0] if tta else x,
+                                           [explained_class(m, r) for r in rows])
+                for a, image in zip(found, drawn):
+                    a["explain"] = base64.b64encode(png_bytes(image)).decode("ascii")
+            answers += found
+            del x
+            release_free_memory()
         return {"predictions": answers}
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own, and the multipart parser's (malformed forms)
@@ -223,6 +232,33 @@ UPLOAD_SCHEMA = {"minItems": 1, "maxItems": MAX_FILES,
                            "minLength": 1}}
 UPLOAD_ENCODING = {"requestBody": {"content": {"multipart/form-data": {"encoding": {
     "file": {"contentType": "image/*"}}}}}}
+
+
+def _decoded(upload, max_bytes: int, draft_size: int):
+    """An upload -> its decoded RGB image; an empty, oversized or unreadable one -> its 4xx."""
+    from fastapi import HTTPException
+
+    data = upload.file.read(max_bytes + 1)
+    name = upload.filename or "upload"
+    if len(data) > max_bytes:
+        raise HTTPException(413, {"error": f"{name}: larger than the limit of {max_bytes:,} bytes", "file": name})
+    try:
+        return decode_rgb(data, draft_size=draft_size)
+    except BadImage as e:
+        status = 400 if not data else 415 if "not a recognised" in str(e) else 422
+        raise HTTPException(status, {"error": f"{name}: {e}", "file": name}) from None
+
+
+def _check_pixels(uploads, draft_size: int) -> None:
+    """413 before anything is decoded when the request's images would decode to more than
+    MAX_REQUEST_PIXELS in all (read from their headers): a few kilobytes of PNG can declare gigabytes."""
+    from fastapi import HTTPException
+
+    total = sum(decoded_pixels(upload.file, draft_size=draft_size) for upload in uploads)
+    if total > MAX_REQUEST_PIXELS:
+        raise HTTPException(413, {"error": f"the {len(uploads)} images of this request decode to {total:,} pixels "
+                                           f"in all, over the limit of {MAX_REQUEST_PIXELS:,} per request; send "
+                                           "fewer images per request, or smaller ones"})
 
 
 @functools.cache

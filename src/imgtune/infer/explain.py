@@ -136,9 +136,14 @@ def overlays(m, images: list[Image.Image], targets: list[int] | None = None) -> 
     tf, out = eval_transform(m.data_config), []
     for start in range(0, len(images), BATCH):
         x = torch.stack([tf(to_rgb(im)) for im in images[start:start + BATCH]])
-        t = None if targets is None else targets[start:start + BATCH]
-        out += [overlay(model_view(xi, m.data_config), c) for xi, c in zip(x, grad_cam(m.model, x, t))]
+        out += overlays_of_inputs(m, x, None if targets is None else targets[start:start + BATCH])
     return out
+
+
+def overlays_of_inputs(m, x: torch.Tensor, targets: list[int] | None = None) -> list[Image.Image]:
+    """`overlays` of images already eval-transformed ([B, 3, S, S])."""
+    require_gradients(m)
+    return [overlay(model_view(xi, m.data_config), c) for xi, c in zip(x, grad_cam(m.model, x, targets))]
 
 
 def unique_names(paths: list[str], suffix: str = ".png") -> list[str]:

@@ -191,11 +191,22 @@ def label_set_row(m, path: str, p: np.ndarray) -> dict:
 
 def _image_rows(m, images: list, top_k: int, tta: bool, min_confidence: float | None) -> list[dict]:
     """In-memory images (PIL or arrays) -> their answers, paths left for the caller to name."""
-    tf = TTAViews(m.data_config) if tta else eval_transform(m.data_config)
-    batch = torch.stack([tf(as_pil(im)) for im in images]).to(m.device)
+    tf = model_input(m, tta)
+    return answer_inputs(m, torch.stack([tf(as_pil(im)) for im in images]), top_k, min_confidence)
+
+
+def model_input(m, tta: bool = False):
+    """The transform from a decoded RGB image to what `answer_inputs` takes: [C, S, S], or [V, C, S, S]
+    with `tta` (its view 0 the plain one)."""
+    return TTAViews(m.data_config) if tta else eval_transform(m.data_config)
+
+
+def answer_inputs(m, batch: torch.Tensor, top_k: int, min_confidence: float | None) -> list[dict]:
+    """A batch of transformed images ([B, C, S, S], or [B, V, C, S, S] with test-time views) -> their
+    answers, paths left for the caller to name."""
     with torch.inference_mode():
-        probs = calibrated(m, EachView(m.model)(batch).cpu().numpy())[0]
-    return answer_rows(m, [""] * len(images), probs, top_k, min_confidence)
+        probs = calibrated(m, EachView(m.model)(batch.to(m.device)).cpu().numpy())[0]
+    return answer_rows(m, [""] * len(batch), probs, top_k, min_confidence)
 
 
 def as_pil(image):
