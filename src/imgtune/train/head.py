@@ -82,6 +82,8 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     recipe = ctx.recipe
     (x, y), (xv, yv) = feats["train"], feats["val"]
     started = time.perf_counter()
+    ctx.say(f"Head: choosing its L2 strength{'' if multi is not None else ' and class weighting'} by "
+            f"{recipe.head.folds}-fold cross-validation on {len(y) + len(yv):,} train+val images ...")
     if multi is not None:
         choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds, seed=ctx.seed)
         scores = dict(decider=None, scorer=multi.scorer())
