@@ -11,6 +11,11 @@ seeded split (a marker file says a set is complete; delete the folder to write i
   categories is dropped from both); numbered and black-and-white variants of one drawing kept on one
   side of a 75/25 split stratified by category.
 - digits: scikit-learn's 1,797 handwritten digits (8x8 px), a stratified 75/25 split.
+- elpv: the ELPV data set (PyPI `elpv-dataset`, CC BY-NC-SA 4.0: installed, never copied into this
+  repository): 2,624 electroluminescence images of solar cells, 300x300 px grayscale, graded by experts
+  as defective with probability 0, 1/3, 2/3 or 1 (functional, defect_p33, defect_p67, defective:
+  1,508 / 295 / 106 / 715), a stratified 75/25 split (1,968 / 656). Far from ImageNet (no objects,
+  grayscale texture, the deciding crack often a few pixels wide) and imbalanced 14:1.
 """
 
 from __future__ import annotations
@@ -137,6 +142,29 @@ def digits(root: Path) -> None:
             _save(Image.fromarray(images[i], "L"), root / split / str(d.target[i]) / f"digit_{i:04d}.png")
 
 
+ELPV_CLASSES = {"0.0": "functional", "0.3333333333333333": "defect_p33", "0.6666666666666666": "defect_p67",
+                "1.0": "defective"}
+
+
+def elpv(root: Path) -> None:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        import elpv_dataset
+    except ImportError:
+        sys.exit("the elpv set needs its package: pip install elpv-dataset==1.0.0.post1")
+    data = Path(elpv_dataset.__file__).parent / "data"
+    rows = [line.split() for line in (data / "labels.csv").read_text().splitlines() if line.strip()]
+    labels = [ELPV_CLASSES[r[1]] for r in rows]
+    train, test = train_test_split(np.arange(len(rows)), test_size=0.25, stratify=labels, random_state=SEED)
+    for split, ids in (("train", train), ("test", test)):
+        for i in ids:
+            src = data / rows[i][0]
+            dst = root / split / labels[i] / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+
+
 def fashion_mnist_300px(root: Path) -> None:
     """The wall-time check's data, not part of the accuracy suite: 2,000 images of 300x300 px (JPEG,
     quality 90), Fashion-MNIST scaled up, 160 training and 40 test images per class."""
@@ -151,7 +179,7 @@ def fashion_mnist_300px(root: Path) -> None:
 
 
 SETS = {"fashion-mnist": fashion_mnist, "fashion-mnist-lt": lambda r: fashion_mnist(r, long_tail=True),
-        "clipart": clipart, "digits": digits}
+        "clipart": clipart, "digits": digits, "elpv": elpv}
 TIMING_SETS = {"fashion-mnist-300px": fashion_mnist_300px}
 
 

@@ -57,11 +57,8 @@ def test_frozen_batchnorm_keeps_its_statistics(trained_run):
     assert not model.backbone.bn1.training and trained_bn.training
     model(torch.randn(4, 3, 32, 32))
     assert torch.equal(before, model.backbone.bn1.running_mean)
-    # the default (bn_train=False): every BatchNorm keeps its pretrained statistics, trained blocks included,
-    # while their affine weights still take gradients
-    from imgtune.config import DEFAULT
-
-    assert DEFAULT.finetune.bn_train is False
+    # bn_train=False: every BatchNorm keeps its pretrained statistics, trained blocks included, while their
+    # affine weights still take gradients
     stats = trained_bn.running_mean.clone()
     set_train_mode(model, bn_train=False)
     assert not trained_bn.training and model.training

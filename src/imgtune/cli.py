@@ -12,7 +12,7 @@ import threading
 
 from . import commands
 from ._version import __version__
-from .config import DEVICES, RUNTIMES
+from .config import AUGMENTS, DEVICES, METRICS, RUNTIMES
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 
@@ -103,13 +103,15 @@ def _train_flags(sub) -> None:
     t.add_argument("--cached-views", type=_int_at_least(0), metavar="K",
                    help="augmented views per training image whose frozen-trunk output is cached, so fine-tune "
                         "epochs run only the trained blocks (default: the recipe's; 0: off)")
-    t.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "macro_f1"],
+    t.add_argument("--metric", choices=METRICS,
                    help="what the run is for: the head's selection, the fine-tune checkpoint and the decision "
                         "offsets maximise it (default: the recipe's, accuracy)")
-    t.add_argument("--augment", choices=["light", "rotations", "seed", "none"],
-                   help="fine-tuning's augmentation: light (crops and mirror images), rotations (both flips and "
-                        "90-degree turns: for images with no up, such as cells or aerial views), seed (the "
-                        "original affine set) or none (default: the recipe's)")
+    t.add_argument("--augment", choices=AUGMENTS,
+                   help="fine-tuning's augmentation: auto (rotations where the classes do not depend on which "
+                        "way up an image is, measured on the data; else light), light (crops and mirror "
+                        "images), rotations (both flips and 90-degree turns: for images with no up, such as "
+                        "cells or aerial views), seed (the original affine set) or none (default: the "
+                        "recipe's, auto)")
     t.add_argument("--task", choices=["single", "multi"],
                    help="single: one class per image; multi: a set of labels per image, from a CSV's labels "
                         "column joined by ';' (default: what the data shows)")

@@ -53,8 +53,13 @@ class FineTuneConfig:
     # 1e-3 adapts the blocks to data far from ImageNet (digits: 0.941 -> 0.978 on validation in 4 epochs;
     # 1e-4 reached 0.949); where it pushes the blocks off their solution (clip art: the training loss
     # after warm-up 0.73 against the head's 0.29), the guard restarts from the head at 1e-4.
-    lr: float = 1e-3  # for the unfrozen backbone blocks
-    head_lr: float = 1e-3
+    lr: float = 1e-3  # for the unfrozen backbone blocks (when no candidates are given, or under torchrun)
+    head_lr: float = 1e-3  # the head's, in this ratio to the blocks' rate whichever rate is chosen
+    # Rates the blocks may train at, each probed briefly from the head and scored on validation before
+    # the stage (train/rate.py), e.g. (1e-4, 3e-4, 1e-3); () trains at `lr`. Off by default: with
+    # bn_train the first batches move every rate's validation loss (the statistics re-estimate), and the
+    # short probe then favours the lowest rate, which on the ELPV solar cells gained nothing (BENCHMARKS.md).
+    lr_candidates: tuple[float, ...] = ()
     weight_decay: float = 1e-4
     momentum: float = 0.9
     epochs: int = 4
@@ -64,8 +69,12 @@ class FineTuneConfig:
     patience: int | None = None
     label_smoothing: float = 0.0  # as the head was fitted: the hand-over to fine-tuning changes no loss
     schedule: str = "cosine"
-    augment: str = "light"  # "light" (random resized crop + flip), "seed" (the original affine set), "none"
-    bn_train: bool = False  # False: every BatchNorm keeps its pretrained running statistics
+    # "auto" (chosen from the data: train/augment.py), "light" (random resized crop + horizontal flip),
+    # "rotations" (light + quarter turns and vertical flips), "seed" (the original affine set), "none"
+    augment: str = "auto"
+    # True: BatchNorm in the trained blocks normalises by each batch and updates its statistics (frozen
+    # blocks never do); False: every BatchNorm keeps its pretrained running statistics.
+    bn_train: bool = True
     # Augmented views per training image whose frozen-trunk output is computed once and cached; epochs
     # then run only the trained blocks, cycling through these views and the plain one. 0: every epoch
     # runs the whole network on freshly augmented images.
@@ -99,7 +108,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**d["finetune"]),
+        finetune = {"lr_candidates": (), **d["finetune"]}  # runs from before the rate search trained at lr
+        finetune["lr_candidates"] = tuple(finetune["lr_candidates"])
+        return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**finetune),
                    metric=d.get("metric", "accuracy"), offsets=d.get("offsets", False),
                    multi_loss=d.get("multi_loss", "bce"))
 
@@ -132,7 +143,7 @@ def get_recipe(name: "str | Recipe") -> Recipe:
     return RECIPES[name]
 
 
-AUGMENTS = ("light", "rotations", "seed", "none")
+AUGMENTS = ("auto", "light", "rotations", "seed", "none")
 
 
 def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int | None = None,

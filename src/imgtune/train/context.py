@@ -30,6 +30,7 @@ class FitContext:
     started_wall: float = field(default_factory=time.perf_counter)
     checkpoint_every: float | None = 60.0  # seconds between checkpoints inside a fine-tune epoch
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per step, for config.json
+    choices: dict[str, dict] = field(default_factory=dict)  # what the run chose from the data and why
 
     @property
     def clock(self):

@@ -31,6 +31,7 @@ from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
+from .rate import RateChoice, choose_rate
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
 # from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->
@@ -100,6 +101,9 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
     if guard["lr_scale"] != 1.0:
         outcome["restarted"] = {"loss_after_warmup": guard.get("diverged_loss"),
                                 "start_loss": guard["start_loss"], "lr_scale": guard["lr_scale"]}
+    outcome["lr"] = _rate(guard, t.cfg) * guard["lr_scale"]
+    if "rate" in guard:
+        outcome["rate_search"] = guard["rate"]
     return state.history, outcome
 
 
@@ -112,7 +116,9 @@ def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
     cfg = t.cfg
     if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
         guard = {"start_loss": start_loss(t.trained, train_batches(0), t.ctx.device, t.head.objective, cfg),
-                 "lr_scale": 1.0}
+                 "lr_scale": 1.0, **_found_rate(t, start)}
+    elif "rate" in guard:
+        t.ctx.say(RateChoice.from_dict(guard["rate"]).describe())
     n_body = sum(p.numel() for p in t.body)
     how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
            if t.trained is not t.model else f"{cfg.augment} augmentation")
@@ -135,11 +141,7 @@ def _attempt(t: _Training, guard: dict, saved) -> StageState:
     """One run of the stage at the guard's rate scale, continued from `saved` (a checkpoint) if given."""
     cfg, ctx, scale = t.cfg, t.ctx, guard["lr_scale"]
     train_batches, val_batches, n_batches = t.batches
-    # a fresh optimizer over exactly the parameters this stage trains
-    optimizer = make_optimizer(cfg.optimizer, [{"params": t.body, "lr": cfg.lr * scale},
-                                               {"params": list(t.model.head.parameters()),
-                                                "lr": cfg.head_lr * scale}],
-                               momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = _optimizer(t, _rate(guard, cfg) * scale)
     scheduler = make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches, warmup=cfg.warmup)
     state = None
     if saved is not None:
@@ -160,6 +162,37 @@ def _attempt(t: _Training, guard: dict, saved) -> StageState:
     return run_stage(stage, t.trained, device=ctx.device, reporter=ctx.reporter, state=state,
                      hooks=_hooks(t, stage, guard), trainer=data_parallel(t.trained, ctx.ranks, ctx.device),
                      total=ctx.ranks.total)
+
+
+def _optimizer(t: _Training, lr: float):
+    """A fresh optimizer over exactly the parameters this stage trains: the blocks at `lr`, the head at
+    the recipe's ratio to it."""
+    cfg = t.cfg
+    return make_optimizer(cfg.optimizer, [{"params": t.body, "lr": lr},
+                                          {"params": list(t.model.head.parameters()), "lr": lr * cfg.head_lr / cfg.lr}],
+                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _rate(guard: dict, cfg: FineTuneConfig) -> float:
+    """The blocks' learning rate: the one found for this data set, else the recipe's."""
+    return guard["rate"]["rate"] if "rate" in guard else cfg.lr
+
+
+def _found_rate(t: _Training, start: dict) -> dict:
+    """{"rate": the RateChoice as a dict} where the recipe has candidate rates (and, under a time limit,
+    the plan has room for the probe's extra epoch or so); else nothing, and the recipe's rate is used."""
+    cfg = t.cfg
+    if not cfg.lr_candidates or (t.stop_at is not None and cfg.epochs < 3):
+        return {}
+    if t.ctx.ranks.active:  # each rank would probe on its own share of the batches and might choose another
+        t.ctx.say(f"Fine-tune rate: {cfg.lr:g}, the recipe's (the rate search runs in one process only).")
+        return {}
+    train_batches, val_batches, n_batches = t.batches
+    choice = choose_rate(t.trained, start, lambda lr: _optimizer(t, lr), train_batches(0), val_batches,
+                         tuple(cfg.lr_candidates), n_batches=n_batches, device=t.ctx.device,
+                         objective=t.head.objective, bn_train=cfg.bn_train, weights_of=t.model)
+    t.ctx.say(choice.describe())
+    return {"rate": choice.to_dict()}
 
 
 def _hooks(t: _Training, stage: Stage, guard: dict) -> list:

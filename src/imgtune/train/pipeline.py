@@ -17,6 +17,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..cache.features import FeatureCache, extract_features
 from ..cache.trunk_views import TrunkViews
+from ..config import with_overrides
 from ..data.builtin import resolve as resolve_data
 from ..data.manifest import SPLITS, Manifest
 from ..data.scan import find_images, require_usable, scan
@@ -37,6 +38,7 @@ from ..report.page import write_report
 from ..report.tensorboard import TensorBoardLog
 from ..runs.trained import TrainedModel, load_run, save_run
 from . import multilabel
+from .augment import choose_augment
 from .baselines import run_baselines, run_multilabel_baselines
 from .context import FitContext
 from .decide import decision_for_kept, decision_line, fit_label_decision, label_decision_line
@@ -76,6 +78,7 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
     ctx.say(manifest.summary())
     if spec["image_size"] is None:  # auto: a larger input where the images are large and it pays
         backbone = auto_image_size(ctx, backbone, manifest)
+    choose_augmentation(ctx, backbone, manifest)
     views = trunk_views(ctx, backbone, spec["backbone"])
     feats = features(ctx, backbone, manifest, views)
     with TensorBoardLog.maybe(ctx.run.path / "tensorboard", tensorboard and ctx.ranks.main) as tb:
@@ -119,6 +122,7 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
                         "class_counts": {c: int(n) for c, n in zip(m.classes, per_class)},
                         "head_selection": head.choice.to_dict() if head.choice is not None else None,
                         "finetune": finetune, "decision": decision.to_dict(), "calibration": calibration,
+                        **ctx.choices,
                         "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
     save_run(trained, ctx.run.path)
     write_report(ctx.run.path, trained.metrics, ctx.run.report)
@@ -163,6 +167,18 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
         write_json_atomic(run.checkpoints / "settings.json", {**settings, "data_task": manifest.task})
     ctx.ranks.barrier()
     return manifest
+
+
+def choose_augmentation(ctx: FitContext, backbone: Backbone, manifest: Manifest) -> None:
+    """--augment auto: the policy fine-tuning will use, measured on the data (train/augment.py), put in
+    the recipe for the rest of the fit."""
+    if ctx.recipe.finetune.augment != "auto" or ctx.recipe.finetune.epochs == 0:
+        return
+    with _timed(ctx, "augment"):
+        augment, why = choose_augment(ctx, backbone, manifest)
+    ctx.say(f"Augmentation: {augment} ({why}).")
+    ctx.choices["augment"] = {"chosen": augment, "why": why}
+    ctx.recipe = with_overrides(ctx.recipe, augment=augment)
 
 
 def trunk_views(ctx: FitContext, backbone: Backbone, name: str) -> TrunkViews | None:
