@@ -160,3 +160,13 @@ def test_predict_proba_and_what_predict_skipped(trained_run, tmp_path):
     assert proba.shape == (2, 3) and np.allclose(proba.sum(1), 1, atol=1e-4)
     assert [clf.classes_[i] for i in proba.argmax(1)] == [r["label"] for r in rows]
     assert not hasattr(ImageClassifier(), "classes_")  # before fit: an AttributeError, as in scikit-learn
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 1.5, "3", True])
+def test_predict_refuses_a_top_k_that_is_not_a_whole_number_of_one_or_more(trained_run, top_k):
+    from imgtune.errors import ParameterError
+
+    run, data, _ = trained_run
+    clf = ImageClassifier.load(run, quiet=True)
+    with pytest.raises(ParameterError, match=r"^top_k must be a whole number, 1 or more"):
+        clf.predict([str(data / "circle" / "circle_000.png")], top_k=top_k)

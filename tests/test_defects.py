@@ -274,3 +274,21 @@ def test_grey_arrays_with_one_channel_and_a_list_given_to_fit(trained_run, tmp_p
     assert clf.predict(grey)[0]["label"] == clf.predict(grey[..., 0])[0]["label"]
     with pytest.raises(DataError, match="fit takes a folder"):
         ImageClassifier(image_size=32, quiet=True).fit([str(trained_run[1])], out=tmp_path / "run")
+
+
+def test_runtime_onnx_refuses_another_runs_model_onnx_in_one_line(trained_run, tmp_path, capsys):
+    """model.onnx copied in from another run (same classes and size, other weights): --runtime onnx
+    used to run it silently; now it is refused as --runtime auto would see it, stale."""
+    import shutil
+
+    run, data, cache = trained_run
+    other = tmp_path / "other"
+    assert main(["train", str(data), "--out", str(other), "--image-size", "32", "--epochs", "0", "--seed", "7",
+                 "--cache-dir", str(cache), "--quiet"]) == 0
+    assert main(["export", str(other), "--quiet"]) == 0
+    copy = _tampered(run, tmp_path, "run", lambda c, _: None)
+    shutil.copyfile(other / "model.onnx", copy / "model.onnx")
+    image = sorted((data / "circle").iterdir())[0]
+    assert main(["predict", str(copy), str(image), "--runtime", "onnx", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was not exported from this run's weights" in err, err

@@ -163,6 +163,32 @@ def test_a_bad_index_is_one_line(trained_run, tmp_path, capsys, case):
             "no metadata": "no imgtune metadata"}[case] in err
 
 
+@pytest.mark.parametrize("case", ["metadata a list", "a NaN vector", "damaged bytes"])
+def test_a_damaged_index_made_from_a_good_one_is_one_line(trained_run, index, tmp_path, capsys, case):
+    """The metadata valid JSON but not an object, a vector of NaN, or the data pages overwritten: each
+    one line naming what is wrong, never a traceback."""
+    run, data, cache = trained_run
+    table = pq.read_table(index)
+    path = tmp_path / "bad.parquet"
+    if case == "metadata a list":
+        pq.write_table(table.replace_schema_metadata({embedding.METADATA_KEY: b"[1, 2]"}), path)
+    elif case == "a NaN vector":
+        vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+        vectors[3] = np.nan
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+        pq.write_table(table.set_column(2, "vector", column), path)
+    else:
+        raw = bytearray(index.read_bytes())
+        raw[200:len(raw) // 2] = b"\xff" * (len(raw) // 2 - 200)  # the header and footer stay readable
+        path.write_bytes(bytes(raw))
+    code = main(["similar", str(run), str(data / "circle" / "circle_000.png"), "--index", str(path),
+                 "--cache-dir", str(cache), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert {"metadata a list": "not a JSON object", "a NaN vector": "not finite numbers (NaN or infinity), first "
+            "in row 3", "damaged bytes": "cannot be read"}[case] in err, err
+
+
 def test_k_below_one_is_refused(trained_run, index, capsys):
     run, data, _ = trained_run
     with pytest.raises(SystemExit) as e:

@@ -169,3 +169,24 @@ def test_atomic_files_get_the_permissions_open_would_give_without_touching_the_u
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+def test_a_write_that_fails_for_want_of_space_names_the_file_it_was_writing(tmp_path, monkeypatch, capsys):
+    """A full disk makes write() fail with ENOSPC and no file name; the error names the target, and no
+    temporary file is left."""
+    import errno
+
+    from imgtune.atomic import write_bytes_atomic
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import imgtune.atomic as atomic
+
+    with pytest.raises(OSError) as e:
+        atomic.write_atomic(tmp_path / "metrics.json", full)
+    assert e.value.filename == str(tmp_path / "metrics.json") and e.value.errno == errno.ENOSPC
+    assert "None" not in f"{e.value.strerror}: {e.value.filename}"
+    assert list(tmp_path.iterdir()) == []
+    write_bytes_atomic(tmp_path / "ok.bin", b"x")  # and an ordinary write still works
+    assert (tmp_path / "ok.bin").read_bytes() == b"x"

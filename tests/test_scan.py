@@ -172,3 +172,41 @@ def test_a_partly_filled_split_column_through_the_cli_never_trains_on_the_test_r
         written = {r["path"]: r["split"] for r in csv.DictReader(f)}
     assert {p for p, s in written.items() if s == "test"} == {p for p, s in given.items() if s == "test"}
     assert all(written[p] == "train" for p, s in given.items() if s == "train")
+
+
+@pytest.mark.parametrize("labels", [["", "", ""], ["red", "", "red"], ['["red"]', "[]", '["red"]']],
+                         ids=["all empty", "one label", "one label as JSON"])
+def test_a_multi_label_csv_with_fewer_than_two_labels_is_one_line_exit_2(tmp_path, capsys, labels):
+    """A fresh process: exit 2 and one line naming what was found, no traceback."""
+    import subprocess
+    import sys
+
+    write_class_folders(tmp_path / "p", 1)
+    files = sorted((tmp_path / "p").rglob("*.png")) + sorted((tmp_path / "p").rglob("*.jpg"))
+    rows = ["path,labels"] + [f'{f},"{v.replace(chr(34), chr(34) * 2)}"' for f, v in zip(files, labels)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, "-m", "imgtune", "train", str(tmp_path / "m.csv"), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "at least two distinct labels" in err[0], done.stderr
+
+
+def test_a_folder_holding_a_csv_says_to_give_the_csv_and_a_csv_without_val_speaks_of_rows(tmp_path):
+    (tmp_path / "hf").mkdir()
+    make = __import__("conftest").make_image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        make("circle" if i % 2 else "square", rng).save(tmp_path / "hf" / f"{i}.png")
+    (tmp_path / "hf" / "metadata.csv").write_text("file_name,label\n" + "\n".join(
+        f"{i}.png,{'circle' if i % 2 else 'square'}" for i in range(4)) + "\n")
+    with pytest.raises(DataError, match=r"metadata\.csv: give that CSV as DATA"):
+        scan(tmp_path / "hf")
+    one_each = tmp_path / "one.csv"
+    one_each.write_text("path,label\nhf/0.png,square\nhf/1.png,circle\n")
+    from imgtune.data.scan import require_usable
+
+    with pytest.raises(DataError, match="mark some rows val in a split column"):
+        require_usable(scan(one_each))

@@ -25,12 +25,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, durab
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.filename is None:  # a write or fsync that failed (disk full) names no file: name the target
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     if durable:
         _fsync_dir(path.parent)
+
+
+def _remove(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
 
 
 def _new_temporary(path: Path) -> str:

@@ -98,6 +98,10 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None):
         loose = [f.name for f in root.iterdir() if f.is_file() and is_image_name(f.name)]
         hint = (f" It holds {len(loose)} images directly: put each class's images in a folder named "
                 "after the class." if loose else "")
+        tables = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() == ".csv"]
+        if tables:  # a Hugging Face ImageFolder (metadata.csv) or any labels table beside the images
+            hint += (f" It holds {', '.join(sorted(tables)[:3])}: give that CSV as DATA "
+                     f"({str(root / sorted(tables)[0])!r}).")
         raise DataError(f"Found 0 images in subfolders of {str(root)!r}: expected DATA/<class>/<image> with "
                         f"extensions {' '.join(IMAGE_EXTENSIONS)}.{hint}")
     return classes, files, skipped
@@ -133,8 +137,9 @@ def require_usable(m: Manifest) -> None:
         raise DataError(f"None of the {len(m.skipped):,} files in {where!r} is usable: {top}"
                         f"{'; ...' if len(reasons) > 3 else ''} (see skipped.csv).")
     if not any(it.split == "val" for it in m.items):
-        raise DataError(f"Expected validation images in {where!r}, found none: give each class 2 or more "
-                        "images, or add a val/ folder.")
+        fix = ("give each class 2 or more rows, or mark some rows val in a split column" if where.lower().endswith(".csv")
+               else "give each class 2 or more images, or add a val/ folder")
+        raise DataError(f"Expected validation images in {where!r}, found none: {fix}.")
     if m.multi:
         in_train = m.targets(m.split("train")).sum(axis=0)
         never = [c for c, n in zip(m.classes, in_train) if n == 0]

@@ -30,6 +30,10 @@ def scan_csv(path: Path, seed: int, val_fraction: float, test_fraction: float, t
     task = task_of(rows, parsed, path, task)
     multi = task == "multi"
     classes = sorted({name for names in parsed for name in names})
+    if multi and len(classes) < 2:
+        found = f"only the label {classes[0]!r}" if classes else "no label at all"
+        raise DataError(f"CSV {str(path)!r} has {found} in its {len(rows):,} rows: a multi-label classifier needs "
+                        "at least two distinct labels.")
     index = {c: i for i, c in enumerate(classes)}
     files, given_split, skipped = [], [], []
     first: dict[str, tuple[int, tuple, str]] = {}  # one file, one row: (row number, labels, split) of its first

@@ -31,6 +31,10 @@ def choose_runtime(run_dir: str | os.PathLike, runtime: str = "auto", *, device:
     if runtime == "onnx" and not (run.path / "model.onnx").is_file():
         _export_once(run, reporter)
         return runtime, f"Runtime: ONNX Runtime ({run.path / 'model.onnx'} exported now, checked against PyTorch)."
+    if runtime == "onnx" and not is_current(run):  # another run's file, or one from before a retrain
+        raise RunFolderError(f"{str(run.path / 'model.onnx')!r} was not exported from this run's weights "
+                             "(its recorded weights_sha256 or classes differ): export it again with `imgtune "
+                             "export RUN`, or use --runtime auto, which does that itself.")
     if runtime != "auto":
         return runtime, ""
     if needs_gradients:

@@ -177,6 +177,9 @@ def open_index(path: str | os.PathLike) -> Index:
     except (KeyError, ValueError):
         raise DataError(f"Index {str(path)!r} has no imgtune metadata (which backbone made its vectors): "
                         f"{made}.") from None
+    if not isinstance(space, dict):
+        raise DataError(f"Index {str(path)!r} has imgtune metadata that is not a JSON object "
+                        f"({type(space).__name__}): {made}.")
     return Index(path, f, space, f.metadata.num_rows, vector.list_size)
 
 
@@ -208,12 +211,25 @@ def _normalised(v: np.ndarray) -> np.ndarray:
 
 def _blocks(index: Index, rows: int):
     """(first row, [B, D] float32 vectors) of the index, `rows` at a time."""
+    pa, _ = require_pyarrow()
     start = 0
-    for batch in index.file.iter_batches(batch_size=rows, columns=["vector"]):
+    batches = index.file.iter_batches(batch_size=rows, columns=["vector"])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:  # damaged bytes inside the file
+            raise DataError(f"Index {str(index.path)!r} cannot be read past row {start:,} "
+                            f"({' '.join(str(e).split())[:200]}): embed the images again.") from None
         col = batch.column(0)
         if col.null_count:
             raise DataError(f"Index {str(index.path)!r} has rows without a vector: embed the images again.")
         v = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), index.dim)
+        bad = ~np.isfinite(v).all(1)
+        if bad.any():
+            raise DataError(f"Index {str(index.path)!r} has vectors that are not finite numbers (NaN or infinity), "
+                            f"first in row {start + int(np.argmax(bad)):,}: embed the images again.")
         yield start, v
         start += len(col)
 

@@ -12,7 +12,7 @@ from ..data.datasets import ImageFiles
 from ..data.images import to_rgb
 from ..data.scan import image_files
 from ..data.transforms import TTAViews, eval_transform
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, ParameterError
 from ..model.heads import EachView
 from ..progress import Reporter
 from ..runs.trained import with_torch
@@ -106,6 +106,7 @@ def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: flo
     is labelled "unknown" (its top_k still lists the classes). A multi-label model answers
     {"path", "labels", "probabilities"} (label_set_row). For more files than fit in memory: `stream`."""
     _check_confidence(min_confidence)
+    _check_top_k(top_k)
     if is_path(inputs) or not isinstance(inputs, (list, tuple)):
         inputs = [inputs]
     files = [x for x in inputs if is_path(x)]
@@ -132,6 +133,7 @@ class stream:
     def __init__(self, m, paths: list, *, top_k: int = 5, tta: bool = False, min_confidence: float | None = None,
                  reporter: Reporter | None = None, share: tuple[int, int] = (0, 1)):
         _check_confidence(min_confidence)
+        _check_top_k(top_k)
         self.m, self.top_k, self.tta, self.min_confidence = m, top_k, tta, min_confidence
         self.reporter = reporter or Reporter(quiet=True)
         self.files, self._origin, self.skipped = [], [], []
@@ -175,6 +177,11 @@ def answer_rows(m, paths: list[str], probs: np.ndarray, top_k: int, min_confiden
         out.append({"path": path, "label": UNKNOWN if unknown else m.classes[order[0]],
                     "probability": float(p[order[0]]), "top_k": [(m.classes[j], float(p[j])) for j in order]})
     return out
+
+
+def _check_top_k(top_k) -> None:
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ParameterError("top_k", f"must be a whole number, 1 or more; received {top_k!r}.")
 
 
 def _check_confidence(min_confidence: float | None) -> None:
