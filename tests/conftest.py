@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +110,61 @@ def write_multilabel_csv(root: Path, n: int, seed: int = 0, name: str = "labels.
         rows.append(f"images/m{seed}_{i:03d}.png,{';'.join(labels)}")
     (root / name).write_text("\n".join(rows) + "\n")
     return root / name
+
+
+def run_watched(cmd: list[str], *, cwd=None, env=None, silence: float = 900.0) -> subprocess.CompletedProcess:
+    """Run `cmd` to its end, capturing stdout and stderr as text; killed only when for `silence` seconds it
+    has printed nothing and used no CPU time. A guard against a hang that a slow, busy machine never
+    trips, however long the command takes there: a live imgtune prints a progress line at least every
+    30 s inside every long stage (progress.HEARTBEAT), and a quiet one keeps using the CPU."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    last = [time.monotonic()]
+
+    def pump(name: str, stream) -> None:
+        for line in stream:
+            out[name].append(line)
+            last[0] = time.monotonic()
+
+    threads = [threading.Thread(target=pump, args=(n, s), daemon=True)
+               for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for t in threads:
+        t.start()
+    cpu = [-1.0]
+    while proc.poll() is None:
+        now = _cpu_seconds(proc.pid)
+        if now > cpu[0]:
+            cpu[0], last[0] = now, time.monotonic()
+        if time.monotonic() - last[0] > silence:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{cmd[:4]} printed nothing and used no CPU for {silence:.0f} s: hung. Last output: "
+                        f"{''.join(out['stderr'][-5:])}")
+        time.sleep(1)
+    for t in threads:
+        t.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out["stdout"]), "".join(out["stderr"]))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants, live or finished (Linux /proc; 0
+    elsewhere): torchrun's launcher idles while its workers compute."""
+    stats = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, total = {pid}, 0
+    changed = True
+    while changed:
+        changed = False
+        for p, (parent, _) in stats.items():
+            if parent in tree and p not in tree:
+                tree.add(p)
+                changed = True
+    total = sum(stats[p][1] for p in tree if p in stats)
+    return total / os.sysconf("SC_CLK_TCK") if stats else 0.0

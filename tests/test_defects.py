@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import write_class_folders
+from conftest import run_watched, write_class_folders
 from PIL import Image
 
 from imgtune import ImageClassifier
@@ -62,8 +62,7 @@ def test_a_named_pipe_among_the_images_is_skipped_without_opening_it(tmp_path, t
     for args in (["predict", run, data, "--output", tmp_path / "p.csv", "--quiet"],
                  ["inspect", data, "--out", tmp_path / "audit"],
                  ["predict", run, data / "circle" / "pipe.png", data / "square", "--output", tmp_path / "q.csv"]):
-        r = subprocess.run([sys.executable, "-m", "imgtune", *map(str, args)], capture_output=True, text=True,
-                           timeout=600)
+        r = run_watched([sys.executable, "-m", "imgtune", *map(str, args)])
         assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
     assert "pipe.png" not in (tmp_path / "p.csv").read_text()
     assert "named pipe" in (tmp_path / "q.csv").read_text() + r.stderr
@@ -73,8 +72,7 @@ def test_a_second_train_into_a_run_folder_in_use_gets_one_line(tmp_path):
     data = write_class_folders(tmp_path / "photos", 4, seed=4)
     run = RunFolder(tmp_path / "run")
     with run.locked():  # as a first train holds it
-        r = subprocess.run([sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run.path)],
-                           capture_output=True, text=True, timeout=600)
+        r = run_watched([sys.executable, "-m", "imgtune", "train", str(data), "--out", str(run.path)])
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert f"is being trained into by process {os.getpid()}" in r.stderr
         assert not run.split.exists()  # nothing of the second run was written

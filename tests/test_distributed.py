@@ -2,18 +2,16 @@
 
 import csv
 import json
-import subprocess
 import sys
 
-from conftest import write_class_folders
+from conftest import run_watched, write_class_folders
 
 from imgtune.cache.store import ShardStore
 
 
 def _train(cmd_prefix, data, run, cache):
-    r = subprocess.run([*cmd_prefix, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "32",
-                        "--epochs", "2", "--cache-dir", str(cache), "--seed", "3", "--device", "cpu"],
-                       capture_output=True, text=True, timeout=1800)  # a guard against a hang, not a speed test
+    r = run_watched([*cmd_prefix, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "32",
+                     "--epochs", "2", "--cache-dir", str(cache), "--seed", "3", "--device", "cpu"])  # a guard against a hang, not a speed test
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_multilabel_image, write_class_folders, write_multilabel_csv
+from conftest import make_multilabel_image, run_watched, write_class_folders, write_multilabel_csv
 from safetensors.torch import load_file
 from test_serve import _request, _start_server
 
@@ -248,6 +248,6 @@ def test_an_interrupted_multi_label_run_resumes_to_the_same_weights(multi_run, t
 
 def test_the_run_records_the_task_and_a_fresh_process_reads_it(multi_run):
     run, _, test = multi_run
-    r = subprocess.run([sys.executable, "-m", "imgtune", "predict", str(run), str(test.parent / "images" / "m5_003.png"),
-                        "--quiet"], capture_output=True, text=True, timeout=600)
+    r = run_watched([sys.executable, "-m", "imgtune", "predict", str(run), str(test.parent / "images" / "m5_003.png"),
+                     "--quiet"])
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "path,labels,circle,square,triangle", r.stderr

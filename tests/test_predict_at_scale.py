@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_class_folders
+from conftest import run_watched, write_class_folders
 
 from imgtune.classifier import ImageClassifier
 from imgtune.cli import main
@@ -144,11 +144,9 @@ def test_torchrun_shares_the_files_and_joins_one_file_in_input_order(trained_run
         shutil.copytree(data / cls, data_copy / cls)
     (data_copy / "circle" / "broken.png").write_bytes(b"not an image")  # skipped by the rank that has it
     args = [str(run), str(data_copy), str(data / "triangle"), "--runtime", "torch", "--device", "cpu"]
-    one = subprocess.run([sys.executable, "-m", "imgtune", "predict", *args, "--output", str(tmp_path / "one.csv")],
-                         capture_output=True, text=True, timeout=900)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "imgtune", "predict", *args, "--output", str(tmp_path / "two.csv")],
-                         capture_output=True, text=True, timeout=900)
+    one = run_watched([sys.executable, "-m", "imgtune", "predict", *args, "--output", str(tmp_path / "one.csv")])
+    two = run_watched([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "-m", "imgtune", "predict", *args, "--output", str(tmp_path / "two.csv")])
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     a, b = _rows(tmp_path / "one.csv"), _rows(tmp_path / "two.csv")
     assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 14 * 3

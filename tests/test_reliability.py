@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import write_class_folders
+from conftest import run_watched, write_class_folders
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -73,8 +73,7 @@ def test_kill_9_mid_epoch_then_resume_gives_identical_weights(reference, tmp_pat
     assert killed.returncode == -signal.SIGKILL, f"not killed at epoch 1, batch 1: {killed.stderr[-2000:]}"
     assert _position(run / "checkpoints" / "finetune.safetensors") == (1, 1)
     assert not (run / "model.safetensors").exists()
-    r = subprocess.run([sys.executable, "-m", "imgtune", *args, "--resume"], capture_output=True, text=True,
-                       timeout=600)
+    r = run_watched([sys.executable, "-m", "imgtune", *args, "--resume"])
     assert r.returncode == 0, r.stderr
     assert _same(weights, run)
 

@@ -13,14 +13,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, make_image
+from conftest import COLOURS, make_image, run_watched
 from PIL import Image
 from test_serve import _png, _request, _start_server
 
@@ -184,8 +183,7 @@ def test_openapi_document_holds_for_every_answer(page_server, tmp_path):
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all",
            "--max-examples", "25", "--seed", "16", "--workers", "1", "--request-timeout", "120",
            "--generation-database", "none", "--no-color", "--report", "har", "--report-har-path", str(har)]
-    done = subprocess.run(cmd, check=False, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)},
-                          capture_output=True, text=True, timeout=600)
+    done = run_watched(cmd, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)})
     out = done.stdout + done.stderr
     assert done.returncode == 0 and "No issues found" in out, out[-6000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", out)
