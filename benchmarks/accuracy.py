@@ -47,6 +47,8 @@ def timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float | N
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
     wall = time.perf_counter() - started
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    cpu = sum(float(v) for v in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+    proc.cpu_seconds = cpu or None  # user + system of the whole process, beside its wall time
     return proc, wall, int(rss.group(1)) / 1024 if rss else None
 
 
@@ -69,7 +71,7 @@ def run_train(data: Path, args, set_name: str, method: str) -> dict:
         raise SystemExit(f"{set_name}/{method} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     metrics = json.loads((run / "metrics.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    return {"metrics": metrics, "wall": wall, "peak_rss_mib": rss, "command": shlex.join(cmd),
+    return {"metrics": metrics, "wall": wall, "cpu": proc.cpu_seconds, "peak_rss_mib": rss, "command": shlex.join(cmd),
             "seconds": config.get("seconds"), "decision": config.get("decision"), "run": str(run)}
 
 
@@ -80,7 +82,8 @@ def run_probe(data: Path, args, set_name: str) -> dict:
     proc, wall, rss = timed(cmd)
     if proc.returncode != 0:
         raise SystemExit(f"{set_name}/probe failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {"metrics": json.loads(out.read_text()), "wall": wall, "peak_rss_mib": rss, "command": shlex.join(cmd)}
+    return {"metrics": json.loads(out.read_text()), "wall": wall, "cpu": proc.cpu_seconds, "peak_rss_mib": rss,
+            "command": shlex.join(cmd)}
 
 
 def files(data: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
@@ -137,15 +140,16 @@ def majority(data: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| data set | method | accuracy | macro-F1 | balanced accuracy | worst class | wall s | peak RSS MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| data set | method | accuracy | macro-F1 | balanced accuracy | worst class | CPU s | wall s | peak RSS MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m = r["metrics"]
         worst = min(m["per_class"].items(), key=lambda kv: kv[1]["accuracy"])
         wall = f"{r['wall']:.0f}" if r.get("wall") else "—"
+        cpu = f"{r['cpu']:.0f}" if r.get("cpu") else "—"
         rss = f"{r['peak_rss_mib']:,.0f}" if r.get("peak_rss_mib") else "—"
         lines.append(f"| {r['set']} | {r['method']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
-                     f"{m['balanced_accuracy']:.4f} | {worst[0]} {worst[1]['accuracy']:.3f} | {wall} | {rss} |")
+                     f"{m['balanced_accuracy']:.4f} | {worst[0]} {worst[1]['accuracy']:.3f} | {cpu} | {wall} | {rss} |")
     return "\n".join(lines)
 
 

@@ -89,7 +89,8 @@ def test_parameters_are_the_settings_flattened(single):
     assert params["recipe.head.lr"] == str(recipe["head"]["lr"])
     assert params["recipe.head.kind"] == recipe["head"]["kind"]
     assert params["recipe.finetune.epochs"] == "1"
-    assert params["recipe.finetune.augment"] == recipe["finetune"]["augment"]
+    # the settings as given (augment "auto"); config.json says what the data chose
+    assert params["recipe.finetune.augment"] == "auto" and recipe["finetune"]["augment"] == config["augment"]["chosen"]
     assert params["backbone"] == config["backbone"] and params["seed"] == "0" and params["image_size"] == "32"
     assert params["data_config.image_size"] == "32"
     assert {params[f"counts.{s}"] for s in ("train", "val", "test")} == {str(n) for n in config["counts"].values()}

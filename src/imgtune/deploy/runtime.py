@@ -31,7 +31,7 @@ def choose_runtime(run_dir: str | os.PathLike, runtime: str = "auto", *, device:
     if runtime == "onnx" and not (run.path / "model.onnx").is_file():
         _export_once(run, reporter)
         return runtime, f"Runtime: ONNX Runtime ({run.path / 'model.onnx'} exported now, checked against PyTorch)."
-    if runtime == "onnx" and not is_current(run):  # another run's file, or one from before a retrain
+    if runtime == "onnx" and _made_from_other_weights(run):  # another run's file, or one from before a retrain
         raise RunFolderError(f"{str(run.path / 'model.onnx')!r} was not exported from this run's weights "
                              "(its recorded weights_sha256 or classes differ): export it again with `imgtune "
                              "export RUN`, or use --runtime auto, which does that itself.")
@@ -74,6 +74,18 @@ def is_current(run: RunFolder) -> bool:
     made_from = meta.get("weights_sha256")
     return made_from is not None and made_from == weights_digest(run) \
         and meta.get("classes") == run.read_config().get("classes")
+
+
+def _made_from_other_weights(run: RunFolder) -> bool:
+    """RUN/model.onnx reads as an imgtune export but records other weights or classes than the run's. A
+    file that does not read as one is left to the loader, whose error says what is wrong with it."""
+    from ..model.onnx_module import metadata, read_checked
+
+    try:
+        meta = metadata(read_checked(run.path / "model.onnx"))
+    except ImgtuneError:
+        return False
+    return not is_current(run) and meta.get("weights_sha256") is not None
 
 
 def _export_once(run: RunFolder, reporter: Reporter | None) -> None:

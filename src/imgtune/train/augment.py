@@ -57,16 +57,15 @@ class Turned:
 def choose_augment(ctx, backbone, manifest) -> tuple[str, str]:
     """-> (the augmentation policy for fine-tuning, why). A resumed run reads what the run chose."""
     stored = ctx.run.checkpoints / "augment.json"
-    if stored.exists():
-        doc = json.loads(stored.read_text())
-        return doc["augment"], doc["why"]
-    if manifest.multi:
-        augment, why = "light", "multi-label data: the orientation test reads single labels"
-    else:
-        augment, why = _measured(ctx, backbone, manifest)
-    if ctx.ranks.main:
+    if not stored.exists() and ctx.ranks.main:  # under torchrun rank 0 decides, the others read its choice
+        if manifest.multi:
+            augment, why = "light", "multi-label data: the orientation test reads single labels"
+        else:
+            augment, why = _measured(ctx, backbone, manifest)
         write_json_atomic(stored, {"augment": augment, "why": why})
-    return augment, why
+    ctx.ranks.barrier()
+    doc = json.loads(stored.read_text())
+    return doc["augment"], doc["why"]
 
 
 def _measured(ctx, backbone, manifest) -> tuple[str, str]:

@@ -208,15 +208,24 @@ def _hooks(t: _Training, stage: Stage, guard: dict) -> list:
         save_tensors(t.ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
                                        "scheduler": stage.scheduler.state_dict(), "guard": guard})
 
+    judged_at = min(2, cfg.epochs)  # after warm-up: the second epoch (the first of a one-epoch stage)
+    unjudged: list[tuple[dict, int]] = []  # epochs not yet handed to TensorBoard/MLflow: the guard may undo them
+
     def after_epoch(st: StageState) -> None:
         if ctx.ranks.main:
             save_checkpoint(st)
             ctx.run.write_history(t.head.history + st.history)
-            t.log_epoch(st.history[-1], len(t.head.history) + st.epoch)
-        last = st.history[-1]  # after warm-up: the second epoch (the first of a one-epoch stage)
-        if last["epoch"] == min(2, cfg.epochs) and guard["lr_scale"] == 1.0 and \
+        last = st.history[-1]
+        watched = guard["lr_scale"] == 1.0
+        if watched and last["epoch"] == judged_at and \
                 not last["loss"] <= DIVERGED * guard["start_loss"]:  # a NaN loss has diverged too
-            raise Diverged(last["loss"])
+            raise Diverged(last["loss"])  # its epochs were never logged: the restart logs its own once
+        if ctx.ranks.main:
+            unjudged.append((last, len(t.head.history) + st.epoch))
+            if not (watched and last["epoch"] < judged_at):
+                for record, step in unjudged:
+                    t.log_epoch(record, step)
+                unjudged.clear()
 
     hooks = [EveryEpoch(after_epoch)]
     if not ctx.ranks.active and ctx.checkpoint_every is not None:
