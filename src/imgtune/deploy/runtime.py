@@ -61,16 +61,27 @@ def choose_runtime(run_dir: str | os.PathLike, runtime: str = "auto", *, device:
 def is_current(run: RunFolder) -> bool:
     """RUN/model.onnx exists, reads as an imgtune export, and was made from the run's current weights
     for the classes its config.json lists."""
+    meta = _export_metadata(run)
+    return meta is not None and _made_from(run, meta)
+
+
+def _export_metadata(run: RunFolder) -> dict | None:
+    """The metadata of RUN/model.onnx, or None where there is no such file or it does not read as one."""
     from ..model.onnx_module import metadata, read_checked
-    from .export import weights_digest
 
     path = run.path / "model.onnx"
     if not path.is_file():
-        return False
+        return None
     try:
-        meta = metadata(read_checked(path))
+        return metadata(read_checked(path))
     except ImgtuneError:
-        return False
+        return None
+
+
+def _made_from(run: RunFolder, meta: dict) -> bool:
+    """The export's recorded weights and classes are the run's own."""
+    from .export import weights_digest
+
     made_from = meta.get("weights_sha256")
     return made_from is not None and made_from == weights_digest(run) \
         and meta.get("classes") == run.read_config().get("classes")
@@ -79,13 +90,8 @@ def is_current(run: RunFolder) -> bool:
 def _made_from_other_weights(run: RunFolder) -> bool:
     """RUN/model.onnx reads as an imgtune export but records other weights or classes than the run's. A
     file that does not read as one is left to the loader, whose error says what is wrong with it."""
-    from ..model.onnx_module import metadata, read_checked
-
-    try:
-        meta = metadata(read_checked(run.path / "model.onnx"))
-    except ImgtuneError:
-        return False
-    return not is_current(run) and meta.get("weights_sha256") is not None
+    meta = _export_metadata(run)
+    return meta is not None and meta.get("weights_sha256") is not None and not _made_from(run, meta)
 
 
 def _export_once(run: RunFolder, reporter: Reporter | None) -> None:

@@ -77,8 +77,9 @@ def _measured(ctx, backbone, manifest) -> tuple[str, str]:
     paths = [train[i].path for i in pick]
     cfg = backbone.data_config
     cache = FeatureCache(ctx.cache_root, backbone)
-    net = functools.partial(fast_frozen, backbone.model, cfg.image_size, device=ctx.device,
-                            cache_root=ctx.cache_root, key_info={**cache.key_info, "part": "features"})
+    # built once, on first use, for both passes (the plain views may all be cached already)
+    net = functools.cache(functools.partial(fast_frozen, backbone.model, cfg.image_size, device=ctx.device,
+                                            cache_root=ctx.cache_root, key_info={**cache.key_info, "part": "features"}))
     plain = extract_features(backbone, paths, cache, device=ctx.device, reporter=ctx.reporter, network=net)[0]
     seeds = [ctx.seed * 100_003 + i for i in range(len(paths))]
     out, _ = run_network(net(), ImageFiles(paths, None, Turned(cfg), cfg.image_size, seeds), device=ctx.device,
