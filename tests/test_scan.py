@@ -2,9 +2,10 @@
 
 import os
 import re
+import sys
 
 import pytest
-from conftest import write_class_folders
+from conftest import run_watched, write_class_folders
 
 from imgtune.data.scan import labelled_files, scan
 from imgtune.errors import DataError
@@ -211,3 +212,24 @@ def test_a_folder_holding_a_csv_says_to_give_the_csv_and_a_csv_without_val_speak
 
     with pytest.raises(DataError, match="mark some rows val in a split column"):
         require_usable(scan(one_each))
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('{0},"red\n{1},blue\n{2},green\n', "row 2: cannot be read as CSV"),  # a quote never closed
+    ('{0},red\n{1},"blue\n{2},green"\n', "row 3: the label 'blue\\n"),  # closed rows later
+    ('{0},red\n{1},"{2}"\n', "looks like an image file's path"),
+    ('{0},"[""red;x""]"\n{1},"[""blue""]"\n{2},red\n', "contains ';'"),
+], ids=["unterminated quote", "quote closed rows later", "a path as label", "; in a JSON label"])
+def test_a_csv_that_cannot_be_read_back_as_written_is_one_line_naming_the_row(tmp_path, body, expected):
+    """Read strictly, in a fresh process: exit 2, one line naming the row; never a run trained on what a
+    quote left open swallowed, nor a label that split.csv and predictions could not write back."""
+    write_class_folders(tmp_path / "p", 1)
+    files = sorted(str(f) for f in (tmp_path / "p").rglob("*.*"))
+    header = "path,labels\n" if "[" in body else "path,label\n"
+    (tmp_path / "m.csv").write_text(header + body.format(*files))
+    done = run_watched([sys.executable, "-m", "imgtune", "train", str(tmp_path / "m.csv"), "--out",
+                        str(tmp_path / "run")])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], done.stderr
+    assert not (tmp_path / "run" / "split.csv").exists()

@@ -142,7 +142,27 @@ def label_set(row: dict[str, str], number: int, path: Path) -> tuple[str, ...]:
             raise DataError(f"CSV {str(path)!r} row {number}: cannot read the labels {value!r}: an empty label "
                             'between the ";" separators; expected names joined by ";" (a;b), or an empty '
                             "field for no label.")
-    return tuple(sorted({n.strip() for n in names}))
+    names = {n.strip() for n in names}
+    for name in names:
+        _check_label(name, value, number, path)
+    return tuple(sorted(names))
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _check_label(name: str, value: str, number: int, path: Path) -> None:
+    """A label name that cannot be written back unambiguously (";" separates labels in split.csv, the
+    predictions and embed's index) or that is the debris of a quote left open (a line break, a file
+    path) is an error naming the row."""
+    where = f"CSV {str(path)!r} row {number}: the label {name[:60]!r}"
+    if ";" in name:
+        raise DataError(f"{where} contains ';', which separates labels wherever imgtune writes them; "
+                        "rename the label.")
+    if "\n" in name or "\r" in name:
+        raise DataError(f"{where} holds a line break: a quote opened in this row and closed rows later?")
+    if name.lower().endswith(IMAGE_SUFFIXES):
+        raise DataError(f"{where} looks like an image file's path: a quote left open, or the columns swapped?")
 
 
 def split_of(row: dict[str, str], number: int, path: Path) -> str:
@@ -171,15 +191,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """The rows, keys lower-cased and stripped; the file's column (`path` or `file_name`) under "path"."""
     try:
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, strict=True)
             columns = [c.strip().lower() for c in reader.fieldnames or []]
             file_column = next((c for c in PATH_COLUMNS if c in columns), None)
             if file_column is None or not any(c in columns for c in LABEL_COLUMNS):
                 raise DataError(f"CSV {str(path)!r} needs columns 'path' (or 'file_name') and 'label' "
                                 f"(or 'labels', several joined by ';'); found columns {columns}.")
-            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
+            rows = []
+            for row in reader:
+                rows.append({k.strip().lower(): (v or "").strip() for k, v in row.items() if k})
+    except UnicodeDecodeError as e:
         raise DataError(f"CSV {str(path)!r} cannot be read as UTF-8 CSV ({e}).") from None
+    except csv.Error as e:  # read strictly: a quote left open would swallow every row after it
+        raise DataError(f"CSV {str(path)!r} row {len(rows) + 2}: cannot be read as CSV ({e}); a quote opened "
+                        "there or after it and never closed?") from None
     if file_column != "path":
         for r in rows:
             r["path"] = r.pop(file_column)
