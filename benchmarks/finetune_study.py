@@ -40,6 +40,10 @@ VARIANTS = {
     "bn-rot": _ft(bn_train=True, augment="rotations"),
     "bn-rot-u4": _ft(bn_train=True, augment="rotations", unfreeze=4),
     "bn-rot-lr3e-4": _ft(bn_train=True, augment="rotations", lr=3e-4, head_lr=3e-4),
+    "sqrt": _ft(balance="sqrt"),
+    "balanced": _ft(balance="balanced"),
+    "sqrt-u3": _ft(balance="sqrt", unfreeze=3),
+    "u3": _ft(unfreeze=3),
 }
 
 

@@ -105,6 +105,9 @@ class ImageClassifier:
             raise ParameterError("task", f"{{name}} must be single or multi; received {self.task!r}.")
         if self.image_size is not None:
             DataConfig.check_image_size(self.image_size)  # before any work
+        if self.backbone == "auto" and self.weights is not None:
+            raise ParameterError("weights", "{name} are for a named backbone: with backbone 'auto' imgtune "
+                                            "chooses among EfficientNet-Lite0/1/2 and their packaged weights.")
         mlflow_log.check(mlflow)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         with contextlib.ExitStack() as scope:

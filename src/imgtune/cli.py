@@ -90,7 +90,8 @@ def _train_flags(sub) -> None:
     t.add_argument("--out", metavar="RUN", help="run folder to write (default: runs/train, then runs/train-2, ... "
                                                 "the first that does not exist; with --resume the latest)")
     t.add_argument("--backbone", "--model", dest="backbone", default="efficientnet_lite0",
-                   help="registry or timm model name (--model is another name for it)")
+                   help="registry or timm model name (--model is another name for it); auto: EfficientNet-Lite0, "
+                        "-Lite1 or -Lite2, the one a cross-validated head on a sample of the images scores best")
     t.add_argument("--weights", metavar="FILE", help="pretrained backbone weights (.safetensors)")
     t.add_argument("--recipe", default="default", choices=["default", "seed"])
     t.add_argument("--image-size", type=_size, default=None, metavar="N|auto",

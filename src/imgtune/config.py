@@ -17,6 +17,7 @@ RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device accepts
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+BALANCES = ("head", "sqrt", "balanced")  # fine-tuning's class weights
 MULTI_LOSSES = ("bce", "asl")  # multi-label data: binary cross-entropy, the asymmetric loss
 
 
@@ -79,6 +80,10 @@ class FineTuneConfig:
     # then run only the trained blocks, cycling through these views and the plain one. 0: every epoch
     # runs the whole network on freshly augmented images.
     cached_views: int = 3
+    # The fine-tuning loss's class weights: "head" (the weighting the head's cross-validation chose),
+    # "sqrt" (inverse square root of each class's training count) or "balanced" (inverse count); the
+    # decision offsets fitted afterwards on held-out predictions turn the result back to the metric.
+    balance: str = "head"
     warmup: float = 0.1  # share of the steps over which the learning rate rises from 0 (cosine schedule)
     clip_grad: float | None = None  # cap on the gradients' global norm
 
@@ -100,6 +105,8 @@ class Recipe:
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}; received {self.metric!r}.")
+        if self.finetune.balance not in BALANCES:
+            raise ConfigError(f"balance must be one of {', '.join(BALANCES)}; received {self.finetune.balance!r}.")
         if self.multi_loss not in MULTI_LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(MULTI_LOSSES)}; received {self.multi_loss!r}.")
 

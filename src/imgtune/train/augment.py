@@ -18,20 +18,17 @@ for orientation-free, and fine-tuning with turns then never beat the head there 
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
 import torch
 
 from ..atomic import write_json_atomic
-from ..cache.features import FeatureCache, extract_features
 from ..data.datasets import ImageFiles
 from ..data.transforms import eval_transform
 from ..infer.runner import run_network
-from ..model.frozen import fast_frozen
 from .decide import paired_gain, score
-from .resolution import sample
+from .sampled import frozen_network, sample, sample_features
 from .selection import cross_validate, fit_logistic, logits, stratified_folds
 
 MARGIN = 1.0  # turned views may score at most this many standard errors of the comparison below plain ones
@@ -76,11 +73,8 @@ def _measured(ctx, backbone, manifest) -> tuple[str, str]:
         return "light", "too few training images to test whether the classes depend on orientation"
     paths = [train[i].path for i in pick]
     cfg = backbone.data_config
-    cache = FeatureCache(ctx.cache_root, backbone)
-    # built once, on first use, for both passes (the plain views may all be cached already)
-    net = functools.cache(functools.partial(fast_frozen, backbone.model, cfg.image_size, device=ctx.device,
-                                            cache_root=ctx.cache_root, key_info={**cache.key_info, "part": "features"}))
-    plain = extract_features(backbone, paths, cache, device=ctx.device, reporter=ctx.reporter, network=net)[0]
+    net = frozen_network(ctx, backbone)  # built once, on first use, for both passes (the plain views may be cached)
+    plain = sample_features(ctx, backbone, paths, net)
     seeds = [ctx.seed * 100_003 + i for i in range(len(paths))]
     out, _ = run_network(net(), ImageFiles(paths, None, Turned(cfg), cfg.image_size, seeds), device=ctx.device,
                          reporter=ctx.reporter, description="Orientation test")

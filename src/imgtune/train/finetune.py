@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import write_json_atomic
@@ -32,6 +33,7 @@ from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 from .rate import RateChoice, choose_rate
+from .selection import class_weights
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
 # from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->
@@ -61,7 +63,7 @@ class _Training:
     log_epoch: object
     stop_at: float | None
     fresh_plan: bool
-    n_train: int
+    images: Images
 
     @property
     def ckpt(self) -> Path:
@@ -93,7 +95,7 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
             ctx.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
             return [], {"kept": False, "reason": "no time left for an epoch within the time limit"}
     trained, batches = stage_batches(ctx, cfg, model, images, bs, (per_rank + bs - 1) // bs)
-    t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, len(train_items))
+    t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, images)
     state, guard = _guarded(t, start)
     for p in model.parameters():
         p.requires_grad = False
@@ -123,7 +125,7 @@ def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
     how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
            if t.trained is not t.model else f"{cfg.augment} augmentation")
     t.ctx.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
-              f"head on {t.n_train:,} images, {how}, up to "
+              f"head on {len(t.images.manifest.split('train')):,} images, {how}{_balance_words(t.cfg)}, up to "
               f"{cfg.epochs} epochs; the head starts at training loss {guard['start_loss']:.4f}.")
     while True:
         try:
@@ -155,13 +157,27 @@ def _attempt(t: _Training, guard: dict, saved) -> StageState:
         ctx.say(f"Fine-tune: continuing after {where} of the interrupted run.")
     stage = Stage("fine-tune", train_batches, n_batches, val_batches, optimizer, scheduler, cfg.epochs,
                   seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
-                  class_weights=t.head.objective.tensor(ctx.device), select=t.head.objective.select,
+                  class_weights=_class_weights(t), select=t.head.objective.select,
                   decider=t.head.objective.decider(), loss=t.head.objective.loss(),
                   scorer=t.head.objective.scorer(), bn_train=cfg.bn_train, baseline=True,
                   clip_grad=cfg.clip_grad, clock=ctx.clock)
     return run_stage(stage, t.trained, device=ctx.device, reporter=ctx.reporter, state=state,
                      hooks=_hooks(t, stage, guard), trainer=data_parallel(t.trained, ctx.ranks, ctx.device),
                      total=ctx.ranks.total)
+
+
+def _balance_words(cfg: FineTuneConfig) -> str:
+    return {"head": "", "sqrt": ", classes weighted by the inverse square root of their counts",
+            "balanced": ", classes weighted by the inverse of their counts"}[cfg.balance]
+
+
+def _class_weights(t: _Training) -> torch.Tensor | None:
+    """The loss's class weights: the head's, or the recipe's balance of the training split's counts."""
+    if t.cfg.balance == "head" or t.head.objective.multi_loss:
+        return t.head.objective.tensor(t.ctx.device)
+    m = t.images.manifest
+    w = class_weights(np.asarray(m.targets(m.split("train")), int), len(m.classes), t.cfg.balance)
+    return torch.tensor(w, dtype=torch.float32, device=t.ctx.device)
 
 
 def _optimizer(t: _Training, lr: float):

@@ -88,7 +88,9 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
         choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds, seed=ctx.seed)
         scores = dict(decider=None, scorer=multi.scorer())
     else:
-        choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds, seed=ctx.seed)
+        with ctx.reporter.bar("Head selection (folds)", recipe.head.folds) as advance:
+            choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds,
+                                 seed=ctx.seed, advance=advance)
         choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
                                  fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val "
                                            "images", offsets=recipe.offsets)

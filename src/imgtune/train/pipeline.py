@@ -39,6 +39,7 @@ from ..report.tensorboard import TensorBoardLog
 from ..runs.trained import TrainedModel, load_run, save_run
 from . import multilabel
 from .augment import choose_augment
+from .backbone_choice import choose_backbone
 from .baselines import run_baselines, run_multilabel_baselines
 from .context import FitContext
 from .decide import decision_for_kept, decision_line, fit_label_decision, label_decision_line
@@ -74,8 +75,10 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
     """fit's steps; `tracking` hears of each epoch as TensorBoard does."""
     source = resolve_data(str(data), ctx.cache_root)
     manifest = check_and_scan(ctx, source, spec, resume)
-    backbone = create_backbone(spec["backbone"], weights=spec["weights"], image_size=spec["image_size"])
     ctx.say(manifest.summary())
+    if spec["backbone"] == "auto":  # Lite0, Lite1 or Lite2, measured on a sample of the training images
+        spec = {**spec, "backbone": choose_backbone_for(ctx, manifest, spec["image_size"])}
+    backbone = create_backbone(spec["backbone"], weights=spec["weights"], image_size=spec["image_size"])
     if spec["image_size"] is None:  # auto: a larger input where the images are large and it pays
         backbone = auto_image_size(ctx, backbone, manifest)
     choose_augmentation(ctx, backbone, manifest)
@@ -167,6 +170,15 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
         write_json_atomic(run.checkpoints / "settings.json", {**settings, "data_task": manifest.task})
     ctx.ranks.barrier()
     return manifest
+
+
+def choose_backbone_for(ctx: FitContext, manifest: Manifest, image_size: int | None) -> str:
+    """--backbone auto: the backbone the rest of the fit uses, measured on the data (backbone_choice.py)."""
+    with _timed(ctx, "backbone"):
+        name, record = choose_backbone(ctx, manifest, image_size)
+    ctx.say(f"Backbone: {name} ({record['why']}).")
+    ctx.choices["backbone_choice"] = record
+    return name
 
 
 def choose_augmentation(ctx: FitContext, backbone: Backbone, manifest: Manifest) -> None:

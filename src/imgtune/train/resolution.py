@@ -13,22 +13,19 @@ images chose 320 px, which was 1.8 points less accurate than 224 px on the held-
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import numpy as np
 from PIL import Image
 
 from ..atomic import write_json_atomic
-from ..cache.features import FeatureCache, extract_features
-from ..model.frozen import fast_frozen
 from .decide import paired_gain, score
-from .selection import cross_validate, stratified_folds
+from .sampled import sample, sample_features
+from .selection import cross_validate
 
 MARGIN = 2.0  # the gain must exceed this many standard errors of the comparison
 LARGER = 1.25  # the images' median shorter side must be this many times the default input to try more
 CAP = 1.5  # the larger input is at most this many times the default (extraction costs grow with its square)
-SAMPLE = 400  # training images the comparison extracts at both sizes, at most
 
 
 def median_short_side(paths: list[str], *, limit: int = 200, seed: int = 0) -> float | None:
@@ -51,14 +48,6 @@ def larger_size(default: int, short_side: float | None) -> int | None:
         return None
     size = min(int(short_side) // 32 * 32, int(default * CAP) // 32 * 32)
     return size if size > default else None
-
-
-def sample(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Indices of a stratified sample of at most SAMPLE images."""
-    labels = np.asarray(labels, int)
-    if len(labels) <= SAMPLE:
-        return np.arange(len(labels))
-    return np.sort(np.flatnonzero(stratified_folds(labels, -(-len(labels) // SAMPLE), seed) == 0))
 
 
 def compare(small: np.ndarray, large: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str,
@@ -107,13 +96,7 @@ def _measured_size(ctx, backbone, manifest) -> tuple[int, str]:
     labels = np.array([it.label for it in train])
     pick = sample(labels, ctx.seed)
     paths = [train[i].path for i in pick]
-    feats = {}
-    for name, s in (("small", default), ("large", large)):
-        bb = _at_size(backbone, s)
-        cache = FeatureCache(ctx.cache_root, bb)
-        net = functools.partial(fast_frozen, bb.model, s, device=ctx.device, cache_root=ctx.cache_root,
-                                key_info={**cache.key_info, "part": "features"})
-        feats[name] = extract_features(bb, paths, cache, device=ctx.device, reporter=ctx.reporter, network=net)[0]
+    feats = {name: sample_features(ctx, _at_size(backbone, s), paths) for name, s in (("small", default), ("large", large))}
     ok = ~(np.isnan(feats["small"]).any(1) | np.isnan(feats["large"]).any(1))
     r = compare(feats["small"][ok], feats["large"][ok], labels[pick][ok], len(manifest.classes), metric=metric,
                 seed=ctx.seed)

@@ -135,10 +135,12 @@ class Selection:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str, folds: int = 5, seed: int = 0,
-                   cs=CS, weightings=WEIGHTINGS, max_iter: int = 300, sample: np.ndarray | None = None) -> Selection:
+                   cs=CS, weightings=WEIGHTINGS, max_iter: int = 300, sample: np.ndarray | None = None,
+                   advance=None) -> Selection:
     """Score every candidate by k-fold cross-validation -> the winner (see below) and every candidate's
     out-of-fold scores. `sample` (indices into `x` and `y`) cross-validates on those images only: each
-    fold gathers its own rows of `x`, so no copy of the sample is held besides the fold's."""
+    fold gathers its own rows of `x`, so no copy of the sample is held besides the fold's. `advance(1)`,
+    if given, is called after each fold (a progress bar's)."""
     sample = np.arange(len(y)) if sample is None else np.asarray(sample)
     y = np.asarray(y, int)[sample]
     smallest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
@@ -155,6 +157,8 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str,
                 head = fit_logistic(xtr, y[tr], n_classes, c=c, weights=cw, init=head, max_iter=max_iter)
                 oof[Candidate(c, w)][te] = logits(xte, head)
         del xtr, xte  # before the next fold's are gathered
+        if advance is not None:
+            advance(1)
     table = []
     balanced = torch.as_tensor(class_weights(y, n_classes, "balanced"), dtype=torch.float32)
     for cand, z in oof.items():
@@ -274,7 +278,7 @@ def capped_sample(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
-                metric: str, folds: int = 5, seed: int = 0, weightings=None) -> HeadChoice:
+                metric: str, folds: int = 5, seed: int = 0, weightings=None, advance=None) -> HeadChoice:
     """Cross-validate the candidates over train+val, then fit the winner on train and on train+val.
     Class weightings other than none are tried only for the class-balanced metrics and where the classes
     differ in size (1.5x or more). For accuracy every image counts the same, which is what the plain
@@ -287,7 +291,8 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
         imbalanced = counts.max() >= 1.5 * max(1, counts[counts > 0].min())
         weightings = WEIGHTINGS if imbalanced and metric != "accuracy" else ("none",)
     sample = capped_sample(y, seed)  # the choice needs no more than this
-    sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample)
+    sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample,
+                         advance=advance)
     train_head = fit_head(x_train, y_train, n_classes, sel.candidate)
     all_head = fit_head(x, y, n_classes, sel.candidate)
     cw = class_weights(np.asarray(y_train, int), n_classes, sel.candidate.weighting) \
