@@ -56,3 +56,27 @@ def test_folds_are_stratified_and_the_selection_fits_decisions_out_of_fold():
     assert tuned >= ml.scores(choice.oof_labels, p >= 0.5)["macro_f1"]  # fitted for F1 on these predictions
     fresh = multilabel.val_scores(multilabel.logits(x[320:], choice.train_head), y[320:])
     assert fresh["val_map"] > 0.75 > 2 * y.mean()  # the head learned the planted labels (priors: their rates)
+
+
+@pytest.mark.parametrize("positives", [1, 2])
+def test_a_rare_label_gets_a_safe_threshold_and_never_harms_the_others(positives):
+    """One or two images also tagged with a rare fourth label: the other labels' folds, L2 strength and
+    held-out F1 are what they are without it, the rare one keeps threshold 0.5 and temperature 1 and is
+    predicted on none of the held-out images (it was once predicted on every image: threshold 0.008)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 8)).astype(np.float32)
+    y = (x[:, :3] + 0.5 * rng.normal(size=(500, 3)) > 0.3).astype(np.float32)
+    rare = np.zeros((500, 1), np.float32)
+    rare[:positives] = 1
+    with_rare = np.hstack([y, rare])
+    plain = multilabel.select_head(x[:320], y[:320], x[320:400], y[320:400], seed=0)
+    both = multilabel.select_head(x[:320], with_rare[:320], x[320:400], with_rare[320:400], seed=0)
+    assert both.selection.folds == plain.selection.folds == 5
+    assert both.selection.candidate.c == plain.selection.candidate.c
+    d = both.decision
+    assert d.thresholds[3] == 0.5 and d.temperature[3] == 1.0 and "under 10 positives" in d.fitted_on
+    held = d.probabilities(multilabel.logits(x[400:], both.all_head)) >= np.asarray(d.thresholds)
+    assert not held[:, 3].any()
+    same = plain.decision.probabilities(multilabel.logits(x[400:], plain.all_head)) >= np.asarray(plain.decision.thresholds)
+    f1 = lambda pred: ml.scores(y[400:], pred)["macro_f1"]
+    assert abs(f1(held[:, :3]) - f1(same)) < 0.03 and f1(same) > 0.7  # the other labels as good as without it

@@ -218,16 +218,19 @@ class LabelDecision:
 def fit_label_decision(z: np.ndarray, y: np.ndarray, fitted_on: str, *, fallback: LabelDecision | None = None
                  ) -> LabelDecision:
     """Per label: the temperature on these held-out logits, then the threshold that maximises its F1 on
-    the calibrated probabilities. With `fallback` (the head's, fitted out of fold on more images), a label
-    with fewer than MIN_POSITIVES positives here keeps the fallback's threshold."""
-    t = ml.fit_label_temperatures(z, y)
+    the calibrated probabilities. A label with fewer than MIN_POSITIVES positives here has too few to fit
+    either on (two positives once gave a threshold of 0.008, and the label was predicted on every image):
+    it keeps `fallback`'s threshold where one is given (the head's, fitted out of fold on more images),
+    else the neutral 0.5, and temperature 1."""
+    few = np.asarray(y).sum(0) < MIN_POSITIVES
+    t = np.where(few, 1.0, ml.fit_label_temperatures(z, y))
     p = ml.sigmoid(np.asarray(z, np.float64) / t)
-    thr = ml.fit_thresholds(p, y)
-    if fallback is not None:
-        few = np.asarray(y).sum(0) < MIN_POSITIVES
-        thr = np.where(few, np.asarray(fallback.thresholds), thr)
-        if few.any():
-            fitted_on += f"; {int(few.sum())} label(s) with under {MIN_POSITIVES} positives there keep the head's thresholds"
+    thr = np.where(few, 0.5, ml.fit_thresholds(p, y))
+    if few.any():
+        kept = "keep the head's thresholds" if fallback is not None else "keep threshold 0.5"
+        if fallback is not None:
+            thr = np.where(few, np.asarray(fallback.thresholds), thr)
+        fitted_on += f"; {int(few.sum())} label(s) with under {MIN_POSITIVES} positives there {kept} and temperature 1"
     return LabelDecision(tuple(float(v) for v in t), tuple(float(v) for v in thr), fitted_on)
 
 
