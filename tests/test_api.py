@@ -170,3 +170,21 @@ def test_predict_refuses_a_top_k_that_is_not_a_whole_number_of_one_or_more(train
     clf = ImageClassifier.load(run, quiet=True)
     with pytest.raises(ParameterError, match=r"^top_k must be a whole number, 1 or more"):
         clf.predict([str(data / "circle" / "circle_000.png")], top_k=top_k)
+
+
+@pytest.mark.parametrize("param, value", [
+    ("seed", 1.5), ("seed", -1), ("seed", "abc"), ("seed", True), ("backbone", None), ("backbone", 123),
+    ("backbone", "resnet_does_not_exist"), ("checkpoint_every", "x"), ("checkpoint_every", -5),
+    ("checkpoint_every", float("nan")), ("cache_dir", 3), ("device", 0)])
+def test_fit_names_a_wrong_parameter_before_writing_anything(tmp_path, param, value):
+    """Every parameter checked at the door, in the caller's words: a ConfigError naming it (never a
+    NumPy or timm error), and the run folder left untouched."""
+    from imgtune.errors import ConfigError
+
+    data = tmp_path / "data"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+    clf = ImageClassifier(quiet=True, **{param: value})
+    with pytest.raises(ConfigError, match=r"^(%s |Unknown backbone)" % param):
+        clf.fit(data, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

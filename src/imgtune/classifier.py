@@ -24,6 +24,7 @@ from .data.transforms import DataConfig
 from .deploy.runtime import choose_runtime
 from .errors import DataError, NotFittedError, ParameterError, RunFolderError
 from .infer import predictor
+from .model.backbones import check_name as check_backbone_name
 from .progress import Reporter
 from .report import mlflow_log
 from .runs.folder import RunFolder
@@ -96,6 +97,7 @@ class ImageClassifier:
             raise DataError(f"fit takes a folder of class folders, a CSV file or builtin:NAME; received "
                             f"{type(data).__name__}. For a list of labelled files, write them to a CSV with "
                             "columns path,label.")
+        self._check_fit_parameters()
         limit = TimeLimit.of(self.time_limit)
         started = (limit.clock if limit else time.perf_counter)()
         recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
@@ -130,6 +132,26 @@ class ImageClassifier:
             self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard,
                                          mlflow=mlflow)
         return self
+
+    def _check_fit_parameters(self) -> None:
+        """The parameters fit reads that no later step checks in the caller's words, checked at the door:
+        before any work, and before any file is written."""
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ParameterError("backbone", f"{{name}} must be a model name or 'auto'; received {self.backbone!r}.")
+        if self.backbone != "auto":
+            check_backbone_name(self.backbone)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ParameterError("seed", f"{{name}} must be a whole number, 0 or more; received {self.seed!r}.")
+        every = self.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
+            raise ParameterError("checkpoint_every", f"{{name}} must be seconds, 0 or more (0: after each epoch "
+                                                     f"only); received {every!r}.")
+        for name in ("weights", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ParameterError(name, f"{{name}} must be a path; received {value!r}.")
+        if not isinstance(self.device, str):
+            raise ParameterError("device", f"{{name}} must be auto, cpu, cuda, cuda:N or mps; received {self.device!r}.")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
