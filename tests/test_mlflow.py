@@ -215,5 +215,59 @@ def test_a_failure_after_the_start_is_said_once_and_the_fit_goes_on(tmp_path, mo
     assert len(said) == 2 and said[1].startswith("MLflow: logging stopped (ConnectionError: the server went away)")
     client = _client(uri)
     run = _only_run(client)
-    assert run.info.status == "FINISHED" and run.data.params == {"recipe.head.lr": "0.1"}
+    # not ended: a server that failed once is not waited for again (it once stalled a fit for minutes)
+    assert run.info.status == "RUNNING" and run.data.params == {"recipe.head.lr": "0.1"}
     assert _steps(client, run, "head/loss") == [(1, 0.5)]
+
+
+@pytest.mark.parametrize("store", ["sqlite:///{file}/mlflow.db", "file://{file}/mlruns", "sqlite:///{folder}"])
+def test_a_local_store_that_cannot_be_made_is_one_line_without_retries(tmp_path, capsys, store):
+    (tmp_path / "plain.txt").write_text("a file, not a folder")
+    (tmp_path / "dir").mkdir()
+    uri = store.format(file=tmp_path / "plain.txt", folder=tmp_path / "dir")
+    data = write_class_folders(tmp_path / "photos", 2)
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--mlflow", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"imgtune: error: The MLflow tracking store at {uri} cannot be used")
+    assert "\n" not in err and "SQLAlchemy" not in err and "--mlflow" in err
+
+
+def test_a_failing_server_is_asked_once_not_retried(tmp_path, monkeypatch):
+    """MLflow's client retries a failed request 7 times over minutes; imgtune's log asks once. A loopback
+    server that is healthy but answers every API call 503 counts the calls it got."""
+    import http.server
+    import threading
+
+    from imgtune.report.mlflow_log import MlflowLog
+    from imgtune.runs.folder import RunFolder
+
+    for name in ENV + ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            if self.path != "/health":
+                calls.append(self.path)
+            self.send_response(200 if self.path == "/health" else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ParameterError, match="cannot be used"):
+            with MlflowLog.maybe(f"http://127.0.0.1:{server.server_address[1]}", RunFolder(tmp_path / "run"),
+                                 {"seed": 0}, lambda line: None):
+                pass
+    finally:
+        server.shutdown()
+    assert len(calls) == 1, calls
+    import os
+
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # restored after

@@ -20,6 +20,7 @@ import re
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class MlflowLog:
             " (MLflow's default)"
         if where.startswith(("http://", "https://")):
             _reach(where, given)
+        else:
+            _check_local_store(where, given)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
         try:
             self.client = MlflowClient(tracking_uri=where)
@@ -88,6 +91,9 @@ class MlflowLog:
         self._safely(self._finish, run, history)
 
     def close(self, status: str = "FINISHED") -> None:
+        """Ends the MLflow run, except once logging broke: a server that is gone would only be waited for."""
+        if self.broken:
+            return
         with contextlib.suppress(Exception):
             self.client.set_terminated(self.run_id, status=status)
 
@@ -99,16 +105,17 @@ class MlflowLog:
         if not mlflow:
             yield _Off()
             return
-        log = cls(None if mlflow is True else mlflow, run, settings, say)
-        try:
-            yield log
-        except KeyboardInterrupt:
-            log.close("KILLED")
-            raise
-        except BaseException:
-            log.close("FAILED")
-            raise
-        log.close()
+        with _fail_fast():
+            log = cls(None if mlflow is True else mlflow, run, settings, say)
+            try:
+                yield log
+            except KeyboardInterrupt:
+                log.close("KILLED")
+                raise
+            except BaseException:
+                log.close("FAILED")
+                raise
+            log.close()
 
     # -- what is logged ---------------------------------------------------------------------------
     def _epochs(self, records: list[dict]) -> None:
@@ -156,8 +163,50 @@ class MlflowLog:
             f(*args)
         except Exception as e:  # noqa: BLE001  a server gone, a full disk: the fit matters more
             self.broken = True
-            self.say(f"MLflow: logging stopped ({type(e).__name__}: {_first_line(e)}); the fit goes on and "
-                     "the run folder keeps everything.")
+            self.say(f"MLflow: logging stopped ({type(e).__name__}: {_first_line(e)}); the fit goes on, the "
+                     "run folder keeps everything, and the MLflow run is left as it is.")
+
+
+# MLflow's HTTP client retries a failed request 7 times with a growing back-off, each waiting up to 120 s:
+# a server lost mid-run once stalled a 45 s fit for 9 minutes. Tracking is not worth that: one try, 10 s.
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def _fail_fast():
+    """MLflow's HTTP settings at FAIL_FAST while inside, where the user has not set them; restored after."""
+    mine = {k: v for k, v in FAIL_FAST.items() if k not in os.environ}
+    os.environ.update(mine)
+    try:
+        yield
+    finally:
+        for k in mine:
+            os.environ.pop(k, None)
+
+
+def _check_local_store(where: str, given: str) -> None:
+    """A sqlite:/// or file: store whose path cannot hold it is one line here, before MLflow retries
+    creating it 10 times (sqlite) or answers with its maintenance-mode text (file)."""
+    if where.startswith("sqlite:///"):
+        path = Path(where[len("sqlite:///"):])
+    elif where.startswith("file:"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(where).path))
+    elif "://" not in where:
+        path = Path(where)
+    else:
+        return
+    folder = path.parent if where.startswith("sqlite:") else path
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    problem = None
+    if existing is None or not existing.is_dir():
+        problem = f"{str(existing)!r} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK) or str(existing.resolve()).startswith(("/proc", "/sys")):
+        problem = f"{str(existing)!r} cannot be written to"
+    elif where.startswith("sqlite:") and path.is_dir():
+        problem = f"{str(path)!r} is a folder, not a database file"
+    if problem:
+        raise ParameterError("mlflow", f"The MLflow tracking store at {where}{given} cannot be used: {problem}. "
+                                       "Give {name} another tracking URI.")
 
 
 class _Off:
