@@ -290,3 +290,18 @@ def test_runtime_onnx_refuses_another_runs_model_onnx_in_one_line(trained_run, t
     assert main(["predict", str(copy), str(image), "--runtime", "onnx", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was not exported from this run's weights" in err, err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "suggest"])
+def test_an_output_that_cannot_be_written_fails_before_the_work(tmp_path, trained_run, command):
+    """The output's folder is checked first: one line, exit 2, and no evaluation or ranking done (it
+    once did all the work and failed at the last write)."""
+    run, data, _ = trained_run
+    (tmp_path / "plain.txt").write_text("a file, not a folder")
+    out = tmp_path / "plain.txt" / ("m.json" if command == "evaluate" else "s.csv")
+    args = [str(run), str(data)] + (["--json", str(out)] if command == "evaluate" else ["--output", str(out)])
+    done = run_watched([sys.executable, "-m", "imgtune", command, *args, "--device", "cpu"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "Cannot write" in err[0] and "plain.txt" in err[0], done.stderr
+    assert done.stdout == ""

@@ -173,6 +173,19 @@ def test_report_is_served_and_a_run_without_one_is_a_404(page_server, trained_ru
     assert status == 200 and b'href="docs"' in page and b'href="report"' not in page
 
 
+def test_report_is_the_one_of_the_model_being_served_even_when_the_run_is_replaced(trained_run, tmp_path):
+    from imgtune.deploy.serve import create_app
+    from imgtune.runs.trained import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("checkpoints"))
+    first = (run / "report.html").read_bytes()
+    app = create_app(load_run(run))
+    (run / "report.html").write_text("<html>another run's report</html>")  # the run folder replaced
+    status, body = _asgi_get(app, "/report")
+    assert status == 200 and body == first
+
+
 def test_openapi_document_holds_for_every_answer(page_server, tmp_path):
     """schemathesis with every check and a few examples per operation: the statuses, the answers' schemas
     and content types, which requests are valid, 405s with Allow."""

@@ -91,3 +91,16 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def require_writable(*paths: str | os.PathLike) -> None:
+    """Each file can be (re)written atomically: its folder exists or can be made and takes new files.
+    Checked before a command's work, so that a read-only run folder fails first, not at the last write."""
+    from .errors import RunFolderError
+
+    for path in paths:
+        folder = Path(path).parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise RunFolderError(f"Cannot write {str(path)!r}: {str(existing or folder)!r} is not a folder that "
+                                 "can be written to; make it writable or give another output.")

@@ -58,18 +58,20 @@ def _headline(m: dict) -> str:
 def evaluate(args) -> int:
     from pathlib import Path
 
+    from .atomic import require_writable
     from .classifier import ImageClassifier
     from .report.console import print_metrics
     from .report.page import write_report
     from .runs.folder import RunFolder
 
+    run = RunFolder(args.run)
+    out = Path(args.json) if args.json else run.metrics
+    require_writable(out, out.with_suffix(".html") if args.json else run.report)  # before the work
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     m = clf.evaluate(args.data, tta=args.tta)
     if m["skipped"]:
         print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
               file=sys.stderr)
-    run = RunFolder(args.run)
-    out = Path(args.json) if args.json else run.metrics
     run.write_metrics(m, out)
     report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
     print_metrics(m, title=f"{m['source']}: {_headline(m)}")
@@ -259,7 +261,7 @@ def inspect(args) -> int:
 def suggest(args) -> int:
     from pathlib import Path
 
-    from .atomic import write_text_atomic
+    from .atomic import require_writable, write_text_atomic
     from .classifier import ImageClassifier
     from .diagnose.suggest import suggest as rank, write_suggestions
     from .errors import ParameterError
@@ -270,6 +272,7 @@ def suggest(args) -> int:
     out = Path(args.output) if args.output else RunFolder(args.run).path / "suggest.csv"
     if out.suffix.lower() != ".csv":
         raise ParameterError("output", f"must end in .csv; received {str(out)!r}.")
+    require_writable(out, out.with_suffix(".html"))  # before the work
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
     result = rank(clf.trained_, args.paths, args.n, uncertainty=args.uncertainty, cache_dir=args.cache_dir,
                   reporter=Reporter(args.quiet))
@@ -321,6 +324,7 @@ def similar(args) -> int:
     out = Path(args.output) if args.output else embeddings.default_output(args.index)
     if out.suffix.lower() != ".csv":
         raise ParameterError("output", f"must end in .csv; received {str(out)!r}.")
+    require_writable(out, out.with_suffix(".html"))  # before the work
     embeddings.require_pyarrow()
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet)
     result = embeddings.similar(clf.trained_, args.paths, args.index, args.k, cache_dir=args.cache_dir,

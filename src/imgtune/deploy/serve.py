@@ -116,7 +116,7 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
     _require()
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     m = fitted_state(model)
@@ -127,10 +127,10 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
                               f"{', '.join(m.classes)}.")
     app.add_middleware(RequestCap, limit=max_request_bytes)
     summary = _metrics_summary(m.run_dir)
-    report = os.path.join(str(m.run_dir), "report.html") if m.run_dir else None
+    report = _report_of(m.run_dir)  # read now: a run replaced while serving must not lend the model its report
     home = page(title=f"imgtune: {os.path.basename(str(m.run_dir)) if m.run_dir else 'classifier'}",
                 classes=m.classes, task=m.task, top_k=top_k, min_confidence=min_confidence,
-                report=bool(report and os.path.isfile(report)))
+                report=report is not None)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):  # a missing or misnamed form field, or a bad ?explain= value
@@ -149,10 +149,10 @@ def create_app(model, *, top_k: int = 5, min_confidence: float | None = None, tt
              responses={404: {"description": "the run has no report.html", "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/Error"}}}}})  # not "model": that would say text/html
     def run_report():
-        """RUN/report.html, as `imgtune train` or `imgtune evaluate` wrote it."""
-        if not (report and os.path.isfile(report)):
+        """RUN/report.html of the model being served, as it was when the server started."""
+        if report is None:
             raise HTTPException(404, {"error": "this run has no report.html; `imgtune evaluate RUN DATA` writes one"})
-        return FileResponse(report, media_type="text/html")
+        return HTMLResponse(report)
 
     @app.get("/health", response_model=s.Health)
     def health():
@@ -320,6 +320,17 @@ def _schemas() -> SimpleNamespace:
 
     return SimpleNamespace(Error=Error, Health=Health, Predictions=Predictions, LabelSets=LabelSets,
                            Metadata=Metadata)
+
+
+def _report_of(run_dir) -> bytes | None:
+    """RUN/report.html's bytes (self-contained, a few MB at most), or None when there is none."""
+    if not run_dir:
+        return None
+    try:
+        with open(os.path.join(str(run_dir), "report.html"), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _metrics_summary(run_dir) -> dict | None:
