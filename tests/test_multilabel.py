@@ -251,3 +251,17 @@ def test_the_run_records_the_task_and_a_fresh_process_reads_it(multi_run):
     r = run_watched([sys.executable, "-m", "imgtune", "predict", str(run), str(test.parent / "images" / "m5_003.png"),
                      "--quiet"])
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "path,labels,circle,square,triangle", r.stderr
+
+
+def test_evaluate_on_images_without_any_label_says_map_is_undefined(multi_run, tmp_path, capsys):
+    """Images that carry no label at all: mAP and macro-F1 are undefined (null in metrics.json, said so
+    on the console), not a 0.0 that reads as a model that found nothing."""
+    run, data, _ = multi_run
+    rows = data.read_text().splitlines()[1:6]
+    empty = tmp_path / "none.csv"
+    empty.write_text("path,labels\n" + "\n".join(f"{data.parent / line.split(',')[0]}," for line in rows) + "\n")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(run), str(empty), "--json", str(out), "--quiet"]) == 0
+    m = json.loads(out.read_text())
+    assert m["map"] is None and m["macro_f1"] is None and "undefined" in m["undefined"]
+    assert "mAP and the macro averages are undefined" in capsys.readouterr().out

@@ -51,6 +51,8 @@ def _default_run_folder(resume: bool) -> str:
 
 
 def _headline(m: dict) -> str:
+    if m.get("undefined"):
+        return f"{m['undefined']} ({m['n_images']:,} images)"
     first = f"mAP {m['map']:.4f}" if m.get("task") == "multi" else f"accuracy {m['accuracy']:.4f}"
     return f"{first}, macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)"
 

@@ -251,12 +251,17 @@ def evaluate(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, labels: l
     aps = [average_precision(yb[:, j], p[:, j]) for j in range(len(labels))]
     known = [a for a in aps if a is not None]
     n = len(yb)
+    overall = scores(yb, d)
+    if not yb.any():  # no label to find: the averages over labels with positives have nothing to average
+        overall.update(macro_precision=None, macro_recall=None, macro_f1=None)
     return {
         "task": "multi",
         "classes": labels,
         "n_images": int(n),
-        "map": float(np.mean(known)) if known else 0.0,
-        **scores(yb, d),
+        "map": float(np.mean(known)) if known else None,
+        **overall,
+        **({} if yb.any() else {"undefined": "no image here carries any label: mAP and the macro averages "
+                                              "are undefined"}),
         "label_cardinality": {"true": float(yb.sum() / n) if n else 0.0,
                               "predicted": float(d.sum() / n) if n else 0.0},
         "per_label": {c: {"ap": aps[j], "precision": float(pl["precision"][j]),

@@ -83,8 +83,9 @@ def label_table(metrics: dict, title: str | None = None) -> Table:
         table.add_row(c, ap, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
                       f"{m['threshold']:.2f}", f"{m['support']:,}")
     table.add_section()
-    table.add_row("overall", f"{metrics['map']:.3f}", f"{metrics['micro_precision']:.3f}",
-                  f"{metrics['micro_recall']:.3f}", f"{metrics['macro_f1']:.3f}", "", f"{metrics['n_images']:,}",
+    shown = lambda v: "undefined" if v is None else f"{v:.3f}"  # noqa: E731
+    table.add_row("overall", shown(metrics["map"]), f"{metrics['micro_precision']:.3f}",
+                  f"{metrics['micro_recall']:.3f}", shown(metrics["macro_f1"]), "", f"{metrics['n_images']:,}",
                   style="bold")
     table.caption = (f"AP overall is mAP, f1 overall macro-F1 (micro {metrics['micro_f1']:.3f}), precision and "
                      f"recall overall micro; subset accuracy {metrics['subset_accuracy']:.3f}, Hamming loss "
