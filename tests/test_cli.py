@@ -200,3 +200,15 @@ def test_the_readme_first_command_trains_on_the_embedded_digits(tmp_path):
     table = r.stdout.splitlines()[-20:]  # the table is what the command prints last on stdout
     first_cells = {ln.replace("│", " ").split()[0] for ln in table if ln.replace("│", " ").split()}
     assert {str(d) for d in range(10)} <= first_cells, table
+
+
+def test_the_command_line_starts_without_loading_torch():
+    """`imgtune --help` and a bad flag answer before PyTorch loads (it took 6 s, a window in which Ctrl-C
+    printed a traceback); the library's names still import as before."""
+    import subprocess
+
+    code = ("import sys, imgtune, imgtune.cli\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "from imgtune import ImageClassifier, TimeLimit, TrainedModel\n"
+            "assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
