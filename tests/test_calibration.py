@@ -105,3 +105,28 @@ def test_a_tampered_temperature_is_refused(trained_run, tmp_path, value):
     (dst / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunFolderError, match="temperature"):
         ImageClassifier.load(dst, quiet=True)
+
+
+def test_held_out_figures_of_a_kept_head_come_from_out_of_fold_predictions(tmp_path):
+    """A head kept alone is refitted on train+val, so its validation predictions are in-sample (the
+    rejection table once read "accuracy of the rest 1.0000" at every threshold, test accuracy 0.927):
+    the rejection table and the ECE come from its out-of-fold predictions, and the report says so and
+    says what the temperature was fitted on, as the run recorded it."""
+    import shutil
+
+    from conftest import write_class_folders
+
+    data = write_class_folders(tmp_path / "photos", 16, seed=3)
+    for i, (src, dst) in enumerate([("circle", "square"), ("square", "triangle"), ("triangle", "circle")] * 2):
+        f = sorted((data / src).glob(f"{src}_00{i}.*"))[0]
+        shutil.move(f, data / dst / f"moved_{f.name}")  # mislabelled: out of fold, these are errors
+    run = tmp_path / "run"
+    ImageClassifier(image_size=32, epochs=0, quiet=True, device="cpu").fit(data, out=run)
+    config = json.loads((run / "config.json").read_text())
+    cal = config["calibration"]
+    n = config["head_selection"]["images"]
+    assert cal["held_out"] == f"out-of-fold predictions of {n:,} train+val images"
+    assert cal["val_rejection"][0]["accuracy_kept"] < 1.0  # the mislabelled images, confidently "wrong"
+    report = (run / "report.html").read_text()
+    assert f"On out-of-fold predictions of {n:,} train+val images:" in report
+    assert f"fitted on {cal['fitted_on']}" in report and "fitted on the validation split" not in report

@@ -230,3 +230,17 @@ def test_inspect_with_a_run_writes_label_issues_csv(trained_run, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [r["path"] for r in doc["label_issues"]]
     assert doc["label_issues_method"] == "confident learning" and doc["label_issues_judged"] == 42
+
+
+def test_what_every_image_shares_is_said_last_as_a_property_of_the_data():
+    """8x8 digits are all tiny: "1,797 of 1,797 images flagged" once came first in What to do next."""
+    classes = ["a", "b"]
+    metrics = {"classes": classes, "n_images": 100, "accuracy": 0.9, "balanced_accuracy": 0.9, "ece": 0.08,
+               "per_class": {"a": {"accuracy": 0.9, "support": 50}, "b": {"accuracy": 0.9, "support": 50}},
+               "confusion_matrix": [[45, 5], [5, 45]], "baselines": {"logistic_probe": {"accuracy": 0.85}}}
+    audit = {"n_usable": 400, "odd": [{"path": f"{i}.png"} for i in range(400)], "leakage": {}}
+    steps = next_steps.next_steps(metrics, {"class_counts": {"a": 200, "b": 200}}, None, audit)
+    assert "a property of this data set" in steps[-1]["text"] and "400 of 400" in steps[-1]["evidence"]
+    few = next_steps.next_steps(metrics, {"class_counts": {"a": 200, "b": 200}}, None,
+                                {**audit, "odd": audit["odd"][:20]})
+    assert any(s["text"].startswith("Some images are odd") for s in few)

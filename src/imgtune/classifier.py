@@ -24,6 +24,7 @@ from .data.transforms import DataConfig
 from .deploy.runtime import choose_runtime
 from .errors import DataError, NotFittedError, ParameterError, RunFolderError
 from .infer import predictor
+from .model.backbones import check_available as check_backbone
 from .model.backbones import check_name as check_backbone_name
 from .progress import Reporter
 from .report import mlflow_log
@@ -138,7 +139,9 @@ class ImageClassifier:
         before any work, and before any file is written."""
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ParameterError("backbone", f"{{name}} must be a model name or 'auto'; received {self.backbone!r}.")
-        if self.backbone != "auto":
+        if self.backbone != "auto" and self.weights is None:
+            check_backbone(self.backbone)
+        elif self.backbone != "auto":
             check_backbone_name(self.backbone)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ParameterError("seed", f"{{name}} must be a whole number, 0 or more; received {self.seed!r}.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from .atomic import require_writable
+
 
 def train(args) -> int:
     import time
@@ -60,7 +62,6 @@ def _headline(m: dict) -> str:
 def evaluate(args) -> int:
     from pathlib import Path
 
-    from .atomic import require_writable
     from .classifier import ImageClassifier
     from .report.console import print_metrics
     from .report.page import write_report
@@ -197,11 +198,11 @@ def export(args) -> int:
     if q:
         line = f"Wrote {q['output']} ({q['bytes']['int8'] / 2**20:.1f} MiB against {q['bytes']['fp32'] / 2**20:.1f})"
         if q.get("accuracy_drop") is not None:
-            line += (f": validation accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
+            line += (f": {q['split']} accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
                      f"({q['accuracy_drop'] * 100:+.2f} points lost), {q['speedup']:.2f}x the fp32 speed.")
         print(line)
         if q.get("within_limit") is False:
-            print("warning: int8 loses more than 1 point of validation accuracy; prefer the fp32 model.",
+            print(f"warning: int8 loses more than 1 point of {q['split']} accuracy; prefer the fp32 model.",
                   file=sys.stderr)
     return 0
 
@@ -263,7 +264,7 @@ def inspect(args) -> int:
 def suggest(args) -> int:
     from pathlib import Path
 
-    from .atomic import require_writable, write_text_atomic
+    from .atomic import write_text_atomic
     from .classifier import ImageClassifier
     from .diagnose.suggest import suggest as rank, write_suggestions
     from .errors import ParameterError

@@ -46,7 +46,7 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     m = fitted_state(model)
     run = RunFolder(m.run_dir)
     output = Path(output) if output else run.path / "model.onnx"
-    val, train = _split_files(run, m.task)
+    val, test, train = _split_files(run, m.task)
     cfg = m.data_config
     model = m.model.float().cpu().eval()
     multi = m.task == "multi"
@@ -96,7 +96,9 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
 
     write_atomic(output, write_checked)
     if quantize == "int8":
-        result["int8"] = _quantize(output, val, train, cfg, rep, _decider(m))
+        # scored on the test split where the run has one: a head refitted on train+val has seen validation
+        held = ("test", test) if test else ("validation", val)
+        result["int8"] = _quantize(output, held, train, cfg, rep, _decider(m))
     elif quantize is not None:
         raise ImgtuneError(f"Unknown quantisation {quantize!r}: expected int8.")
     return result
@@ -126,13 +128,13 @@ class WithProbabilities(torch.nn.Module):
         return z, torch.sigmoid(z / self.temperature)
 
 
-def _split_files(run: RunFolder, task: str) -> tuple[list[tuple[str, object]], list[tuple[str, object]]]:
-    """(validation, training) files of the run as (path, target), from its split.csv; a target is a class
-    index, or a 0/1 row for a multi-label run."""
+def _split_files(run: RunFolder, task: str) -> tuple[list[tuple[str, object]], ...]:
+    """(validation, test, training) files of the run as (path, target), from its split.csv; a target is a
+    class index, or a 0/1 row for a multi-label run."""
     if not run.split.is_file():
-        return [], []
+        return [], [], []
     m = find_images(run.split, task=task)
-    return tuple([(it.path, y) for it, y in zip(m.split(s), m.targets(m.split(s)))] for s in ("val", "train"))
+    return tuple([(it.path, y) for it, y in zip(m.split(s), m.targets(m.split(s)))] for s in ("val", "test", "train"))
 
 
 def _decider(m):
@@ -149,10 +151,11 @@ def _logits(net, paths: list[str], cfg, rep: Reporter, description: str) -> dict
     return {paths[i]: v for i, v in outputs.items()}
 
 
-def _quantize(fp32: Path, val, train, cfg, rep: Reporter, decide) -> dict:
+def _quantize(fp32: Path, held: tuple[str, list], train, cfg, rep: Reporter, decide) -> dict:
     """Static int8 quantisation (QDQ, per channel, symmetric), calibrated on up to 256 training images;
     accuracy (of a multi-label model: the share of label sets exactly right) and speed of both models on
-    the validation split."""
+    `held` (the split's name and its files)."""
+    split, val = held
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -181,7 +184,7 @@ def _quantize(fp32: Path, val, train, cfg, rep: Reporter, decide) -> dict:
         write_atomic(out, lambda t: Path(t).write_bytes(staged.read_bytes()))
     x, kept = _tensors([p for p, _ in val], cfg)
     labels = np.array([val[i][1] for i in kept])
-    figures = {"output": str(out), "calibration_images": len(tensors), "validation_images": len(labels)}
+    figures = {"output": str(out), "calibration_images": len(tensors), "split": split, "split_images": len(labels)}
     for name, path in (("fp32", fp32), ("int8", out)):
         net = OnnxModule(path)
         started = time.perf_counter()

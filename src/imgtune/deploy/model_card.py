@@ -248,7 +248,7 @@ class _Card:
                              "config.json lists them under `imgtune.decision_offsets` for reference.")
             else:
                 lines.append("\nNo decision offsets were fitted (all zero): argmax(logits) decides.")
-            rows = [["ECE, validation", cal.get("val_ece_before"), cal.get("val_ece_after")],
+            rows = [[f"ECE, {cal.get('held_out') or 'validation'}", cal.get("val_ece_before"), cal.get("val_ece_after")],
                     [f"ECE, {self.m.get('split', 'test')}", self.m.get("ece_uncalibrated"), self.m.get("ece")]]
         rows = [r for r in rows if r[1] is not None or r[2] is not None]
         if rows:

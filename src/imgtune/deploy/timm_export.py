@@ -82,7 +82,7 @@ def export_timm(model, output: str | os.PathLike | None = None, *, reporter: Rep
                            "written. Export --format onnx instead.") from None
 
     cfg_doc = timm_config(m, target, arch, cls_name)
-    val, train = _split_files(run, m.task)
+    val, _, train = _split_files(run, m.task)
     paths = [p for p, _ in val][:PARITY_IMAGES] or [p for p, _ in train][:64]
     x, _ = _tensors(paths, m.data_config)
     if not len(x):

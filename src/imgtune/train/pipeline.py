@@ -74,6 +74,8 @@ def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bo
 def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool, tracking) -> TrainedModel:
     """fit's steps; `tracking` hears of each epoch as TensorBoard does."""
     source = resolve_data(str(data), ctx.cache_root)
+    if source != str(data):  # builtin:NAME: where its images are, for inspect, evaluate and embed
+        ctx.say(f"Data: {data} is the image folder {source}")
     manifest = check_and_scan(ctx, source, spec, resume)
     ctx.say(manifest.summary())
     if spec["backbone"] == "auto":  # Lite0, Lite1 or Lite2, measured on a sample of the training images
@@ -325,10 +327,16 @@ def _decide_classes(ctx: FitContext, trained: TrainedModel, choice, tuned: bool,
         model.offsets.copy_(torch.as_tensor(decision.offsets, dtype=model.offsets.dtype))
     val_logits = decision.adjusted(val_logits)
     trained.temperature = t = decision.temperature
-    calibration = {"temperature": t, "fitted_on": decision.fitted_on,
-                   "val_ece_before": metrics_lib.expected_calibration_error(val_y, softmax(val_logits)),
-                   "val_ece_after": metrics_lib.expected_calibration_error(val_y, softmax(val_logits, t)),
-                   "val_rejection": metrics_lib.rejection_table(val_y, softmax(val_logits, t))}
+    # figures that claim to be held out come from images the model did not fit: the kept head was
+    # refitted on train+val, so its validation logits are in-sample, and its out-of-fold ones are used
+    held_z, held_y, held = val_logits, val_y, f"the validation split ({len(val_y):,} images)"
+    if choice is not None and not tuned:
+        held_z, held_y = decision.adjusted(choice.selection.oof_logits), choice.oof_labels
+        held = f"out-of-fold predictions of {len(held_y):,} train+val images"
+    calibration = {"temperature": t, "fitted_on": decision.fitted_on, "held_out": held,
+                   "val_ece_before": metrics_lib.expected_calibration_error(held_y, softmax(held_z)),
+                   "val_ece_after": metrics_lib.expected_calibration_error(held_y, softmax(held_z, t)),
+                   "val_rejection": metrics_lib.rejection_table(held_y, softmax(held_z, t))}
     ctx.say(decision_line(decision, trained.classes))
     return calibration, decision, val_logits
 
