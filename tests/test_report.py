@@ -47,3 +47,24 @@ def test_evaluate_with_tta_writes_its_report_beside_the_metrics(trained_run, tmp
     assert f"{metrics['tta']['gain'] * 100:+.2f} pts" in html
     assert "Test-time augmentation: accuracy" in capsys.readouterr().out
     _inlined_images(html)
+
+
+def test_evaluate_keeps_trainings_record_and_writes_its_own_beside_it(trained_run, tmp_path, capsys):
+    """evaluate once overwrote metrics.json and report.html, losing training's baselines, and serve's
+    /metadata then showed the last evaluation: training's record is kept byte for byte, the evaluation
+    goes to RUN/evaluations/<data>.json + .html, whose page shows training's record beside it."""
+    import shutil
+
+    run, data, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {name: (copy / name).read_bytes() for name in ("metrics.json", "report.html")}
+    assert main(["evaluate", str(copy), str(data), "--quiet"]) == 0
+    assert {name: (copy / name).read_bytes() for name in before} == before
+    name = f"{data.parent.name}-{data.name}"
+    evaluation = json.loads((copy / "evaluations" / f"{name}.json").read_text())
+    assert evaluation["source"] and evaluation["n_images"] > 0
+    html = (copy / "evaluations" / f"{name}.html").read_text()
+    assert "This evaluation beside training&#x27;s record" in html or "This evaluation beside training's record" in html
+    assert f"{json.loads(before['metrics.json'])['accuracy']:.4f}" in html
+    assert f"Metrics: {copy / 'evaluations' / (name + '.json')}" in capsys.readouterr().out

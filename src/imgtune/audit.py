@@ -303,7 +303,7 @@ def _label_issues(classifier, files: list[FileFacts], cache_dir=None, reporter: 
     """Images whose given label looks wrong, each judged out of fold: the run's head fitted on the
     other folds of these images' cached features (diagnose/label_errors.py) -> {"method", "judged",
     "rows": least likely label first}. Files of classes the run does not know are not judged."""
-    from .diagnose.label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
+    from .diagnose.label_errors import FOLDS, find_label_issues, label_issue_rows, out_of_fold_probabilities
     from .diagnose.run_features import frozen_features, head_candidate
 
     trained = classifier.trained_
@@ -315,7 +315,9 @@ def _label_issues(classifier, files: list[FileFacts], cache_dir=None, reporter: 
     y = np.array([index[f.label] for f in known], dtype=int)
     if len(known) < 2 or len(np.unique(y)) < 2:
         return {"method": "none: fewer than two classes with images", "judged": len(known), "rows": []}
-    probs, _ = out_of_fold_probabilities(feats, y, len(trained.classes), candidate=head_candidate(trained))
+    with (reporter or Reporter(quiet=True)).bar("Label errors (out-of-fold heads)", FOLDS) as advance:
+        probs, _ = out_of_fold_probabilities(feats, y, len(trained.classes), candidate=head_candidate(trained),
+                                             advance=advance)
     rows, method = find_label_issues(probs, y)
     return {"method": method, "judged": len(known),
             "rows": label_issue_rows(probs, y, rows, [f.path for f in known], trained.classes,

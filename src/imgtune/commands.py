@@ -68,21 +68,33 @@ def evaluate(args) -> int:
     from .runs.folder import RunFolder
 
     run = RunFolder(args.run)
-    out = Path(args.json) if args.json else run.metrics
-    require_writable(out, out.with_suffix(".html") if args.json else run.report)  # before the work
+    # beside training's record, never over it: metrics.json and report.html stay what training wrote
+    out = Path(args.json) if args.json else evaluation_path(run, args.data)
+    require_writable(out, out.with_suffix(".html"))  # before the work
     clf = ImageClassifier.load(args.run, device=args.device, quiet=args.quiet, runtime=args.runtime)
     m = clf.evaluate(args.data, tta=args.tta)
     if m["skipped"]:
         print(f"Skipped {len(m['skipped'])} files that could not be used (listed in the metrics file).",
               file=sys.stderr)
     run.write_metrics(m, out)
-    report = write_report(run.path, m, out.with_suffix(".html") if args.json else run.report)
+    report = write_report(run.path, m, out.with_suffix(".html"))
     print_metrics(m, title=f"{m['source']}: {_headline(m)}")
     if "tta" in m:
         print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
               f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
     print(f"Metrics: {out}\nReport: {report}")
     return 0
+
+
+def evaluation_path(run, data: str):
+    """RUN/evaluations/<data>.json: named after the data's path (its last two parts), so that evaluating
+    the same data again replaces its own evaluation and no other."""
+    import re
+    from pathlib import Path
+
+    parts = [p for p in Path(str(data).rstrip("/")).resolve().parts[-2:] if p not in ("/", "")]
+    name = re.sub(r"[^\w.-]+", "_", "-".join(parts)).strip("._") or "data"
+    return run.path / "evaluations" / f"{name}.json"
 
 
 def predict(args) -> int:
@@ -201,6 +213,9 @@ def export(args) -> int:
             line += (f": {q['split']} accuracy {q['int8_accuracy']:.4f} against {q['fp32_accuracy']:.4f} in fp32 "
                      f"({q['accuracy_drop'] * 100:+.2f} points lost), {q['speedup']:.2f}x the fp32 speed.")
         print(line)
+        if q.get("speedup") is not None and q["speedup"] < 1:
+            print(f"note: int8 ran slower than fp32 here ({q['speedup']:.2f}x); it pays on CPUs with int8 dot-product "
+                  "instructions (AVX-512 VNNI, AMX); on this one serve and predict the fp32 model.")
         if q.get("within_limit") is False:
             print(f"warning: int8 loses more than 1 point of {q['split']} accuracy; prefer the fp32 model.",
                   file=sys.stderr)

@@ -27,10 +27,10 @@ GIVEN_BELOW, OTHER_ABOVE = 0.2, 0.6
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, candidate: Candidate,
-                              folds: int = FOLDS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                              folds: int = FOLDS, seed: int = 0, advance=None) -> tuple[np.ndarray, np.ndarray]:
     """-> (probabilities [N, K], the fold of every image): row i comes from the head fitted on the
     folds other than image i's. A class with fewer images than folds lands in fewer folds (a class
-    with one image is predicted by heads that never saw the class)."""
+    with one image is predicted by heads that never saw the class). `advance(1)` after each fold."""
     y = np.asarray(y, int)
     present = np.bincount(y, minlength=n_classes)
     k = int(max(2, min(folds, present[present > 0].max())))
@@ -42,6 +42,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, c
             continue
         head = fit_head(x, y, n_classes, candidate, rows=seen)  # the held-out rows weigh nothing
         probs[held_out] = softmax(logits(x, head)[held_out])
+        if advance is not None:
+            advance(1)
     return probs, fold
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..infer.metrics import noise_of_gap
 from .learning_curve import forecast, forecast_line
 
 WEAK_GAP = 0.05  # a class this far under the mean per-class accuracy is named
@@ -45,8 +46,8 @@ def next_steps(metrics: dict, config: dict, diagnosis: dict | None = None, audit
 
 def _baselines(m: dict, n: int) -> list[dict]:
     probe = (m.get("baselines") or {}).get("logistic_probe")
-    if not probe or probe["accuracy"] - m["accuracy"] <= 1 / n:
-        return []
+    if not probe or probe["accuracy"] - m["accuracy"] < max(1 / n, noise_of_gap(probe["accuracy"], n)):
+        return []  # level within the noise of the split: nothing to fix
     gap = probe["accuracy"] - m["accuracy"]
     return [{"impact": gap, "text": "A logistic regression on the same features beats this model: try "
              "--epochs 0 (the head alone) or another --recipe, and look at the training curves",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -133,3 +135,8 @@ def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] |
     if paths is not None:
         doc["misclassified"] = misclassified(y_true, probs, list(paths), list(classes))
     return doc
+
+
+def noise_of_gap(score: float, n: int) -> float:
+    """Twice the standard error of a score near `score` on `n` images: a gap under this may be luck."""
+    return 2 * math.sqrt(max(score * (1 - score), 1 / max(n, 1)) / max(n, 1))

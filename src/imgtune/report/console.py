@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 from rich.console import Console
 from rich.table import Table
+
+from ..infer.metrics import noise_of_gap
 
 
 def per_class_table(metrics: dict, title: str | None = None) -> Table:
@@ -33,8 +34,9 @@ def print_metrics(metrics: dict, title: str | None = None) -> None:
 
 
 def baseline_lines(metrics: dict) -> list[str]:
-    """The console's lines on the baselines of a metrics document: the scores, then a warning in plain
-    words for each baseline the model is below (by more than one image's worth)."""
+    """The console's lines on the baselines of a metrics document: the scores, then for each baseline the
+    model is below (by more than one image's worth) a warning in plain words, or a note where the gap is
+    within the noise of the split."""
     b = metrics.get("baselines")
     if not b:
         return []
@@ -48,14 +50,13 @@ def baseline_lines(metrics: dict) -> list[str]:
     for name, base in (("always answering the largest class", maj), ("a logistic regression on the same features",
                                                                      probe)):
         for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-            gap = base[key] - metrics[key]
-            if gap > 1 / n:
-                # the standard error of a score near this one on n images: a gap under twice it may be luck
-                se = math.sqrt(max(base[key] * (1 - base[key]), 1 / n) / n)
-                noise = (f" (within the noise of {n:,} images, +-{2 * se * 100:.1f} points)" if gap < 2 * se
-                         else "")
-                lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.2f} against "
-                             f"{base[key]:.2f}{noise}.")
+            gap, noise = base[key] - metrics[key], noise_of_gap(base[key], n)
+            if gap > 1 / n and gap < noise:  # information, not a warning: it may be luck
+                lines.append(f"note: level with {name} in {label}: {metrics[key]:.4f} against {base[key]:.4f}, "
+                             f"within the noise of {n:,} images (+-{noise * 100:.1f} points).")
+            elif gap > 1 / n:
+                lines.append(f"warning: the model is below {name} in {label}: {metrics[key]:.4f} against "
+                             f"{base[key]:.4f}, beyond the noise of {n:,} images (+-{noise * 100:.1f} points).")
     return lines
 
 

@@ -32,7 +32,7 @@ figure img{max-width:100%;display:block}
 .tile{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:6px;width:150px;font-size:12px}
 .tile img{width:150px;height:150px;object-fit:contain;background:#eef0f3;display:block;border-radius:4px}
 .tile .p{font-family:ui-monospace,monospace;font-size:10px;color:#5b6570;word-break:break-all}
-.tile .t{color:#1e7b34}.tile .w{color:#b3261e}
+.tile .t{color:#1e7b34}.tile .w{color:#b3261e}.tile div{overflow-wrap:anywhere}
 .missing{display:flex;width:150px;height:150px;align-items:center;justify-content:center;background:#eef0f3;color:#5b6570}
 .warn{color:#b3261e;font-weight:600}
 ol.next{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px 16px 10px 36px;margin:6px 0 12px}

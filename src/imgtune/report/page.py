@@ -20,11 +20,27 @@ from .html import cards, esc, figure, gallery, page, section, table, tile
 
 
 def write_report(run_dir: str | os.PathLike, metrics: dict, out: str | os.PathLike) -> Path:
+    """The report of `metrics` at `out`; an evaluation's (any `out` but RUN/report.html) also shows
+    training's record beside it, read from RUN/metrics.json."""
     run = RunFolder(run_dir)
+    training = None if Path(out).resolve() == run.report.resolve() else _read_json(run.metrics)
     write_text_atomic(Path(out), build_report(run.read_config(), run.read_history(), metrics,
                                               diagnosis=_read_json(run.diagnosis), audit=_read_json(run.audit),
-                                              run_dir=str(run.path)))
+                                              run_dir=str(run.path), training=training))
     return Path(out)
+
+
+def _beside_training(m: dict, training: dict | None) -> str:
+    """This evaluation and training's record (its test split), side by side."""
+    if not training or training.get("task") != m.get("task"):
+        return ""
+    keys = [("map", "mAP"), ("macro_f1", "macro-F1")] if m.get("task") == "multi" else \
+        [("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy")]
+    rows = [[name, f"{doc.get('n_images', 0):,}"] + [_f(doc.get(k)) for k, _ in keys]
+            for name, doc in ((f"this evaluation: {m.get('source') or 'these images'}", m),
+                              (f"training's record: its {training.get('split') or 'test'} split", training))]
+    return section("This evaluation beside training's record", table(["", "images"] + [n for _, n in keys], rows),
+                   note="Training's metrics.json and report.html are kept as training wrote them.")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -36,12 +52,13 @@ def _read_json(path: Path) -> dict | None:
 
 
 def build_report(config: dict, history: list[dict], metrics: dict, *, diagnosis: dict | None = None,
-                 audit: dict | None = None, run_dir: str = "RUN") -> str:
+                 audit: dict | None = None, run_dir: str = "RUN", training: dict | None = None) -> str:
     if metrics.get("task") == "multi":
-        return build_multilabel_report(config, history, metrics)
+        return build_multilabel_report(config, history, metrics, training=training)
     where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
     steps = next_steps(metrics, config, diagnosis, audit, run=run_dir, data=str(config.get("data") or "DATA"))
-    body = [_headline(metrics), _baselines(metrics), next_steps_section(steps), _summary(config, metrics)]
+    body = [_headline(metrics), _beside_training(metrics, training), _baselines(metrics), next_steps_section(steps),
+            _summary(config, metrics)]
     if history:
         body.append(section("Training", figure(plots.training_curves(history), "training curves"),
                             note=_training_note(config, history)))
@@ -90,10 +107,13 @@ def _baselines(m: dict) -> str:
              f"{probe['macro_f1']:.4f}", f"{probe['balanced_accuracy']:.4f}"],
             [f"always {maj['class']!r}", f"{maj['accuracy']:.4f}", f"{maj['macro_f1']:.4f}",
              f"{maj['balanced_accuracy']:.4f}"]]
-    warnings = [line.removeprefix("warning: ") for line in baseline_lines(m)[1:]]
+    lines = baseline_lines(m)[1:]
+    warnings = [line.removeprefix("warning: ") for line in lines if line.startswith("warning: ")]
+    notes = [line.removeprefix("note: ") for line in lines if line.startswith("note: ")]
     parts = [table(["", "accuracy", "macro-F1", "balanced accuracy"], rows, highlight={0} if warnings else None)]
-    if warnings:
-        parts.append("<p class=\"warn\">" + "<br>".join(esc(w[0].upper() + w[1:]) for w in warnings) + "</p>")
+    for kind, said in (("warn", warnings), ("note", notes)):  # within the noise is information, not red
+        if said:
+            parts.append(f"<p class=\"{kind}\">" + "<br>".join(esc(w[0].upper() + w[1:]) for w in said) + "</p>")
     return section("Against the simple baselines", *parts,
                    note="On the same images: a model that is not clearly above these has a problem worth "
                         "looking into (the data, the labels, or the recipe).")
@@ -266,13 +286,14 @@ MULTI_SCORE_NAMES = {"map": "mAP", "macro_f1": "macro-F1", "micro_f1": "micro-F1
                      "log_loss": "log-loss"}
 
 
-def build_multilabel_report(config: dict, history: list[dict], metrics: dict) -> str:
+def build_multilabel_report(config: dict, history: list[dict], metrics: dict, *, training: dict | None = None) -> str:
     """The report of a multi-label run: headline, baselines, run, training, head selection, per-label
     scores, precision-recall curves, label co-occurrence, the worst false positives and negatives, and the
     decisions (thresholds and temperatures)."""
     m = metrics
     where = m.get("source") or f"the {m.get('split', 'test')} split"
-    body = [_multi_headline(m), _multi_baselines(m), section("Run", table([], _run_rows(config, multi=True)))]
+    body = [_multi_headline(m), _beside_training(m, training), _multi_baselines(m),
+            section("Run", table([], _run_rows(config, multi=True)))]
     if history:
         curves = plots.training_curves(history, plots.MULTI_SCORES, "validation score")
         body.append(section("Training", figure(curves, "training curves"),

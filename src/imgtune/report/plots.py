@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 STAGE_COLOURS = {"head": "#4c72b0", "fine-tune": "#dd8452"}
@@ -75,7 +76,7 @@ def _training_curves(history: list[dict], draw_scores, score_title: str) -> byte
                      marker="." if len(trained) < 30 else None)
         validated = [(xi, r) for xi, r in zip(x, rows) if r.get("val_loss") is not None]
         axes[0].plot([xi for xi, _ in validated], [r["val_loss"] for _, r in validated], color=c, ls="--",
-                     label=f"{stage} val")
+                     marker="x" if len(validated) < 30 else None, label=f"{stage} val")  # one point shows too
         draw_scores(axes[1], x, rows, c, stage)
         axes[2].plot([xi for xi, _ in trained], [r["lr"] for _, r in trained], color=c, label=stage,
                      marker="." if len(trained) < 30 else None)
@@ -86,6 +87,7 @@ def _training_curves(history: list[dict], draw_scores, score_title: str) -> byte
     for ax, title in zip(axes, ("loss", score_title, "learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch (head, then fine-tune)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         if ax.lines:
             ax.legend(fontsize=7)
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
@@ -179,7 +181,7 @@ def split_counts(counts: dict[str, dict[str, int]]) -> bytes:
         left += v
     ax.invert_yaxis()
     ax.set_xlabel("images")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above the bars, never on them
     return png(fig)
 
 

@@ -126,7 +126,8 @@ def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
            if t.trained is not t.model else f"{cfg.augment} augmentation")
     t.ctx.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
               f"head on {len(t.images.manifest.split('train')):,} images, {how}{_balance_words(t.cfg)}, up to "
-              f"{cfg.epochs} epochs; the head starts at training loss {guard['start_loss']:.4f}.")
+              f"{cfg.epochs} epochs; the head's loss on the first augmented training batches is "
+              f"{guard['start_loss']:.4f} (the report's head point is its loss on the plain features it was fitted on).")
     while True:
         try:
             return _attempt(t, guard, saved), guard
