@@ -247,3 +247,37 @@ def test_a_request_whose_images_decode_to_too_many_pixels_is_refused_before_deco
     status, body = _request(server + "/predict", [(f"{i}.png", big) for i in range(5)])
     assert status == 413 and "pixels in all" in body["error"]
     assert _request(server + "/health") == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("headers", [
+    [("X-Big", "a" * 200_000)],                     # one 200 KB header
+    [("X-Bad header", "no spaces allowed in a field name")],  # a malformed line
+])
+def test_oversized_headers_are_answered_in_json_and_the_server_keeps_serving(server, headers):
+    """Headers the HTTP parser refuses (over 16 KB, or malformed) get a 400 with a JSON {"error"} like
+    every other error (uvicorn answers plain text)."""
+    import threading
+
+    host, port = server.removeprefix("http://").split(":")
+    request = f"GET /health HTTP/1.1\r\nHost: x\r\n{''.join(f'{k}: {v}' + chr(13) + chr(10) for k, v in headers)}\r\n"
+
+    def send(s):
+        try:
+            s.sendall(request.encode())
+        except OSError:  # the server answered and closed before reading it all
+            pass
+
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        sender = threading.Thread(target=send, args=(s,), daemon=True)
+        sender.start()  # read the answer while sending: the server answers before it has read everything
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except ConnectionResetError:  # the rest of what we sent was refused; the answer came first
+            pass
+        sender.join(60)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head.lower(), head
+    assert "headers" in json.loads(body)["error"]
+    assert _request(server + "/health") == (200, {"status": "ok"})
