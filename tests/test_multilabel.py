@@ -265,3 +265,35 @@ def test_evaluate_on_images_without_any_label_says_map_is_undefined(multi_run, t
     m = json.loads(out.read_text())
     assert m["map"] is None and m["macro_f1"] is None and "undefined" in m["undefined"]
     assert "mAP and the macro averages are undefined" in capsys.readouterr().out
+
+
+def test_with_many_labels_the_strength_is_chosen_on_a_sample_of_them_and_progress_is_shown(monkeypatch):
+    """With 200 labels the eight L2 strengths are scored on 64 of them; only the winner is fitted on all
+    200 (once per fold, for the out-of-fold logits the thresholds need, and on train and train+val). The
+    selection's cost no longer grows with the label count (before: 5 x 8 fits of all 200), every label
+    still gets real out-of-fold logits, and each fold advances the progress bar."""
+    from imgtune.train import multilabel
+
+    rng = np.random.default_rng(0)
+    n, d, k = 400, 32, 200
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(d, k)).astype(np.float32)
+    y = (x @ w + rng.normal(scale=0.5, size=(n, k)) > 2.0).astype(np.float32)  # every label learnable
+    widths, fit = [], multilabel.fit_ovr
+
+    def counted(x, y, **kw):
+        widths.append(y.shape[1])
+        return fit(x, y, **kw)
+
+    monkeypatch.setattr(multilabel, "fit_ovr", counted)
+    ticks = []
+    choice = multilabel.select_head(x[:300], y[:300], x[300:], y[300:], folds=5, seed=0, advance=ticks.append)
+    assert widths.count(multilabel.MAX_SELECTION_LABELS) == 5 * len(multilabel.CS)
+    assert widths.count(k) == 5 + 2 and len(widths) == 5 * len(multilabel.CS) + 7
+    assert len(ticks) == multilabel.selection_steps(k, 5) == 10
+    oof = choice.selection.oof_logits
+    assert oof.shape == (n, k)
+    from sklearn.metrics import roc_auc_score
+    aucs = [roc_auc_score(y[:, j], oof[:, j]) for j in range(k) if 0 < y[:, j].sum() < n]
+    assert np.median(aucs) > 0.9, "out-of-fold logits of the labels outside the sample are not fitted"
+    assert "64 of its 200 labels" in choice.describe()

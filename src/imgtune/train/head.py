@@ -85,7 +85,10 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     ctx.say(f"Head: choosing its L2 strength{'' if multi is not None else ' and class weighting'} by "
             f"{recipe.head.folds}-fold cross-validation on {len(y) + len(yv):,} train+val images ...")
     if multi is not None:
-        choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds, seed=ctx.seed)
+        steps = multilabel.selection_steps(y.shape[1], recipe.head.folds)
+        with ctx.reporter.bar("Head selection (folds)", steps) as advance:
+            choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds,
+                                            seed=ctx.seed, advance=advance)
         scores = dict(decider=None, scorer=multi.scorer())
     else:
         with ctx.reporter.bar("Head selection (folds)", recipe.head.folds) as advance:

@@ -75,40 +75,74 @@ def label_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
+MAX_SELECTION_LABELS = 64  # the L2 strength is chosen on this many labels at most (see cross_validate)
+
+
 def cross_validate(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
-                   cs=CS, max_iter: int = 300, sample: np.ndarray | None = None) -> Selection:
+                   cs=CS, max_iter: int = 300, sample: np.ndarray | None = None, advance=None) -> Selection:
     """Every L2 strength scored by k-fold cross-validation -> the winner (lowest out-of-fold binary
-    cross-entropy) and every candidate's out-of-fold figures. `sample` (indices into `x` and `y`):
-    those images only, each fold gathering its own rows of `x` (see selection.cross_validate)."""
+    cross-entropy), every candidate's out-of-fold figures and the winner's out-of-fold logits of every
+    label. `sample` (indices into `x` and `y`): those images only, each fold gathering its own rows of
+    `x` (see selection.cross_validate). `advance(1)`, if given, is called after each fold's fits.
+
+    One L2 strength serves all labels, so with more than MAX_SELECTION_LABELS labels it is chosen on a
+    random sample of them, and the winner alone is then fitted on every label once per fold for the
+    out-of-fold logits the decisions need: k * (len(cs) + 1) fits of 64 labels plus k of all, where
+    scoring every strength on every label cost k * len(cs) fits of all (at 300 labels, over 15 minutes).
+    The choice's cost no longer grows with the label count; the fits of all labels do, as any one-vs-rest
+    model's must."""
     sample = np.arange(len(y)) if sample is None else np.asarray(sample)
     y = y[sample]
     # not fewer folds for a rare label: it lies in one or two folds, and its few positives must not cost
     # every other label its cross-validation (one image of a rare label once made C 0.1 for all)
     k = max(2, min(folds, len(y)))
     fold = label_folds(y, k, seed)
-    oof = {c: np.zeros(y.shape, np.float32) for c in cs}
+    chosen = selection_labels(y.shape[1], seed)
+    oof = {c: np.zeros((len(y), len(chosen)), np.float32) for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
         xtr, xte = x[sample[tr]], x[sample[te]]
         head = None
         for c in cs:  # warm start along the path
-            head = fit_ovr(xtr, y[tr], c=c, loss=loss, init=head, max_iter=max_iter)
+            head = fit_ovr(xtr, y[tr][:, chosen], c=c, loss=loss, init=head, max_iter=max_iter)
             oof[c][te] = logits(xte, head)
         del xtr, xte  # before the next fold's are gathered
+        if advance is not None:
+            advance(1)
     table = []
     for c, z in oof.items():
-        s = val_scores(z, y)
+        s = val_scores(z, y[:, chosen])
         table.append({"c": c, "weighting": "none", "log_loss": s["val_loss"], "map": s["val_map"],
-                      "macro_f1": s["val_macro_f1"], "micro_f1": s["val_micro_f1"]})
+                      "macro_f1": s["val_macro_f1"], "micro_f1": s["val_micro_f1"], "labels": len(chosen)})
     best = min(table, key=lambda r: (round(r["log_loss"], 6), -r["c"]))
-    return Selection(Candidate(best["c"]), table, oof[best["c"]], k, "map")
+    z = oof[best["c"]]
+    if len(chosen) < y.shape[1]:  # the winner's out-of-fold logits of every label
+        z = np.zeros(y.shape, np.float32)
+        for f in range(k):
+            tr, te = fold != f, fold == f
+            z[te] = logits(x[sample[te]], fit_ovr(x[sample[tr]], y[tr], c=best["c"], loss=loss, max_iter=max_iter))
+            if advance is not None:
+                advance(1)
+    return Selection(Candidate(best["c"]), table, z, k, "map")
+
+
+def selection_labels(n_labels: int, seed: int) -> np.ndarray:
+    """The labels the L2 strength is chosen on: all, or a random MAX_SELECTION_LABELS of them."""
+    if n_labels <= MAX_SELECTION_LABELS:
+        return np.arange(n_labels)
+    return np.sort(np.random.default_rng(seed).choice(n_labels, MAX_SELECTION_LABELS, replace=False))
+
+
+def selection_steps(n_labels: int, folds: int) -> int:
+    """How many times cross_validate calls `advance`: once per fold, twice with sampled labels."""
+    return folds * (1 if n_labels <= MAX_SELECTION_LABELS else 2)
 
 
 MAX_CV_IMAGES = 20_000
 
 
 def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
-                loss: str = "bce", folds: int = 5, seed: int = 0) -> HeadChoice:
+                loss: str = "bce", folds: int = 5, seed: int = 0, advance=None) -> HeadChoice:
     """Cross-validate over train+val, fit the winner on train (fine-tuning's start) and on train+val (the
     head kept alone), and fit the decisions on its out-of-fold logits."""
     x = joined(x_train, x_val)
@@ -116,7 +150,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     sample = np.arange(len(y))
     if len(y) > MAX_CV_IMAGES:  # a stratified sample: the choice needs no more than this
         sample = np.flatnonzero(label_folds(y, -(-len(y) // MAX_CV_IMAGES), seed) == 0)
-    sel = cross_validate(x, y, loss=loss, folds=folds, seed=seed, sample=sample)
+    sel = cross_validate(x, y, loss=loss, folds=folds, seed=seed, sample=sample, advance=advance)
     train_head = fit_ovr(x_train, y_train, c=sel.candidate.c, loss=loss, max_iter=500)
     all_head = fit_ovr(x, y, c=sel.candidate.c, loss=loss, max_iter=500)
     train_loss = float(image_losses(torch.from_numpy(logits(x_train, train_head)), torch.from_numpy(y_train),

@@ -254,8 +254,11 @@ class HeadChoice:
         s = self.selection
         best = next(r for r in s.table if r["c"] == s.candidate.c and r["weighting"] == s.candidate.weighting)
         name = "mAP" if s.metric == "map" else s.metric.replace("_", " ")
+        n_labels = self.oof_labels.shape[1] if self.oof_labels.ndim == 2 else 0  # multi-label: sampled?
+        labels = f" and {best['labels']} of its {n_labels:,} labels" if best.get("labels", n_labels) < n_labels else ""
         return (f"Head: {s.candidate.describe()}, chosen from {len(s.table)} candidates by {s.folds}-fold "
-                f"cross-validation on {len(self.oof_labels):,} images (out-of-fold {name} {best[s.metric]:.4f}).")
+                f"cross-validation on {len(self.oof_labels):,} images{labels} (out-of-fold {name} "
+                f"{best[s.metric]:.4f}).")
 
     def probe(self) -> Candidate:
         """The logistic-regression baseline among the candidates: no class weights, best out-of-fold
