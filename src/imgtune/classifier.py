@@ -90,10 +90,13 @@ class ImageClassifier:
 
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
             resume: bool = False, tensorboard: bool = False,
-            mlflow: bool | str | None = None) -> "ImageClassifier":
+            mlflow: bool | str | None = None, corrections: str | os.PathLike | None = None,
+            allow_new_classes: bool = False) -> "ImageClassifier":
         """Train on `data` into the run folder `out`; `resume` continues an interrupted run there, and
         `tensorboard` writes per-epoch scalars to out/tensorboard/. `mlflow` logs the fit to an MLflow run:
-        True for $MLFLOW_TRACKING_URI (or MLflow's default), or a tracking URI."""
+        True for $MLFLOW_TRACKING_URI (or MLflow's default), or a tracking URI. `corrections`: a CSV of
+        path,action,label,reason,time rows (what `imgtune review` writes) relabelling or excluding images
+        of `data` without touching them; a new class only with `allow_new_classes`."""
         if not predictor.is_path(data):
             raise DataError(f"fit takes a folder of class folders, a CSV file or builtin:NAME; received "
                             f"{type(data).__name__}. For a list of labelled files, write them to a CSV with "
@@ -129,7 +132,8 @@ class ImageClassifier:
                              Path(self.cache_dir) if self.cache_dir else default_cache_dir(), recipe, limit,
                              started, checkpoint_every=self.checkpoint_every)
             spec = {"backbone": self.backbone, "weights": self.weights, "image_size": self.image_size,
-                    "task": self.task}
+                    "task": self.task, "corrections": None if corrections is None else str(corrections),
+                    "allow_new_classes": allow_new_classes}
             self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard,
                                          mlflow=mlflow)
         return self

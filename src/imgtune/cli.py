@@ -80,7 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     _suggest_flags(sub)
     _embed_flags(sub)
     _similar_flags(sub)
+    _improve_flags(sub)
     return p
+
+
+def _improve_flags(sub) -> None:
+    r = sub.add_parser("review", help="walk through what a run flagged (likely label errors, worst mistakes, "
+                                      "near-duplicates) on a local page and decide: keep, relabel or exclude")
+    r.add_argument("run", metavar="RUN")
+    r.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    r.add_argument("--port", type=_int_at_least(0, 65535), default=8001, help="default 8001 (0: any free port)")
+    r.add_argument("--list", action="store_true", help="print the flagged images and any decisions, and exit")
+    r.add_argument("--quiet", action="store_true")
+    t = sub.add_parser("retrain", help="train a run again with its corrections (RUN/corrections.csv), reusing "
+                                       "the feature cache; the same images in every split")
+    t.add_argument("run", metavar="RUN")
+    t.add_argument("--out", metavar="NEW_RUN", help="default RUN-retrain, then RUN-retrain-2, ...")
+    t.add_argument("--corrections", metavar="FILE.csv", help="default RUN/corrections.csv")
+    t.add_argument("--allow-new-classes", action="store_true",
+                   help="let the corrections relabel images into a class the data does not have")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted retrain (in --out, or the latest)")
+    _feature_flags(t)
+    c = sub.add_parser("compare", help="two runs on the same images: per-class differences with their noise, the "
+                                       "images that changed, a verdict (console, JSON and HTML page)")
+    c.add_argument("run_a", metavar="RUN_A")
+    c.add_argument("run_b", metavar="RUN_B")
+    c.add_argument("data", metavar="TEST_DATA", nargs="?",
+                   help="labelled images to judge both on (default: the runs' own test split, when the same)")
+    c.add_argument("--output", metavar="FILE.json", help="default RUN_B/comparisons/<RUN_A's name>.json; the "
+                                                         "page goes beside it as .html")
+    c.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
+                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
+    c.add_argument("--quiet", action="store_true")
 
 
 def _train_flags(sub) -> None:
@@ -132,6 +163,11 @@ def _train_flags(sub) -> None:
     t.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
                    help="log the run to MLflow: parameters, epochs, test metrics, report (default URI: "
                         "$MLFLOW_TRACKING_URI, else MLflow's own; needs imgtune[mlflow])")
+    t.add_argument("--corrections", metavar="FILE.csv",
+                   help="relabel or exclude images without touching them: rows path,action,label,reason,time "
+                        "(action keep, relabel or exclude), as imgtune review writes to RUN/corrections.csv")
+    t.add_argument("--allow-new-classes", action="store_true",
+                   help="let --corrections relabel images into a class the data does not have")
     t.add_argument("--quiet", action="store_true")
 
 
@@ -295,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        then = ("what was done is saved: run the same command with --resume to continue" if args.command == "train"
+        then = ("what was done is saved: run the same command with --resume to continue"
+                if args.command in ("train", "retrain")
+                else "every decision is saved in RUN/corrections.csv" if args.command == "review"
                 else "no partial files were left: run the same command again")
         print(f"imgtune: {how}; {then}.", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
@@ -313,4 +351,5 @@ def _refuse_folders_as_files(args) -> None:
 
 
 _COMMANDS = {name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
-                                                       "inspect", "suggest", "embed", "similar")}
+                                                       "inspect", "suggest", "embed", "similar", "review",
+                                                       "retrain", "compare")}

@@ -45,13 +45,13 @@ def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, subtitle: str, body: str) -> str:
+def page(title: str, subtitle: str, body: str, *, footer: str = "Self-contained: every image is inlined.") -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body><main>"
             f"<h1>{esc(title)}</h1><p class=\"sub\">{esc(subtitle)}</p>\n{body}\n"
-            f"<footer>imgtune {esc(__version__)}, {stamp}. Self-contained: every image is inlined.</footer>"
+            f"<footer>imgtune {esc(__version__)}, {stamp}. {esc(footer)}</footer>"
             f"</main></body></html>\n")
 
 

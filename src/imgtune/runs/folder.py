@@ -33,6 +33,7 @@ class RunFolder:
     split = property(lambda self: self.path / "split.csv")
     diagnosis = property(lambda self: self.path / "diagnosis.json")  # label errors, learning curves
     label_issues = property(lambda self: self.path / "label_issues.csv")
+    corrections = property(lambda self: self.path / "corrections.csv")  # a person's decisions (imgtune review)
     audit = property(lambda self: self.path / "inspect.json")  # `inspect --run` writes it here by default
     checkpoints = property(lambda self: self.path / "checkpoints")
 

@@ -24,7 +24,7 @@ from .folder import RunFolder
 
 # what config.json carries about how the model was fitted, beside the model itself
 FIT_INFO = ("weights", "recipe", "data", "counts", "class_counts", "skipped", "head_selection", "finetune",
-            "decision", "calibration", "seconds", "augment", "backbone_choice")
+            "decision", "calibration", "seconds", "augment", "backbone_choice", "cache", "corrections")
 
 
 @dataclass

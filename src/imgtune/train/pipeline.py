@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_json_atomic
+from ..atomic import write_bytes_atomic, write_json_atomic
 from ..cache.features import FeatureCache, extract_features
 from ..cache.trunk_views import TrunkViews
 from ..config import with_overrides
 from ..data.builtin import resolve as resolve_data
+from ..data.corrections import apply_corrections
 from ..data.manifest import SPLITS, Manifest
 from ..data.scan import find_images, require_usable, scan
 from ..diagnose.diagnosis import diagnose
@@ -127,7 +129,7 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
                         "class_counts": {c: int(n) for c, n in zip(m.classes, per_class)},
                         "head_selection": head.choice.to_dict() if head.choice is not None else None,
                         "finetune": finetune, "decision": decision.to_dict(), "calibration": calibration,
-                        **ctx.choices,
+                        "cache": str(ctx.cache_root), **ctx.choices,
                         "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
     save_run(trained, ctx.run.path)
     write_report(ctx.run.path, trained.metrics, ctx.run.report)
@@ -156,19 +158,31 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
     settings = {"backbone": spec["backbone"], "recipe": ctx.recipe.to_dict(), "image_size": spec["image_size"],
                 "seed": ctx.seed, "weights": spec["weights"], "task": spec.get("task"),
                 "time_limit": None if ctx.limit is None else ctx.limit.seconds,  # as the user gave it
-                "data": str(Path(source).resolve())}  # what a resumed run checks it is given the same data by
+                "data": str(Path(source).resolve()),  # what a resumed run checks it is given the same data by
+                "corrections": _digest(spec.get("corrections"))}
     task = spec.get("task")
     if resume:  # the task the data was found to have when the run started
         task = _check_same_settings(run, settings).get("data_task", task)
     manifest = scan(run.split if resume else source, seed=ctx.seed, task=task)
     if resume:
-        _check_same_classes(manifest, source, ctx.seed, task)
+        _check_same_classes(manifest, source, ctx.seed, task, corrected=spec.get("corrections") is not None)
+        if (run.checkpoints / "corrections.json").exists():
+            ctx.choices["corrections"] = json.loads((run.checkpoints / "corrections.json").read_text())
+    elif spec.get("corrections") is not None:  # after the split: each image keeps the split it had without
+        manifest, applied = apply_corrections(manifest, spec["corrections"],
+                                              allow_new_classes=spec.get("allow_new_classes", False))
+        require_usable(manifest)
+        ctx.say(applied.describe())
+        ctx.choices["corrections"] = applied.to_dict()
     if ctx.deadline is not None and ctx.deadline <= ctx.clock():
         raise ParameterError("time_limit", f"{{name}} {ctx.limit.seconds:g}s was spent before training could "
                                            f"start ({ctx.clock() - ctx.started:.1f} s of start-up): give a longer "
                                            "limit.")
     if not resume and ctx.ranks.main:
         manifest.write_csv(run.split)
+        if "corrections" in ctx.choices:  # the decisions go with the run: a review of it continues from them
+            write_bytes_atomic(run.corrections, Path(spec["corrections"]).read_bytes())
+            write_json_atomic(run.checkpoints / "corrections.json", ctx.choices["corrections"])
         write_json_atomic(run.checkpoints / "settings.json", {**settings, "data_task": manifest.task})
     ctx.ranks.barrier()
     return manifest
@@ -359,13 +373,25 @@ def _decide_labels(ctx: FitContext, trained: TrainedModel, choice, tuned: bool, 
     return calibration, decision, val_logits
 
 
-def _check_same_classes(manifest: Manifest, source: str, seed: int, task: str | None) -> None:
-    """--resume with the same DATA: its classes now must be the run's (the split is the run's own)."""
+def _digest(path) -> str | None:
+    """The SHA-256 of a corrections file: a resumed run must be given the same decisions."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise DataError(f"Corrections file {str(path)!r} cannot be read: {e.strerror or e}.") from None
+
+
+def _check_same_classes(manifest: Manifest, source: str, seed: int, task: str | None, *,
+                        corrected: bool = False) -> None:
+    """--resume with the same DATA: its classes now must be the run's (the split is the run's own; with
+    corrections, the run's may add classes after the data's)."""
     try:
         now = find_images(source, seed=seed, task=task).classes
     except DataError as e:
         raise DataError(f"--resume: the data cannot be read as it was when the run started: {e}") from None
-    if now != manifest.classes:
+    if now != (manifest.classes[:len(now)] if corrected else manifest.classes):
         raise ParameterError("resume", f"{{name}}: {source!r} now has classes {now}, the interrupted run "
                                        f"{manifest.classes}; resume with the data the run started on, or "
                                        "start a new run folder.")
@@ -381,7 +407,7 @@ def _check_same_settings(run, settings: dict) -> dict:
         raise RunFolderError(f"--resume: {str(path)!r} is missing or unreadable; start a new run.") from None
     now = json.loads(json.dumps(settings))  # tuples become lists, as they were when saved
     # "data" is compared where the interrupted run recorded it (runs from before it did not)
-    diff = [k for k in now if before.get(k) != now[k] and (k not in ("data", "task") or k in before)]
+    diff = [k for k in now if before.get(k) != now[k] and (k not in ("data", "task", "corrections") or k in before)]
     if diff:
         raise ParameterError("resume", f"{{name}}: settings differ from the interrupted run ({', '.join(diff)}); "
                                        "resume with the same settings, or start a new run folder.")

@@ -1,0 +1,130 @@
+"""The improvement loop after a run: retrain it with a person's corrections (reusing every cache), and
+compare two runs on the same images to see, per class, whether it helped.
+
+    retrain(RUN)                 RUN's command again, on its data, with RUN/corrections.csv applied
+    compare(RUN_A, RUN_B, DATA)  both models on DATA (default: the runs' own test split, when the same)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, RunFolderError
+from .runs.folder import RunFolder, latest_run_folder, next_run_folder
+
+
+def run_settings(run: RunFolder) -> dict:
+    """What the run was trained with (checkpoints/settings.json) and what it chose (config.json)."""
+    try:
+        settings = json.loads((run.checkpoints / "settings.json").read_text())
+        config = json.loads(run.config.read_text())
+    except (OSError, ValueError):
+        raise RunFolderError(f"{str(run.path)!r} is not a finished run folder (its config.json and "
+                             "checkpoints/settings.json are needed).") from None
+    return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
+            "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
+            "cache": config.get("cache")}
+
+
+def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
+            corrections: str | os.PathLike | None = None, allow_new_classes: bool = False,
+            resume: bool = False, device: str = "auto", cache_dir: str | None = None, quiet: bool = False):
+    """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
+    (default RUN/corrections.csv) applied: the same data, seed, recipe, and the backbone and image size the
+    run chose, so every image keeps its split and the feature cache and trunk views (keyed by content)
+    are reused. -> the fitted ImageClassifier."""
+    from .classifier import ImageClassifier
+    from .config import Recipe
+
+    source = RunFolder(run)
+    s = run_settings(source)
+    corrections = Path(corrections) if corrections is not None else source.corrections
+    if not corrections.is_file():
+        raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
+                        f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
+    if out is None:
+        base = f"{source.path}-retrain"
+        out = latest_run_folder(base) if resume else next_run_folder(base)
+        if out is None:
+            raise RunFolderError(f"--resume: no {base}* folder to continue; give --out NEW_RUN.")
+    clf = ImageClassifier(s["chosen_backbone"], recipe=Recipe.from_dict(s["recipe"]), image_size=s["chosen_image_size"],
+                          seed=s["seed"], weights=s["weights"], task=s.get("data_task"), device=device,
+                          cache_dir=cache_dir or s.get("cache"), quiet=quiet, time_limit=s.get("time_limit"))
+    return clf.fit(s["data"], out=out, resume=resume, corrections=corrections, allow_new_classes=allow_new_classes)
+
+
+def compared_images(a: RunFolder, b: RunFolder, classes: list[str], data: str | None):
+    """The labelled images both runs are judged on -> (paths, labels as class names, note). Without
+    `data`, each run's own test split (else validation) from its split.csv: the same images with the
+    same labels, or a DataError saying how they differ."""
+    from .data.scan import labelled_files
+
+    if data is not None:
+        m = labelled_files(data, classes)
+        return [it.path for it in m.items], [m.classes[it.label] for it in m.items], f"the images of {m.source}"
+    sides = []
+    for run in (a, b):
+        rows = _split_rows(run)
+        sides.append(rows)
+    if sides[0] != sides[1]:
+        only_a, only_b = set(sides[0]) - set(sides[1]), set(sides[1]) - set(sides[0])
+        relabelled = sum(sides[0][p] != sides[1][p] for p in set(sides[0]) & set(sides[1]))
+        raise DataError(f"The two runs were evaluated on different images ({len(only_a):,} only in A's, "
+                        f"{len(only_b):,} only in B's, {relabelled:,} labelled differently): give TEST_DATA "
+                        "to compare them on the same images.")
+    paths = sorted(sides[0])
+    return paths, [sides[0][p] for p in paths], "the runs' common test split"
+
+
+def _split_rows(run: RunFolder) -> dict[str, str]:
+    """{path: label} of the run's evaluated split (test, else val) from its split.csv."""
+    import csv
+
+    try:
+        with open(run.split, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        raise RunFolderError(f"{str(run.path)!r} holds no split.csv: not a run folder.") from None
+    splits = {r.get("split") for r in rows}
+    wanted = "test" if "test" in splits else "val"
+    return {r["path"]: r["label"] for r in rows if r.get("split") == wanted}
+
+
+def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, data: str | None = None, *,
+            device: str = "auto", quiet: bool = False) -> dict:
+    """Both runs' predictions on the same labelled images -> the comparison document (infer/compare.py)
+    with "a", "b" (the run folders), "images" (what they were judged on) and "seconds"."""
+    import time
+
+    from .infer import predictor
+    from .infer.compare import compare as compare_predictions
+    from .progress import Reporter
+    from .runs.trained import load_run
+
+    started = time.perf_counter()
+    a, b = RunFolder(run_a), RunFolder(run_b)
+    models = [load_run(r.path, device=device) for r in (a, b)]
+    if any(m.task == "multi" for m in models):
+        raise DataError("compare takes single-label runs; a multi-label run's figures are in its metrics.json.")
+    classes = list(models[0].classes) + [c for c in models[1].classes if c not in models[0].classes]
+    paths, labels, what = compared_images(a, b, classes, data)
+    reporter = Reporter(quiet)
+    preds, kept = [], None
+    for m in models:
+        logits, ok, _ = predictor.infer(m, paths, reporter)
+        by_path = dict(zip(ok, (m.classes[j] for j in logits.argmax(1)))) if len(ok) else {}
+        kept = [p for p in (kept if kept is not None else paths) if p in by_path]
+        preds.append(by_path)
+    if not kept:
+        raise DataError(f"None of the {len(paths):,} images could be decoded.")
+    label_of = dict(zip(paths, labels))
+    index = {c: j for j, c in enumerate(classes)}
+    y = np.array([index[label_of[p]] for p in kept])
+    pa, pb = (np.array([index[p_[p]] for p in kept]) for p_ in preds)
+    doc = compare_predictions(y, pa, pb, classes, kept)
+    return {"a": str(a.path), "b": str(b.path), "images": what, **doc,
+            "seconds": round(time.perf_counter() - started, 2)}
