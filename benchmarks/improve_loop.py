@@ -120,14 +120,26 @@ def review_round(run: Path, truth: dict[str, str], k: int) -> dict:
     return {"shown": len(shown), "wrong": wrong}
 
 
-def run_set(name: str, kind: str, ks: list[int], rounds: int, data_root: Path, work: Path) -> list[dict]:
+def run_set(name: str, kind: str, ks: list[int], rounds: int, data_root: Path, work: Path,
+            more_rounds_for: set[int] | None = None, reuse: bool = False) -> list[dict]:
     train_dir, test = data_root / name / "train", data_root / name / "test"
     rows = files(train_dir)
     truth = dict(rows)
     work = work / f"{name}-{kind}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     results = []
+
+    def trained(run: Path, how) -> dict:
+        """A run's timing: measured now, or with `reuse` read back from an earlier pass's run folder."""
+        saved = run / "bench-timing.json"
+        if reuse and saved.exists():
+            return json.loads(saved.read_text())
+        shutil.rmtree(run, ignore_errors=True)
+        t = how()
+        saved.write_text(json.dumps({k: v for k, v in t.items() if k != "stderr"}))
+        return t
 
     def record(label: str, run: Path, t: dict, **extra) -> dict:
         r = {"set": name, "noise": kind, "run": label, **scored(run, test), "wall_s": t["wall_s"], "cpu_s": t["cpu_s"],
@@ -139,17 +151,22 @@ def run_set(name: str, kind: str, ks: list[int], rounds: int, data_root: Path, w
         return r
 
     clean_csv = write_labels(work / "clean.csv", rows)
-    record("clean (cold cache)", work / "clean", train(clean_csv, work / "clean", work / "cache-cold"))
+    record("clean (cold cache)", work / "clean",
+           trained(work / "clean", lambda: train(clean_csv, work / "clean", work / "cache-cold")))
     noisy = noisy_labels(rows, kind, work / "clean")
     flipped = sum(a != b for (_, a), (_, b) in zip(rows, noisy))
     noisy_csv = write_labels(work / "noisy.csv", noisy)
     cache = work / "cache"
-    shutil.copytree(work / "cache-cold", cache)  # the noisy run's images are the clean run's: as a user's
-    record("noisy", work / "noisy", train(noisy_csv, work / "noisy", cache), flipped=flipped)
+    if not cache.exists():  # the noisy run's images are the clean run's: as a user's
+        shutil.copytree(work / "cache-cold", cache)
+    record("noisy", work / "noisy", trained(work / "noisy", lambda: train(noisy_csv, work / "noisy", cache)),
+           flipped=flipped)
     for k in ks:
         run = work / "noisy"
-        for r in range(1, rounds + 1):
+        for r in range(1, (rounds if more_rounds_for is None or k in more_rounds_for else 1) + 1):
             reviewed = work / f"k{k}-r{r}-reviewed"
+            shutil.rmtree(reviewed, ignore_errors=True)
+            shutil.rmtree(work / f"k{k}-r{r}", ignore_errors=True)
             shutil.copytree(run, reviewed)  # each K starts from the noisy run's own flags
             seen = review_round(reviewed, truth, k)
             out = work / f"k{k}-r{r}"
@@ -180,6 +197,8 @@ def main() -> None:
     ap.add_argument("--sets", default="digits:pairs,fashion-mnist:random", help="SET:random|pairs, comma-separated")
     ap.add_argument("--ks", default="50,100,200")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--reuse", action="store_true", help="keep the clean and noisy runs of an earlier pass in --work")
+    ap.add_argument("--more-rounds-for", help="K values that get every round (default: all); the rest get one")
     ap.add_argument("--data", default=str(HERE / "data"))
     ap.add_argument("--work", default=str(OUT / "improve-loop"))
     a = ap.parse_args()
@@ -187,7 +206,9 @@ def main() -> None:
     rows = []
     for spec in a.sets.split(","):
         name, kind = spec.split(":")
-        rows += run_set(name, kind, [int(k) for k in a.ks.split(",")], a.rounds, Path(a.data), Path(a.work))
+        more = None if a.more_rounds_for is None else {int(k) for k in a.more_rounds_for.split(",")}
+        rows += run_set(name, kind, [int(k) for k in a.ks.split(",")], a.rounds, Path(a.data), Path(a.work), more,
+                        a.reuse)
         print(table(rows), flush=True)
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,10 @@ def _check_page(page, tmp_path, min_images: int):
     assert pixels.shape == (2400, 1280)
     ink = (np.abs(pixels - np.median(pixels)) > 40).mean()  # share of the page that differs from background
     assert ink > 0.03 and pixels.std() > 10
+    if os.environ.get("IMGTUNE_SCREENSHOTS") == "1":  # to look at, and for the docs
+        docs = Path(__file__).resolve().parents[1] / "docs"
+        docs.mkdir(exist_ok=True)
+        shutil.copyfile(shot, docs / f"page-{page.stem}.png")
 
 
 def test_report_renders_in_a_browser(trained_run, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import write_class_folders
+from test_browser import CHROMIUM, _chromium
 from test_serve_page import REPO, browser  # noqa: F401 (the fixture)
 
 from imgtune.cli import main
@@ -133,8 +134,10 @@ def test_the_loop_review_retrain_compare(noisy, tmp_path, capsys):
     doc = json.loads((tmp_path / "fixed" / "comparisons" / "run.json").read_text())
     assert doc["n_images"] == sum(1 for p in data.rglob("*") if p.is_file())
     assert set(doc["per_class"]) == {"circle", "square", "triangle"}
-    assert (tmp_path / "fixed" / "comparisons" / "run.html").read_text().count("<img") == \
-        len(doc["wrong_to_right"]) + len(doc["right_to_wrong"])
+    page = tmp_path / "fixed" / "comparisons" / "run.html"
+    assert page.read_text().count("<img") == len(doc["wrong_to_right"]) + len(doc["right_to_wrong"])
+    if CHROMIUM:  # renders in Chromium, verdict and all
+        assert "Verdict" in _chromium("--dump-dom", page.as_uri())
 
 
 def test_compare_finds_the_planted_per_class_differences_and_flips():
@@ -217,22 +220,22 @@ def test_the_review_page_decides_with_the_keyboard_and_keeps_decisions_across_a_
 
 
 def test_an_interrupted_retrain_resumes(noisy, tmp_path, monkeypatch):
-    """Ctrl-C in a retrain's fine-tuning: the decisions are untouched and --resume finishes it."""
+    """Ctrl-C in a retrain (here in its head's fit): the decisions are untouched and --resume finishes it."""
     data, run0, cache, wrong = noisy
     run = tmp_path / "run"
     shutil.copytree(run0, run)
     _corrections(run / "corrections.csv", [[wrong[0], "relabel", "circle", "", ""]])
     before = (run / "corrections.csv").read_bytes()
-    from imgtune.train import finetune
+    from imgtune.train import pipeline
 
-    real = finetune.fine_tune
+    real = pipeline.fit_head
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("imgtune.train.pipeline.fine_tune", interrupted)
+    monkeypatch.setattr(pipeline, "fit_head", interrupted)
     assert main(["retrain", str(run), "--cache-dir", str(cache), "--quiet"]) == 130
-    monkeypatch.setattr("imgtune.train.pipeline.fine_tune", real)
+    monkeypatch.setattr(pipeline, "fit_head", real)
     assert (run / "corrections.csv").read_bytes() == before
     assert main(["retrain", str(run), "--resume", "--cache-dir", str(cache), "--quiet"]) == 0
     done = json.loads((tmp_path / "run-retrain" / "config.json").read_text())

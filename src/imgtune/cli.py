@@ -99,6 +99,8 @@ def _improve_flags(sub) -> None:
     t.add_argument("--corrections", metavar="FILE.csv", help="default RUN/corrections.csv")
     t.add_argument("--allow-new-classes", action="store_true",
                    help="let the corrections relabel images into a class the data does not have")
+    t.add_argument("--epochs", type=_int_at_least(0), metavar="N",
+                   help="fine-tune epochs (default: the run's; 0 where the run kept its head alone)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted retrain (in --out, or the latest)")
     _feature_flags(t)
     c = sub.add_parser("compare", help="two runs on the same images: per-class differences with their noise, the "

@@ -27,21 +27,32 @@ def run_settings(run: RunFolder) -> dict:
                              "checkpoints/settings.json are needed).") from None
     return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
             "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
-            "cache": config.get("cache")}
+            "chosen_augment": (config.get("augment") or {}).get("chosen"),
+            "finetune_kept": bool((config.get("finetune") or {}).get("kept")), "cache": config.get("cache")}
 
 
 def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             corrections: str | os.PathLike | None = None, allow_new_classes: bool = False,
-            resume: bool = False, device: str = "auto", cache_dir: str | None = None, quiet: bool = False):
+            epochs: int | None = None, resume: bool = False, device: str = "auto", cache_dir: str | None = None,
+            quiet: bool = False, say=print):
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
-    (default RUN/corrections.csv) applied: the same data, seed, recipe, and the backbone and image size the
-    run chose, so every image keeps its split and the feature cache and trunk views (keyed by content)
-    are reused. -> the fitted ImageClassifier."""
+    (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
+    data (backbone, image size, augmentation), so every image keeps its split and the feature cache and
+    trunk views (keyed by content) are reused. Where the run did not keep its fine-tuning (the head beat
+    it), the retrain fits the head alone, unless `epochs` asks for fine-tuning again. `say` hears what was
+    reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
-    from .config import Recipe
+    from .config import Recipe, with_overrides
 
     source = RunFolder(run)
     s = run_settings(source)
+    recipe = Recipe.from_dict(s["recipe"])
+    if s["chosen_augment"] and recipe.finetune.augment == "auto":
+        recipe = with_overrides(recipe, augment=s["chosen_augment"])
+    if epochs is None and not s["finetune_kept"] and recipe.finetune.epochs > 0:
+        epochs = 0
+        say(f"Retrain: {source.path} kept the head alone (its fine-tuning did not beat it), so the retrain "
+            "fits the head alone; --epochs N fine-tunes again.")
     corrections = Path(corrections) if corrections is not None else source.corrections
     if not corrections.is_file():
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
@@ -51,7 +62,7 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         out = latest_run_folder(base) if resume else next_run_folder(base)
         if out is None:
             raise RunFolderError(f"--resume: no {base}* folder to continue; give --out NEW_RUN.")
-    clf = ImageClassifier(s["chosen_backbone"], recipe=Recipe.from_dict(s["recipe"]), image_size=s["chosen_image_size"],
+    clf = ImageClassifier(s["chosen_backbone"], recipe=recipe, image_size=s["chosen_image_size"], epochs=epochs,
                           seed=s["seed"], weights=s["weights"], task=s.get("data_task"), device=device,
                           cache_dir=cache_dir or s.get("cache"), quiet=quiet, time_limit=s.get("time_limit"))
     return clf.fit(s["data"], out=out, resume=resume, corrections=corrections, allow_new_classes=allow_new_classes)
