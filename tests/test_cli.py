@@ -40,22 +40,22 @@ def test_train_evaluate_predict(photos, cache_dir, tmp_path, capsys):
     skipped = (run / "skipped.csv").read_text()
     assert "broken.jpg" in skipped and "notes.txt" in skipped
 
-    # evaluate and predict in fresh processes: the run folder alone is enough
+    # evaluate in a fresh process: the run folder alone is enough
     ev = imgtune("evaluate", run, photos, "--json", tmp_path / "m.json", "--quiet")
     assert ev.returncode == 0, ev.stderr
     assert "circle" in ev.stdout and json.loads((tmp_path / "m.json").read_text())["n_images"] == 42
     assert "Skipped 2 files" in ev.stderr
 
-    pr = imgtune("predict", run, photos / "circle", "--output", tmp_path / "preds.csv", "--top-k", "2", "--quiet")
-    assert pr.returncode == 0, pr.stderr
+    assert main(["predict", str(run), str(photos / "circle"), "--output", str(tmp_path / "preds.csv"), "--top-k", "2",
+                 "--quiet"]) == 0
     rows = list(csv.reader(open(tmp_path / "preds.csv")))
     assert rows[0] == ["path", "label", "probability", "label_1", "probability_1", "label_2", "probability_2"]
     assert len(rows) == 1 + 14
     assert sum(r[1] == "circle" for r in rows[1:]) >= 12
-    assert "broken.jpg" in pr.stderr
+    assert "broken.jpg" in capsys.readouterr().err
 
-    pj = imgtune("predict", run, photos / "square" / "square_000.png", "--output", tmp_path / "p.json")
-    assert pj.returncode == 0 and json.loads((tmp_path / "p.json").read_text())[0]["label"] == "square"
+    assert main(["predict", str(run), str(photos / "square" / "square_000.png"), "--output", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())[0]["label"] == "square"
 
 
 def test_second_train_extracts_nothing(photos, tmp_path, capsys):

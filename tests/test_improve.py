@@ -125,9 +125,19 @@ def test_the_loop_review_retrain_compare(noisy, tmp_path, capsys):
     assert (tmp_path / "fixed" / "corrections.csv").read_text() == (run / "corrections.csv").read_text()
 
     # a test split relabelled in B: the runs were judged on different images; refused, TEST_DATA is asked for
-    # the same test images with the same labels: compared on them (a relabelled test image would be refused)
+    # the same test images with the same labels: compared on them
     assert main(["compare", str(run), str(tmp_path / "fixed")]) == 0
     assert f"On {sum(r['split'] == 'test' for r in split0.values())} images" in capsys.readouterr().out
+    # a test image labelled otherwise in B: said, each run's own record shown, the per-image part refused
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "fixed", other)
+    lines = (other / "split.csv").read_text().splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.endswith(",circle,test"))
+    lines[i] = lines[i].replace(",circle,test", ",square,test")
+    (other / "split.csv").write_text("\n".join(lines) + "\n")
+    assert main(["compare", str(run), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "1 labelled differently): give TEST_DATA" in err and err.count("accuracy") == 2, err
     assert main(["compare", str(run), str(tmp_path / "fixed"), str(data)]) == 0
     out = capsys.readouterr().out
     assert "Verdict:" in out and "wrong to right" in out

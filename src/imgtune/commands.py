@@ -392,6 +392,7 @@ def compare(args) -> int:
     from pathlib import Path
 
     from .atomic import write_json_atomic, write_text_atomic
+    from .improve import DifferentImages, recorded
     from .improve import compare as compare_runs
     from .report.compare_page import build_compare_page
     from .runs.folder import RunFolder
@@ -399,7 +400,14 @@ def compare(args) -> int:
     b = RunFolder(args.run_b)
     out = Path(args.output) if args.output else b.path / "comparisons" / f"{Path(args.run_a).resolve().name}.json"
     require_writable(out, out.with_suffix(".html"))
-    doc = compare_runs(args.run_a, args.run_b, args.data, device=args.device, quiet=args.quiet)
+    try:
+        doc = compare_runs(args.run_a, args.run_b, args.data, device=args.device, quiet=args.quiet)
+    except DifferentImages as e:  # what each run recorded, side by side; the per-image part needs TEST_DATA
+        print(f"imgtune: error: {e}\nEach run's own record, on its own images:", file=sys.stderr)
+        for side, r in zip("AB", recorded(args.run_a, args.run_b)):
+            print(f"  {side}: {r['run']}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} on its "
+                  f"{r['split']} split ({r['n_images']:,} images)", file=sys.stderr)
+        return 2
     o = doc["overall"]
     print(f"A: {doc['a']}\nB: {doc['b']}\nOn {doc['n_images']:,} images ({doc['images']}):")
     print(f"  accuracy {o['accuracy']['a']:.4f} -> {o['accuracy']['b']:.4f} "

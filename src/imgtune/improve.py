@@ -17,6 +17,24 @@ from .errors import DataError, RunFolderError
 from .runs.folder import RunFolder, latest_run_folder, next_run_folder
 
 
+class DifferentImages(DataError):
+    """The two runs' own test splits are not the same images with the same labels."""
+
+
+def recorded(run_a: str | os.PathLike, run_b: str | os.PathLike) -> list[dict]:
+    """Each run's own record of its evaluated split (metrics.json): what can be said without TEST_DATA
+    when the two were judged on different images."""
+    out = []
+    for run in (RunFolder(run_a), RunFolder(run_b)):
+        try:
+            m = json.loads(run.metrics.read_text())
+        except (OSError, ValueError):
+            raise RunFolderError(f"{str(run.path)!r} holds no readable metrics.json.") from None
+        out.append({"run": str(run.path), "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
+                    "n_images": m.get("n_images"), "split": m.get("split")})
+    return out
+
+
 def run_settings(run: RunFolder) -> dict:
     """What the run was trained with (checkpoints/settings.json) and what it chose (config.json)."""
     try:
@@ -84,9 +102,9 @@ def compared_images(a: RunFolder, b: RunFolder, classes: list[str], data: str | 
     if sides[0] != sides[1]:
         only_a, only_b = set(sides[0]) - set(sides[1]), set(sides[1]) - set(sides[0])
         relabelled = sum(sides[0][p] != sides[1][p] for p in set(sides[0]) & set(sides[1]))
-        raise DataError(f"The two runs were evaluated on different images ({len(only_a):,} only in A's, "
-                        f"{len(only_b):,} only in B's, {relabelled:,} labelled differently): give TEST_DATA "
-                        "to compare them on the same images.")
+        raise DifferentImages(f"The two runs were evaluated on different images ({len(only_a):,} only in A's, "
+                              f"{len(only_b):,} only in B's, {relabelled:,} labelled differently): give TEST_DATA "
+                              "to compare them image by image.")
     paths = sorted(sides[0])
     return paths, [sides[0][p] for p in paths], "the runs' common test split"
 
