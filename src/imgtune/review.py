@@ -74,19 +74,25 @@ class Review:
         img.save(buf, "JPEG", quality=88)
         return buf.getvalue()
 
+    def load_model(self) -> None:
+        """The run's network, for the Grad-CAM maps: loaded once, before serving, in the main thread (an
+        import still running in a request's thread when Ctrl-C ends the process can hang its exit)."""
+        from .runs.trained import load_run
+
+        if self._model is None and any(it.get("suggested") in self.classes for it in self.items):
+            self._model = load_run(self.run.path, device="cpu")
+
     def cam(self, index: int) -> bytes | None:
         """The Grad-CAM overlay for the suggested class; None where nothing is suggested."""
         from .infer.explain import overlays, png_bytes
-        from .runs.trained import load_run
 
         item = self.items[index]
         if item.get("suggested") not in self.classes:
             return None
-        with self.lock:
-            if self._model is None:
-                self._model = load_run(self.run.path, device="cpu")
+        self.load_model()
         img = load_rgb(item["path"])
-        return png_bytes(overlays(self._model, [img], [self.classes.index(item["suggested"])])[0])
+        with self.lock:  # one backward pass at a time through the one model
+            return png_bytes(overlays(self._model, [img], [self.classes.index(item["suggested"])])[0])
 
 
 def list_items(review: Review) -> str:
@@ -161,16 +167,29 @@ def make_handler(review: Review, page: str):
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A thread per request, none of them keeping the process alive; a browser that drops a request
+    (moving on before an image arrived) is not an error to print."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def serve_review(run: str | os.PathLike, host: str = "127.0.0.1", port: int = 8001, *, ready=print) -> None:
     """Serve the review page until interrupted; `ready` hears the URL once the port is bound."""
     from .report.review_page import build_review_page
 
     review = Review(run)
+    review.load_model()
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(review, build_review_page()))
+        server = QuietServer((host, port), make_handler(review, build_review_page()))
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port.") from None
-    server.daemon_threads = True
     url = f"http://{host}:{server.server_address[1]}/"
     decided_now = sum(it["path"] in review.decisions for it in review.items)
     ready(f"Reviewing {len(review.items):,} flagged images of {review.run.path} ({decided_now:,} already decided) "
