@@ -214,7 +214,8 @@ def test_next_steps_worst_first_with_evidence():
     assert [s["impact"] for s in steps] == sorted((s["impact"] for s in steps), reverse=True)
     assert steps[0]["text"].startswith("'Shirt' is weak: more 'Shirt' images should help")
     assert "40% of its images are called 'Coat'" in steps[0]["evidence"]
-    assert any("30 training and validation images look mislabelled" in s["text"] for s in steps)
+    assert any("30 training and validation images look mislabelled" in s["text"] and "imgtune review RUN" in s["text"]
+               for s in steps)  # where to act on them
     assert all(s["evidence"] for s in steps)
 
 

@@ -21,7 +21,7 @@ SHARED = 0.5  # flagged on at least this share of the images: a property of the 
 
 
 def next_steps(metrics: dict, config: dict, diagnosis: dict | None = None, audit: dict | None = None,
-               run: str = "RUN", data: str = "DATA") -> list[dict]:
+               run: str = "RUN") -> list[dict]:
     """-> [{"impact", "text", "evidence"}], largest impact first."""
     if metrics.get("task") == "multi":
         return []
@@ -34,7 +34,7 @@ def next_steps(metrics: dict, config: dict, diagnosis: dict | None = None, audit
     steps += _baselines(metrics, n)
     steps += _weak_classes(metrics, gains)
     steps += _more_data(gains, pc, n)
-    steps += _label_issues((diagnosis or {}).get("label_issues"), run, data)
+    steps += _label_issues((diagnosis or {}).get("label_issues"), run)
     steps += _audit(audit)
     steps += _imbalance(metrics, config)
     if metrics.get("ece", 0) > CALIBRATION_ECE:
@@ -101,7 +101,7 @@ def _more_data(gains: dict, pc: dict, n: int) -> list[dict]:
                          "(3 seeds), on the cached features"}]
 
 
-def _label_issues(issues: dict | None, run: str, data: str) -> list[dict]:
+def _label_issues(issues: dict | None, run: str) -> list[dict]:
     if not issues or not issues.get("rows"):
         return []
     k, judged = len(issues["rows"]), max(1, issues["judged"])
@@ -110,8 +110,8 @@ def _label_issues(issues: dict | None, run: str, data: str) -> list[dict]:
         pairs[(r["label"], r["suggested"])] = pairs.get((r["label"], r["suggested"]), 0) + 1
     (given, other), count = max(pairs.items(), key=lambda kv: kv[1])
     return [{"impact": k / judged, "text": f"{k:,} training and validation images look mislabelled: "
-             "review them "
-             f"(imgtune inspect {data} --run {run} writes label_issues.csv and a page of thumbnails)",
+             f"review them (imgtune review {run}: keep, relabel or exclude each on one page; then imgtune "
+             f"retrain {run})",
              "evidence": f"{k:,} of {judged:,} by {issues['method']} on out-of-fold probabilities; most often "
                          f"{given!r} that looks like {other!r} ({count:,})"}]
 

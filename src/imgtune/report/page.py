@@ -56,7 +56,7 @@ def build_report(config: dict, history: list[dict], metrics: dict, *, diagnosis:
     if metrics.get("task") == "multi":
         return build_multilabel_report(config, history, metrics, training=training)
     where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
-    steps = next_steps(metrics, config, diagnosis, audit, run=run_dir, data=str(config.get("data") or "DATA"))
+    steps = next_steps(metrics, config, diagnosis, audit, run=run_dir)
     body = [_headline(metrics), _beside_training(metrics, training), _baselines(metrics), next_steps_section(steps),
             _summary(config, metrics)]
     if history:
