@@ -172,8 +172,11 @@ def test_compare_finds_the_planted_per_class_differences_and_flips():
 
 
 def _start_review(run):
+    """`imgtune review` with Ctrl-C live in it: a shell that runs the suite in the background starts it
+    with SIGINT ignored, which Python then leaves ignored."""
     proc = subprocess.Popen([sys.executable, "-m", "imgtune", "review", str(run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()  # printed once the port is bound
     assert " on http://" in line, line + proc.stderr.read()
     return proc, line.split(" on ", 1)[1].split()[0]
@@ -221,7 +224,11 @@ def test_the_review_page_decides_with_the_keyboard_and_keeps_decisions_across_a_
         assert all(u.startswith(url) for u in loaded), loaded  # nothing from the network
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=120)  # a guard against a hang, not a speed test
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert proc.returncode == 130 and "every decision is saved" in err, err
     rows = list(csv.DictReader(open(run / "corrections.csv")))
     assert [(r["path"], r["action"], r["label"]) for r in rows] == [(first, "relabel", "circle"),
