@@ -367,7 +367,7 @@ def retrain(args) -> int:
     started = time.perf_counter()
     clf = retrain_run(args.run, args.out, corrections=args.corrections, allow_new_classes=args.allow_new_classes,
                       epochs=args.epochs, resume=args.resume, device=args.device, cache_dir=args.cache_dir,
-                      quiet=args.quiet, say=lambda line: print(line, file=sys.stderr, flush=True))
+                      quiet=args.quiet, say=lambda line: args.quiet or print(line, file=sys.stderr, flush=True))
     m = clf.metrics_
     print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
     print(f"Retrained in {time.perf_counter() - started:.0f} s (features and trunk views from the cache where "

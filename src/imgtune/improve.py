@@ -46,7 +46,7 @@ def run_settings(run: RunFolder) -> dict:
     return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
             "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
             "chosen_augment": (config.get("augment") or {}).get("chosen"),
-            "finetune_kept": bool((config.get("finetune") or {}).get("kept")), "cache": config.get("cache")}
+            "cache": config.get("cache")}
 
 
 def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -56,9 +56,10 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
     data (backbone, image size, augmentation), so every image keeps its split and the feature cache and
-    trunk views (keyed by content) are reused. Where the run did not keep its fine-tuning (the head beat
-    it), the retrain fits the head alone, unless `epochs` asks for fine-tuning again. `say` hears what was
-    reused. -> the fitted ImageClassifier."""
+    trunk views (keyed by content) are reused. Fine-tuning runs as the recipe says and is judged against
+    the head again: a run whose noisy labels made its head win may fine-tune well once they are
+    corrected (Fashion-MNIST, BENCHMARKS.md). `epochs=0` fits the head alone, in seconds. `say` hears
+    what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
     from .config import Recipe, with_overrides
 
@@ -67,14 +68,13 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     recipe = Recipe.from_dict(s["recipe"])
     if s["chosen_augment"] and recipe.finetune.augment == "auto":
         recipe = with_overrides(recipe, augment=s["chosen_augment"])
-    if epochs is None and not s["finetune_kept"] and recipe.finetune.epochs > 0:
-        epochs = 0
-        say(f"Retrain: {source.path} kept the head alone (its fine-tuning did not beat it), so the retrain "
-            "fits the head alone; --epochs N fine-tunes again.")
     corrections = Path(corrections) if corrections is not None else source.corrections
     if not corrections.is_file():
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
+    say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
+        f"{recipe.finetune.augment}, {recipe.finetune.epochs if epochs is None else epochs} fine-tune epochs "
+        f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"
         out = latest_run_folder(base) if resume else next_run_folder(base)
