@@ -87,7 +87,8 @@ def _headline(m: dict) -> str:
     if "5" in m.get("top_k_accuracy", {}):
         items.append((f"{m['top_k_accuracy']['5']:.4f}", "top-5 accuracy", ""))
     worst = min(m["per_class"].items(), key=lambda kv: kv[1]["accuracy"])
-    items.append((f"{worst[1]['accuracy']:.3f}", f"worst class: {worst[0]}", "bad"))
+    behind = worst[1]["accuracy"] < m["accuracy"] - 0.05  # red only where the class lags the rest
+    items.append((f"{worst[1]['accuracy']:.3f}", f"worst class: {worst[0]}", "bad" if behind else ""))
     items.append((f"{m['ece']:.4f}", "ECE (calibrated)", ""))
     if "tta" in m:
         gain = m["tta"]["gain"]
