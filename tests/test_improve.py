@@ -257,3 +257,12 @@ def test_an_interrupted_retrain_resumes(noisy, tmp_path, monkeypatch):
     assert main(["retrain", str(run), "--resume", "--cache-dir", str(cache), "--quiet"]) == 0
     done = json.loads((tmp_path / "run-retrain" / "config.json").read_text())
     assert done["corrections"]["relabelled"] == {"square -> circle": 1}
+
+
+def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, capsys):
+    assert main(["review", str(tmp_path), "--list"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"task": "multi", "classes": ["a", "b"]}))
+    assert main(["review", str(tmp_path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "multi-label run" in err

@@ -37,7 +37,11 @@ class Review:
         self.run = RunFolder(run)
         if not self.run.config.exists():
             raise DataError(f"{str(self.run.path)!r} is not a run folder (no config.json).")
-        self.classes = json.loads(self.run.config.read_text())["classes"]
+        config = json.loads(self.run.config.read_text())
+        if config.get("task") == "multi":
+            raise DataError(f"{str(self.run.path)!r} is a multi-label run: review and corrections take "
+                            "single-label runs (one class per image).")
+        self.classes = config["classes"]
         self.items = flagged(self.run)
         self.decisions: dict[str, Correction] = latest(read_corrections(self.run.corrections)) \
             if self.run.corrections.exists() else {}
