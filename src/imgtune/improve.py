@@ -111,15 +111,8 @@ def compared_images(a: RunFolder, b: RunFolder, classes: list[str], data: str | 
 
 def _split_rows(run: RunFolder) -> dict[str, str]:
     """{path: label} of the run's evaluated split (test, else val) from its split.csv."""
-    import csv
-
-    try:
-        with open(run.split, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        raise RunFolderError(f"{str(run.path)!r} holds no split.csv: not a run folder.") from None
-    splits = {r.get("split") for r in rows}
-    wanted = "test" if "test" in splits else "val"
+    rows = run.read_split()
+    wanted = "test" if any(r.get("split") == "test" for r in rows) else "val"
     return {r["path"]: r["label"] for r in rows if r.get("split") == wanted}
 
 

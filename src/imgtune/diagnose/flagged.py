@@ -14,6 +14,7 @@ import csv
 import json
 import os
 
+from ..errors import RunFolderError
 from ..runs.folder import RunFolder
 
 KINDS = ("label", "mistake", "duplicate", "odd")
@@ -63,9 +64,8 @@ def flagged(run: RunFolder) -> list[dict]:
 
 def _split_rows(run: RunFolder) -> dict[str, dict]:
     try:
-        with open(run.split, newline="", encoding="utf-8") as f:
-            return {r["path"]: r for r in csv.DictReader(f) if "label" in r}
-    except OSError:
+        return {r["path"]: r for r in run.read_split() if "label" in r}
+    except RunFolderError:
         return {}
 
 

@@ -85,6 +85,16 @@ class RunFolder:
             raise RunFolderError(f"{str(self.config)!r} is not an imgtune run config (no \"format\": \"{FORMAT}\").")
         return config
 
+    def read_split(self) -> list[dict]:
+        """The rows of split.csv (path, label or labels, split): what each image was trained or judged as."""
+        import csv
+
+        try:
+            with open(self.split, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        except OSError:
+            raise RunFolderError(f"{str(self.path)!r} holds no split.csv: not a run folder.") from None
+
     def write_metrics(self, metrics: dict, path: Path | None = None) -> None:
         """metrics.json (or `path`) without the Grad-CAM maps the report inlines: they are pictures, not
         figures, and would make the file megabytes."""
