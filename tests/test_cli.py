@@ -202,13 +202,16 @@ def test_the_readme_first_command_trains_on_the_embedded_digits(tmp_path):
     assert {str(d) for d in range(10)} <= first_cells, table
 
 
-def test_the_command_line_starts_without_loading_torch():
-    """`imgtune --help` and a bad flag answer before PyTorch loads (it took 6 s, a window in which Ctrl-C
-    printed a traceback); the library's names still import as before."""
+def test_the_command_line_starts_without_loading_torch(tmp_path):
+    """`imgtune --help`, a bad flag and data that cannot train answer before PyTorch loads (it took 6 s, a
+    window in which Ctrl-C printed a traceback); the library's names still import as before."""
     import subprocess
 
+    (tmp_path / "bad.csv").write_text('path,label\n"a.png,cat\nb.png,dog\n')
     code = ("import sys, imgtune, imgtune.cli\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n"
+            f"assert imgtune.cli.main(['train', {str(tmp_path / 'bad.csv')!r}, '--out', 'r']) == 2\n"
+            "assert 'torch' not in sys.modules, 'torch imported for a bad CSV'\n"
             "from imgtune import ImageClassifier, TimeLimit, TrainedModel\n"
             "assert 'torch' in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

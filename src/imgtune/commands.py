@@ -11,6 +11,9 @@ from .atomic import require_writable
 def train(args) -> int:
     import time
 
+    if not args.resume:
+        check_data(args.data, seed=args.seed, task=args.task, corrections=args.corrections,
+                   allow_new_classes=args.allow_new_classes)
     from .classifier import ImageClassifier
     from .report.console import print_metrics
     from .runs.folder import RunFolder
@@ -34,6 +37,20 @@ def train(args) -> int:
     print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
     print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
     return 0
+
+
+def check_data(data: str, *, seed: int, task: str | None, corrections: str | None, allow_new_classes: bool) -> None:
+    """What the fit's scan would refuse in DATA (and in a corrections file), refused in a second, before
+    PyTorch loads (about 6 s): a bad CSV or folder is one line at once. The fit scans again; a scan reads
+    names, not images (0.2 s for 5,000 files). builtin:NAME is the library's own data and is not checked."""
+    from .data.corrections import apply_corrections
+    from .data.scan import require_usable, scan
+
+    if str(data).startswith("builtin:"):
+        return
+    manifest = scan(data, seed=seed, task=task)
+    if corrections is not None:
+        require_usable(apply_corrections(manifest, corrections, allow_new_classes=allow_new_classes)[0])
 
 
 def _default_run_folder(resume: bool) -> str:
