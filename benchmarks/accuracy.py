@@ -102,7 +102,7 @@ def probe_only(data: Path, out: Path, cache_dir: Path) -> None:
     import torch
 
     from imgtune.cache.features import FeatureCache, extract_features
-    from imgtune.infer.metrics import evaluate
+    from imgtune.metrics import evaluate
     from imgtune.model.backbones import create_backbone
     from imgtune.model.frozen import fast_frozen
     from imgtune.train.baselines import logistic_probe
@@ -128,7 +128,7 @@ def probe_only(data: Path, out: Path, cache_dir: Path) -> None:
 
 
 def majority(data: Path) -> dict:
-    from imgtune.infer.metrics import evaluate
+    from imgtune.metrics import evaluate
     from imgtune.train.baselines import majority_class
 
     classes = sorted(d.name for d in (data / "train").iterdir() if d.is_dir())

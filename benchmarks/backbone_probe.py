@@ -25,7 +25,7 @@ from imgtune.cache.features import FeatureCache, extract_features
 from imgtune.config import DEFAULT
 from imgtune.data.scan import scan
 from imgtune.engine import Ranks
-from imgtune.infer.metrics import evaluate
+from imgtune.metrics import evaluate
 from imgtune.model.backbones import create_backbone
 from imgtune.model.frozen import fast_frozen
 from imgtune.progress import Reporter

@@ -23,9 +23,9 @@ from accuracy import files  # noqa: E402
 
 from imgtune.data.datasets import ImageFiles  # noqa: E402
 from imgtune.data.transforms import eval_transform  # noqa: E402
-from imgtune.infer.metrics import evaluate  # noqa: E402
-from imgtune.infer.runner import run_network  # noqa: E402
+from imgtune.metrics import evaluate  # noqa: E402
 from imgtune.model.backbones import create_backbone  # noqa: E402
+from imgtune.model.forward import run_network  # noqa: E402
 from imgtune.train.baselines import logistic_probe  # noqa: E402
 
 

@@ -48,7 +48,7 @@ from imgtune.diagnose.label_errors import GIVEN_BELOW, OTHER_ABOVE  # noqa: E402
 from imgtune.diagnose.next_images import rank_for_labelling  # noqa: E402
 from imgtune.infer.calibration import softmax  # noqa: E402
 from imgtune.model.backbones import create_backbone  # noqa: E402
-from imgtune.train.selection import cross_validate, fit_head, logits  # noqa: E402
+from imgtune.model.linear import cross_validate, fit_candidate, logits  # noqa: E402
 
 FLIP_SHARE = 0.05
 SEED = 0
@@ -133,8 +133,9 @@ def label_errors(work: Path, cache: Path) -> dict:
                if p_given[i] < GIVEN_BELOW and other[i].max() > OTHER_ABOVE]
         methods[f"{name}: in-sample rule (before)"] = pr(old)
         if not flags:  # the new ways judge on the backbone's cached features: the same for both runs
+            from imgtune.cache.features import frozen_features
             from imgtune.diagnose.label_errors import _rule, out_of_fold_probabilities
-            from imgtune.diagnose.run_features import frozen_features, head_candidate
+            from imgtune.model.linear import head_candidate
 
             x, _, _ = frozen_features(clf.trained_, train, cache_dir=cache)
             oof, _ = out_of_fold_probabilities(x, given, len(clf.classes_), candidate=head_candidate(clf.trained_))
@@ -179,7 +180,7 @@ def curve_forecast(work: Path, cache: Path, draws: int = 4) -> dict:
     x, y, xt, yt, classes = features(work, cache)
     k = len(classes)
     cand = chosen_head(x, y, k, SEED)
-    measured = scores(yt, logits(xt, fit_head(x, y, k, cand)).argmax(1), k)
+    measured = scores(yt, logits(xt, fit_candidate(x, y, k, cand)).argmax(1), k)
     truth = np.array(measured["per_class"])
     forecasts = {"imgtune (exponent shrunk to the overall one)": [], "each class's own exponent": [],
                  "no change": []}
@@ -230,7 +231,7 @@ def active_learning(work: Path, cache: Path, seeds=(0, 1, 2, 3, 4), start=20, ad
             for r in range(rounds + 1):
                 idx = np.array(labelled)
                 cand = chosen_head(x[idx], y[idx], k, s)
-                head = fit_head(x[idx], y[idx], k, cand)
+                head = fit_candidate(x[idx], y[idx], k, cand)
                 per_round.append({"labelled": len(idx), **scores(yt, logits(xt, head).argmax(1), k)})
                 if r == rounds:
                     break

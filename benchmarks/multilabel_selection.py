@@ -1,4 +1,4 @@
-"""The multi-label head's selection cost against the number of labels: `multilabel.select_head` on
+"""The multi-label head's selection cost against the number of labels: `multilabel.select_label_head` on
 planted features (EfficientNet-Lite0's width, 1,280), every L2 strength scored on at most 64 labels
 (the default) against every strength scored on every label (before).
 
@@ -49,7 +49,7 @@ def main() -> None:
         for way, cap in ways:
             multilabel.MAX_SELECTION_LABELS = cap
             c0, w0 = cpu(), time.perf_counter()
-            choice = multilabel.select_head(x[:cut], y[:cut], x[cut:], y[cut:], folds=5, seed=0)
+            choice = multilabel.select_label_head(x[:cut], y[:cut], x[cut:], y[cut:], folds=5, seed=0)
             c1, w1 = cpu(), time.perf_counter()
             m = mean_average_precision(choice.oof_labels, sigmoid(choice.selection.oof_logits))
             print(f"{k:>5} labels  {way:<12} C={choice.selection.candidate.c:<5g} {c1 - c0:8.1f} CPU-s "

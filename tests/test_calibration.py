@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgtune import ImageClassifier, RunFolderError
 from imgtune.infer.calibration import fit_temperature, softmax
-from imgtune.infer.metrics import expected_calibration_error
+from imgtune.metrics import expected_calibration_error
 
 
 def _logits(n: int, scale: float, seed: int):

@@ -14,7 +14,7 @@ from PIL import Image
 from imgtune.cli import main
 from imgtune.diagnose import label_errors, learning_curve, next_steps
 from imgtune.diagnose.next_images import rank_for_labelling, uncertainty
-from imgtune.train.selection import Candidate
+from imgtune.model.linear import Candidate
 
 
 def _blobs(n_per_class: int, k: int, d: int = 16, spread: float = 0.4, seed: int = 0):
@@ -31,7 +31,7 @@ def test_out_of_fold_probabilities_never_come_from_a_head_that_saw_the_image():
     rng = np.random.default_rng(0)
     y = rng.integers(0, k, n)
     x = np.eye(n, dtype=np.float32) * 5
-    seen = label_errors.fit_head(x, y, k, Candidate(100.0))
+    seen = label_errors.fit_candidate(x, y, k, Candidate(100.0))
     in_sample = label_errors.softmax(label_errors.logits(x, seen))[np.arange(n), y]
     oof, fold = label_errors.out_of_fold_probabilities(x, y, k, candidate=Candidate(100.0))
     assert in_sample.min() > 0.9  # it memorised every label

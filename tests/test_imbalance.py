@@ -8,8 +8,9 @@ import pytest
 from conftest import write_class_folders
 
 from imgtune.cli import main
+from imgtune.model.linear import Candidate, cross_validate, fit_candidate, logits
 from imgtune.train.decide import decide, offsets_that_generalise, paired_gain, score
-from imgtune.train.selection import Candidate, cross_validate, fit_head, logits, select_head
+from imgtune.train.selection import select_head
 
 
 def _gaussians(rng, counts, shift=1.2, dims=6):
@@ -44,7 +45,7 @@ def test_selection_picks_the_better_head_on_planted_features():
         x, y = planted(n, noise, shift)
         xt, yt = planted(300, noise, shift)
         sel = cross_validate(x, y, 3, metric="accuracy", cs=cs, weightings=("none",))
-        z = {c: logits(xt, fit_head(x, y, 3, Candidate(c))) for c in cs}
+        z = {c: logits(xt, fit_candidate(x, y, 3, Candidate(c))) for c in cs}
         other = next(c for c in cs if c != sel.candidate.c)
         assert _log_loss(z[sel.candidate.c], yt) < _log_loss(z[other], yt), (n, sel.table)
         assert sel.oof_logits.shape == (len(y), 3) and len(sel.table) == 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from imgtune.infer import metrics
+from imgtune import metrics
 
 
 @pytest.fixture

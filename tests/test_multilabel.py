@@ -287,7 +287,7 @@ def test_with_many_labels_the_strength_is_chosen_on_a_sample_of_them_and_progres
 
     monkeypatch.setattr(multilabel, "fit_ovr", counted)
     ticks = []
-    choice = multilabel.select_head(x[:300], y[:300], x[300:], y[300:], folds=5, seed=0, advance=ticks.append)
+    choice = multilabel.select_label_head(x[:300], y[:300], x[300:], y[300:], folds=5, seed=0, advance=ticks.append)
     assert widths.count(multilabel.MAX_SELECTION_LABELS) == 5 * len(multilabel.CS)
     assert widths.count(k) == 5 + 2 and len(widths) == 5 * len(multilabel.CS) + 7
     assert len(ticks) == multilabel.selection_steps(k, 5) == 10

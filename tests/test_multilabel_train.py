@@ -47,7 +47,7 @@ def test_folds_are_stratified_and_the_selection_fits_decisions_out_of_fold():
     assert sorted(np.bincount(fold)) == [100] * 4
     share = np.array([y[fold == f].mean(0) for f in range(4)])
     assert np.all(np.abs(share - y.mean(0)) < 0.03)
-    choice = multilabel.select_head(x[:320], y[:320], x[320:], y[320:], seed=0)
+    choice = multilabel.select_label_head(x[:320], y[:320], x[320:], y[320:], seed=0)
     assert choice.selection.oof_logits.shape == (400, 3) and choice.oof_labels.shape == (400, 3)
     d = choice.decision
     assert len(d.thresholds) == 3 and len(d.temperature) == 3 and "out-of-fold" in d.fitted_on
@@ -69,8 +69,8 @@ def test_a_rare_label_gets_a_safe_threshold_and_never_harms_the_others(positives
     rare = np.zeros((500, 1), np.float32)
     rare[:positives] = 1
     with_rare = np.hstack([y, rare])
-    plain = multilabel.select_head(x[:320], y[:320], x[320:400], y[320:400], seed=0)
-    both = multilabel.select_head(x[:320], with_rare[:320], x[320:400], with_rare[320:400], seed=0)
+    plain = multilabel.select_label_head(x[:320], y[:320], x[320:400], y[320:400], seed=0)
+    both = multilabel.select_label_head(x[:320], with_rare[:320], x[320:400], with_rare[320:400], seed=0)
     assert both.selection.folds == plain.selection.folds == 5
     assert both.selection.candidate.c == plain.selection.candidate.c
     d = both.decision

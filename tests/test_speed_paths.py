@@ -172,8 +172,8 @@ def test_time_limits_from_seconds_durations_and_objects():
 def test_features_are_one_matrix_whose_splits_are_views_and_bad_rows_are_dropped_in_place():
     """Training at scale holds one per-image array: the splits, and train+val, are views of it."""
     from imgtune.data.manifest import Item, Manifest
+    from imgtune.model.linear import joined
     from imgtune.train.pipeline import split_views
-    from imgtune.train.selection import joined
 
     split_of = ["train"] * 5 + ["val"] * 3 + ["test"] * 2
     items = [Item(f"f{i}.png", i % 2, s) for i, s in enumerate(split_of)]
@@ -194,7 +194,7 @@ def test_features_are_one_matrix_whose_splits_are_views_and_bad_rows_are_dropped
 
 def test_a_fit_on_a_mask_of_rows_is_the_fit_on_a_copy_of_them():
     """Out-of-fold heads weigh the held-out rows zero instead of copying the others' features."""
-    from imgtune.train.selection import Candidate, fit_head
+    from imgtune.model.linear import Candidate, fit_candidate
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 300)
@@ -202,6 +202,6 @@ def test_a_fit_on_a_mask_of_rows_is_the_fit_on_a_copy_of_them():
     seen = rng.random(300) < 0.8
     for weighting in ("none", "balanced"):
         cand = Candidate(0.5, weighting)
-        W1, b1 = fit_head(x[seen], y[seen], 3, cand)
-        W2, b2 = fit_head(x, y, 3, cand, rows=seen)
+        W1, b1 = fit_candidate(x[seen], y[seen], 3, cand)
+        W2, b2 = fit_candidate(x, y, 3, cand, rows=seen)
         assert torch.allclose(W1, W2, atol=1e-4) and torch.allclose(b1, b2, atol=1e-4)

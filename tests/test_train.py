@@ -52,16 +52,16 @@ def test_fine_tuning_starts_where_the_head_ended():
     from imgtune.config import DEFAULT
     from imgtune.model.backbones import create_backbone, unfrozen_names
     from imgtune.model.heads import Classifier, make_head
+    from imgtune.model.linear import Candidate, fit_candidate, head_loss, load_into
     from imgtune.model.trunk import Tail, Trunk, split_stage
     from imgtune.train.loop import Objective, set_train_mode, start_loss
-    from imgtune.train.selection import Candidate, fit_head, head_loss, load_into
 
     b = create_backbone(image_size=32)
     torch.manual_seed(0)
     x, y = torch.randn(24, 3, 32, 32), torch.arange(24) % 3
     with torch.inference_mode():
         feats = b.model.eval()(x).numpy()
-    fitted = fit_head(feats, y.numpy(), 3, Candidate(0.1))
+    fitted = fit_candidate(feats, y.numpy(), 3, Candidate(0.1))
     head = make_head(DEFAULT.head, b.num_features, 3)
     load_into(head[-1], fitted)
     model = Classifier(b.model, head)

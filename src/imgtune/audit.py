@@ -303,8 +303,9 @@ def _label_issues(classifier, files: list[FileFacts], cache_dir=None, reporter: 
     """Images whose given label looks wrong, each judged out of fold: the run's head fitted on the
     other folds of these images' cached features (diagnose/label_errors.py) -> {"method", "judged",
     "rows": least likely label first}. Files of classes the run does not know are not judged."""
+    from .cache.features import frozen_features
     from .diagnose.label_errors import FOLDS, find_label_issues, label_issue_rows, out_of_fold_probabilities
-    from .diagnose.run_features import frozen_features, head_candidate
+    from .model.linear import head_candidate
 
     trained = classifier.trained_
     index = {c: i for i, c in enumerate(trained.classes)}

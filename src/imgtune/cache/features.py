@@ -21,8 +21,9 @@ from ..data.datasets import ImageFiles
 from ..data.images import BadImage, read_bytes
 from ..data.transforms import eval_transform
 from ..engine import Ranks
-from ..infer.runner import run_network
-from ..model.backbones import Backbone
+from ..errors import RunFolderError
+from ..model.backbones import Backbone, create_backbone
+from ..model.forward import run_network
 from ..progress import Reporter
 from .store import ShardStore
 
@@ -109,3 +110,19 @@ def extract_features(backbone: Backbone, paths: list[str], cache: FeatureCache, 
         bad.update(failed)
     n_failed = sum(1 for i in misses if paths[i] in bad)
     return feats, bad, len(misses) - n_failed, digests
+
+
+def frozen_features(trained, paths: list[str], *, cache_dir=None, reporter: Reporter | None = None
+                    ) -> tuple[np.ndarray, dict[str, str], list[str | None]]:
+    """-> (features [N, D] float32, NaN rows for files that do not decode; {bad path: reason}; the
+    content digest of every path, None for unreadable files)."""
+    backbone = create_backbone(trained.backbone, image_size=trained.data_config.image_size)
+    wanted = trained.fit_info.get("weights")
+    if wanted and wanted != backbone.weights_id:
+        raise RunFolderError(f"The run was trained from backbone weights {wanted!r}, which imgtune cannot load "
+                             f"again by name ({backbone.weights_id!r} is what {trained.backbone!r} gives): its "
+                             "features cannot be reproduced.")
+    cache = FeatureCache(cache_dir or default_cache_dir(), backbone)
+    feats, bad, _, digests = extract_features(backbone, paths, cache, device=trained.device,
+                                              reporter=reporter or Reporter(quiet=True))
+    return feats, bad, digests

@@ -22,8 +22,8 @@ from torch import nn
 from ..data.datasets import ImageFiles
 from ..data.transforms import eval_transform, train_transform
 from ..errors import DataError
-from ..infer.runner import run_network
 from ..model.backbones import Backbone
+from ..model.forward import run_network
 from ..model.trunk import Tail, Trunk, TrunkAndFeatures
 from ..progress import Reporter
 from .store import ShardStore

@@ -24,7 +24,7 @@ from ..data.scan import find_images
 from ..data.transforms import eval_transform
 from ..errors import ImgtuneError
 from ..infer.multilabel import sigmoid
-from ..infer.runner import run_network
+from ..model.forward import run_network
 from ..model.onnx_module import METADATA_KEY, OnnxModule, require_onnx, trace
 from ..progress import Reporter
 from ..runs.folder import RunFolder

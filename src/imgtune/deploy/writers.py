@@ -67,12 +67,6 @@ def format_of(rows: list[dict], output: str | Path, labels: list[str] | None = N
     return PredictionFormat(output, top_k=max((len(r.get("top_k", ())) for r in rows), default=0), labels=labels)
 
 
-def format_predictions(rows: list[dict], output: str | Path) -> str:
-    fmt, parts = format_of(rows, output), []
-    n = fmt.body([rows], parts.append)
-    return fmt.head() + "".join(parts) + fmt.tail(n > 0)
-
-
 def write_stream(output: str | Path, fmt: PredictionFormat, batches: Iterable[list[dict]], *,
                  body_only: bool = False) -> int:
     """Rows written as their batches come into a temporary file beside `output`, moved into place once
@@ -110,10 +104,6 @@ def join_parts(output: str | Path, fmt: PredictionFormat, parts: list[Path], cou
     write_atomic(output, write)
     for part in parts:
         part.unlink(missing_ok=True)
-
-
-def write_predictions(rows: list[dict], output: str | Path) -> None:
-    write_stream(output, format_of(rows, output), [rows])
 
 
 def _csv_line(values) -> str:

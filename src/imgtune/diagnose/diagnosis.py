@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..train.selection import MAX_CV_IMAGES, Candidate, capped_sample, joined
+from ..model.linear import Candidate, capped_sample, joined
 from . import learning_curve
 from .label_errors import find_label_issues, label_issue_rows, out_of_fold_probabilities
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import write_csv_atomic
 from ..infer.calibration import softmax
-from ..train.selection import Candidate, fit_head, logits, stratified_folds
+from ..model.linear import Candidate, fit_candidate, logits, stratified_folds
 
 FOLDS = 5
 # the rule that stands in for confident learning: the given label under GIVEN_BELOW while one other
@@ -40,7 +40,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, c
         held_out, seen = fold == f, fold != f
         if not held_out.any():
             continue
-        head = fit_head(x, y, n_classes, candidate, rows=seen)  # the held-out rows weigh nothing
+        head = fit_candidate(x, y, n_classes, candidate, rows=seen)  # the held-out rows weigh nothing
         probs[held_out] = softmax(logits(x, head)[held_out])
         if advance is not None:
             advance(1)

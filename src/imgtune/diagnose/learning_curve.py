@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..train.selection import Candidate, fit_head, logits
+from ..model.linear import Candidate, fit_candidate, logits
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 SEEDS = 3
@@ -58,7 +58,7 @@ def measure(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval
         acc, overall, n = np.zeros(n_classes), 0.0, np.zeros(n_classes)
         for s in range(runs):
             idx = subsample(y_train, f, np.random.default_rng([seed, s, int(f * 1000)]))
-            head = fit_head(x_train[sample[idx]], y_train[idx], n_classes, candidate)
+            head = fit_candidate(x_train[sample[idx]], y_train[idx], n_classes, candidate)
             pred = logits(x_eval, head).argmax(1)
             right = np.bincount(y_eval[pred == y_eval], minlength=n_classes)
             acc += right / np.maximum(counts_eval, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..infer.metrics import noise_of_gap
+from ..metrics import noise_of_gap
 from .learning_curve import forecast, forecast_line
 
 WEAK_GAP = 0.05  # a class this far under the mean per-class accuracy is named

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_csv_atomic
-from ..cache.features import default_cache_dir
+from ..cache.features import default_cache_dir, frozen_features
 from ..cache.image_hashes import perceptual_hashes
 from ..data.scan import image_files
 from ..errors import DataError
@@ -18,7 +18,6 @@ from ..infer.predictor import calibrated, infer
 from ..progress import Reporter
 from ..runs.folder import RunFolder
 from .next_images import rank_for_labelling
-from .run_features import frozen_features
 
 
 def labelled_paths(trained) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import confusion_matrix, macro_scores, per_class
+from ..metrics import confusion_matrix, macro_scores, per_class
 
 ROUNDS = 1000
 Z95 = 1.96  # a difference is "beyond the noise" where its 95 % interval leaves out 0

@@ -21,10 +21,10 @@ import numpy as np
 
 from .._version import __version__
 from ..atomic import write_atomic, write_csv_atomic
+from ..cache.features import frozen_features
 from ..data.manifest import SPLIT_NAMES
 from ..data.scan import image_files, is_image_name
 from ..data.table import label_set, missing_reason, read_csv, row_path
-from ..diagnose.run_features import frozen_features
 from ..errors import DataError, ParameterError, require
 from ..progress import Reporter
 from ..runs.trained import fitted_state

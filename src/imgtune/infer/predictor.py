@@ -8,18 +8,18 @@ import os
 import numpy as np
 import torch
 
+from .. import metrics as metrics_lib
 from ..data.datasets import ImageFiles
 from ..data.images import to_rgb
 from ..data.scan import image_files
 from ..data.transforms import TTAViews, eval_transform
 from ..errors import ConfigError, DataError, ParameterError
+from ..model.forward import network_batches, run_network
 from ..model.heads import EachView
 from ..progress import Reporter
 from ..runs.trained import with_torch
 from . import explain, multilabel
-from . import metrics as metrics_lib
 from .calibration import softmax
-from .runner import network_batches, run_network
 
 UNKNOWN = "unknown"  # the label of an image below --min-confidence
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..infer.metrics import noise_of_gap
+from ..metrics import noise_of_gap
 
 
 def per_class_table(metrics: dict, title: str | None = None) -> Table:

@@ -23,7 +23,6 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-SINGLE_SCORES = (("val_accuracy", "accuracy"), ("val_balanced_accuracy", "balanced acc."))
 MULTI_SCORES = (("val_map", "mAP"), ("val_macro_f1", "macro-F1"), ("val_micro_f1", "micro-F1"))
 
 

@@ -156,10 +156,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None
     write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_tensors_and_meta(path)[0]
-
-
 def load_tensors_and_meta(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and the JSON metadata saved beside them; a file that is not intact safetensors is refused."""
     try:

@@ -26,10 +26,11 @@ import torch
 from ..atomic import write_json_atomic
 from ..data.datasets import ImageFiles
 from ..data.transforms import eval_transform
-from ..infer.runner import run_network
-from .decide import paired_gain, score
+from ..metrics import score
+from ..model.forward import run_network
+from ..model.linear import cross_validate, fit_logistic, logits, stratified_folds
+from .decide import paired_gain
 from .sampled import frozen_network, sample, sample_features
-from .selection import cross_validate, fit_logistic, logits, stratified_folds
 
 MARGIN = 1.0  # turned views may score at most this many standard errors of the comparison below plain ones
 FLOOR = 0.01  # ... or this share below, whichever is more: on a sample that is all right, noise is 0

@@ -25,10 +25,11 @@ import numpy as np
 
 from ..atomic import write_json_atomic
 from ..errors import ConfigError
+from ..metrics import score
 from ..model.backbones import create_backbone
-from .decide import paired_gain, score
+from ..model.linear import cross_validate
+from .decide import paired_gain
 from .sampled import sample, sample_features
-from .selection import cross_validate
 
 CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # compute per image relative to Lite0 at each one's own input (timm's FLOPs: 0.41, 0.62, 0.90 GFLOPs,

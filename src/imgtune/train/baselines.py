@@ -49,9 +49,10 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     """The majority class and the logistic-regression probe of a run, on `rows` of `split` (those that
     were evaluated), from its cached features. The probe is the head selection's own logistic regression
     without class weights, its C cross-validated (reused from the selection when it ran)."""
+    from ..model.linear import fit_candidate, joined
+    from ..model.linear import logits as selection_logits
     from .decide import scores
-    from .selection import fit_head, joined, select_head
-    from .selection import logits as selection_logits
+    from .selection import select_head
 
     (x, y), (xv, yv) = feats["train"], feats["val"]
     xe, ye = feats[split]
@@ -62,7 +63,7 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
         choice = select_head(x, y, xv, yv, n_classes, metric="accuracy", seed=seed, weightings=("none",))
     probe = choice.probe()
-    head = fit_head(joined(x, xv), np.concatenate([y, yv]), n_classes, probe)
+    head = fit_candidate(joined(x, xv), np.concatenate([y, yv]), n_classes, probe)
     out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head)[rows].argmax(1), n_classes)}
     return out
 
@@ -73,8 +74,8 @@ def run_multilabel_baselines(choice, feats: dict, split: str, rows: list[int], s
     decision for F1), and one-vs-rest logistic regression on the same cached features, its C chosen by
     cross-validation, deciding at 0.5."""
     from ..infer import multilabel as ml
-    from .multilabel import select_head
-    from .selection import logits as selection_logits
+    from ..model.linear import logits as selection_logits
+    from .multilabel import select_label_head
 
     (x, y), (xv, yv) = feats["train"], feats["val"]
     xe, ye = feats[split]
@@ -83,7 +84,7 @@ def run_multilabel_baselines(choice, feats: dict, split: str, rows: list[int], s
     out = {"prior": {"map": ml.mean_average_precision(ye, prior), "macro_f1": ml.scores(ye, np.ones(ye.shape, bool))["macro_f1"],
                      "description": "each label's training share as its score; every label on every image"}}
     if choice is None:  # no selection ran: cross-validate C now (seconds)
-        choice = select_head(x, y, xv, yv, seed=seed)
+        choice = select_label_head(x, y, xv, yv, seed=seed)
     p = ml.sigmoid(selection_logits(xe, choice.all_head))
     out["logistic"] = {"c": choice.selection.candidate.c, "map": ml.mean_average_precision(ye, p),
                        "macro_f1": ml.scores(ye, p >= 0.5)["macro_f1"],

@@ -18,31 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..infer import multilabel as ml
 from ..infer.calibration import fit_temperature
-from ..infer.metrics import confusion_matrix, macro_scores, per_class
+from ..metrics import score
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 OFFSET_RANGE = 6.0  # log-probability units either way: an imbalance of e^6 ~ 400 at most
 OFFSET_STEP = 0.1
 MIN_POSITIVES = 10  # a label's threshold is fitted on validation only with this many positives there
-
-
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise ConfigError(f"metric must be one of {', '.join(METRICS)}; received {metric!r}.")
-    return metric
-
-
-def score(y: np.ndarray, pred: np.ndarray, metric: str, n_classes: int) -> float:
-    y, pred = np.asarray(y, int), np.asarray(pred, int)
-    if not len(y):
-        return 0.0
-    if metric == "accuracy":
-        return float(np.mean(y == pred))
-    balanced, macro_f1 = macro_scores(per_class(confusion_matrix(y, pred, n_classes)))
-    return balanced if metric == "balanced_accuracy" else macro_f1
 
 
 def fit_offsets(log_probs: np.ndarray, y: np.ndarray, metric: str, *, sweeps: int = 3) -> np.ndarray:

@@ -20,20 +20,21 @@ from ..atomic import write_json_atomic
 from ..config import FineTuneConfig
 from ..engine import data_parallel
 from ..infer.multilabel import mean_average_precision, paired_map_gain, sigmoid
+from ..metrics import score
 from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
+from ..model.linear import class_weights
 from ..model.trunk import Tail
 from ..runs.folder import load_tensors_and_meta, save_tensors
 from . import budget
 from .batches import Images, stage_batches
 from .context import FitContext
-from .decide import paired_gain, score
+from .decide import paired_gain
 from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 from .rate import RateChoice, choose_rate
-from .selection import class_weights
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
 # from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->

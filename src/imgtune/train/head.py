@@ -11,6 +11,8 @@ import torch
 
 from ..engine import data_parallel, generator
 from ..model.heads import make_head
+from ..model.linear import load_into
+from ..model.linear import logits as selection_logits
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
 from . import multilabel
@@ -20,8 +22,7 @@ from .decide import decide
 from .hooks import EveryEpoch, StopAt
 from .loop import Objective, Stage, epoch_seed, run_stage, validate
 from .optim import make_optimizer, make_scheduler
-from .selection import HeadChoice, load_into, select_head
-from .selection import logits as selection_logits
+from .selection import HeadChoice, select_head
 
 Split = tuple[np.ndarray, np.ndarray]  # cached features and labels of one split
 
@@ -87,7 +88,7 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     if multi is not None:
         steps = multilabel.selection_steps(y.shape[1], recipe.head.folds)
         with ctx.reporter.bar("Head selection (folds)", steps) as advance:
-            choice = multilabel.select_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds,
+            choice = multilabel.select_label_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds,
                                             seed=ctx.seed, advance=advance)
         scores = dict(decider=None, scorer=multi.scorer())
     else:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import Precision, to_device
-from ..infer.metrics import confusion_matrix, macro_scores, per_class
+from ..metrics import confusion_matrix, macro_scores, per_class
 from ..progress import Reporter
 
 

@@ -8,7 +8,7 @@ negatives the model already gives under 5 % (probability margin 0.05). Both are 
 and averaged over the images, so that with an L2 penalty |W|^2 / (2 C n) the head is exactly
 one-vs-rest logistic regression with scikit-learn's C for binary cross-entropy.
 
-The head is chosen as the single-label one is (selection.py): candidate L2 strengths fitted by
+The head is chosen as the single-label one is (selection.py, model/linear.py): candidate L2 strengths fitted by
 full-batch L-BFGS on k-1 folds of train+val, folds made by iterative stratification, the winner the
 lowest out-of-fold binary cross-entropy (a proper score, whichever loss trains). Its out-of-fold logits
 then fit each label's temperature and its threshold for the best F1.
@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..infer import multilabel as ml
+from ..model.linear import CS, MAX_CV_IMAGES, Candidate, Selection, fit_logistic, joined, logits
 from .decide import fit_label_decision
-from .selection import CS, Candidate, HeadChoice, Selection, fit_logistic, joined, logits
+from .selection import HeadChoice
 
 ASL_GAMMA_NEG, ASL_GAMMA_POS, ASL_CLIP = 4.0, 0.0, 0.05  # the paper's defaults
 
@@ -75,15 +76,15 @@ def label_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-MAX_SELECTION_LABELS = 64  # the L2 strength is chosen on this many labels at most (see cross_validate)
+MAX_SELECTION_LABELS = 64  # the L2 strength is chosen on this many labels at most (see cross_validate_labels)
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
+def cross_validate_labels(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
                    cs=CS, max_iter: int = 300, sample: np.ndarray | None = None, advance=None) -> Selection:
     """Every L2 strength scored by k-fold cross-validation -> the winner (lowest out-of-fold binary
     cross-entropy), every candidate's out-of-fold figures and the winner's out-of-fold logits of every
     label. `sample` (indices into `x` and `y`): those images only, each fold gathering its own rows of
-    `x` (see selection.cross_validate). `advance(1)`, if given, is called after each fold's fits.
+    `x` (see model/linear.py cross_validate_labels). `advance(1)`, if given, is called after each fold's fits.
 
     One L2 strength serves all labels, so with more than MAX_SELECTION_LABELS labels it is chosen on a
     random sample of them, and the winner alone is then fitted on every label once per fold for the
@@ -134,15 +135,12 @@ def selection_labels(n_labels: int, seed: int) -> np.ndarray:
 
 
 def selection_steps(n_labels: int, folds: int) -> int:
-    """How many times cross_validate calls `advance`: once per fold, twice with sampled labels."""
+    """How many times cross_validate_labels calls `advance`: once per fold, twice with sampled labels."""
     return folds * (1 if n_labels <= MAX_SELECTION_LABELS else 2)
 
 
-MAX_CV_IMAGES = 20_000
-
-
-def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
-                loss: str = "bce", folds: int = 5, seed: int = 0, advance=None) -> HeadChoice:
+def select_label_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+                      loss: str = "bce", folds: int = 5, seed: int = 0, advance=None) -> HeadChoice:
     """Cross-validate over train+val, fit the winner on train (fine-tuning's start) and on train+val (the
     head kept alone), and fit the decisions on its out-of-fold logits."""
     x = joined(x_train, x_val)
@@ -150,7 +148,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     sample = np.arange(len(y))
     if len(y) > MAX_CV_IMAGES:  # a stratified sample: the choice needs no more than this
         sample = np.flatnonzero(label_folds(y, -(-len(y) // MAX_CV_IMAGES), seed) == 0)
-    sel = cross_validate(x, y, loss=loss, folds=folds, seed=seed, sample=sample, advance=advance)
+    sel = cross_validate_labels(x, y, loss=loss, folds=folds, seed=seed, sample=sample, advance=advance)
     train_head = fit_ovr(x_train, y_train, c=sel.candidate.c, loss=loss, max_iter=500)
     all_head = fit_ovr(x, y, c=sel.candidate.c, loss=loss, max_iter=500)
     train_loss = float(image_losses(torch.from_numpy(logits(x_train, train_head)), torch.from_numpy(y_train),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import metrics as metrics_lib
 from ..atomic import write_bytes_atomic, write_json_atomic
 from ..cache.features import FeatureCache, extract_features
 from ..cache.trunk_views import TrunkViews
@@ -27,12 +28,12 @@ from ..diagnose.diagnosis import diagnose
 from ..diagnose.label_errors import write_label_issues
 from ..engine import prepare
 from ..errors import DataError, ParameterError, RunFolderError
-from ..infer import metrics as metrics_lib
 from ..infer.calibration import softmax
 from ..infer.predictor import logits_for, metrics_of
 from ..model.backbones import Backbone, create_backbone, unfrozen_names
 from ..model.frozen import fast_frozen
 from ..model.heads import Classifier
+from ..model.linear import Candidate, load_into
 from ..model.trunk import Tail, split_stage
 from ..report.console import baseline_lines
 from ..report.mlflow_log import MlflowLog
@@ -48,7 +49,6 @@ from .decide import decision_for_kept, decision_line, fit_label_decision, label_
 from .finetune import Images, fine_tune
 from .head import fit_head
 from .resolution import auto_image_size
-from .selection import Candidate, load_into
 
 
 @dataclass

@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import write_json_atomic
-from .decide import paired_gain, score
+from ..metrics import score
+from ..model.linear import cross_validate
+from .decide import paired_gain
 from .sampled import sample, sample_features
-from .selection import cross_validate
 
 MARGIN = 2.0  # the gain must exceed this many standard errors of the comparison
 LARGER = 1.25  # the images' median shorter side must be this many times the default input to try more

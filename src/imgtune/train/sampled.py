@@ -9,7 +9,7 @@ import numpy as np
 
 from ..cache.features import FeatureCache, extract_features
 from ..model.frozen import fast_frozen
-from .selection import stratified_folds
+from ..model.linear import stratified_folds
 
 SAMPLE = 400  # training images a choice extracts features of, at most
 

@@ -140,3 +140,14 @@ def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] |
 def noise_of_gap(score: float, n: int) -> float:
     """Twice the standard error of a score near `score` on `n` images: a gap under this may be luck."""
     return 2 * math.sqrt(max(score * (1 - score), 1 / max(n, 1)) / max(n, 1))
+
+
+def score(y: np.ndarray, pred: np.ndarray, metric: str, n_classes: int) -> float:
+    """The metric a recipe optimises (accuracy, balanced_accuracy or macro_f1) of these decisions."""
+    y, pred = np.asarray(y, int), np.asarray(pred, int)
+    if not len(y):
+        return 0.0
+    if metric == "accuracy":
+        return float(np.mean(y == pred))
+    balanced, macro_f1 = macro_scores(per_class(confusion_matrix(y, pred, n_classes)))
+    return balanced if metric == "balanced_accuracy" else macro_f1
