@@ -188,3 +188,33 @@ def test_fit_names_a_wrong_parameter_before_writing_anything(tmp_path, param, va
     with pytest.raises(ConfigError, match=r"^(%s |Unknown backbone)" % param):
         clf.fit(data, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_estimator_contract_get_set_params_clone_and_fitted_attributes(trained_run):
+    """scikit-learn's contract: the constructor's parameters through get_params / set_params, `clone`
+    makes an unfitted copy with the same parameters, and the fitted attributes are real attributes (in
+    dir(), for IDEs) that are absent before fit; a loaded run's parameters are those it trained with."""
+    from sklearn.base import clone
+
+    from imgtune.errors import ParameterError
+
+    clf = ImageClassifier(epochs=3, metric="macro_f1", seed=7)
+    params = clf.get_params()
+    assert params["epochs"] == 3 and params["metric"] == "macro_f1" and params["seed"] == 7
+    assert params["backbone"] == "efficientnet_lite0" and params["image_size"] is None
+    assert clf.set_params(epochs=1, image_size=64) is clf and clf.epochs == 1 and clf.image_size == 64
+    with pytest.raises(ParameterError, match="epoch is not a parameter"):  # a misspelt name is refused
+        clf.set_params(epoch=2)
+    copy = clone(clf)
+    assert copy is not clf and copy.get_params() == clf.get_params()
+    assert repr(copy) == "ImageClassifier(image_size=64, epochs=1, metric='macro_f1', seed=7)"
+    assert "classes_" in dir(clf) and not hasattr(clf, "classes_") and not hasattr(clf, "ranks_")
+
+    run, _, _ = trained_run
+    loaded = ImageClassifier.load(run, quiet=True)
+    assert loaded.classes_ == ["circle", "square", "triangle"] and loaded.ranks_.main
+    trained_with = json.loads((run / "config.json").read_text())
+    assert loaded.image_size == trained_with["data_config"]["image_size"]
+    assert loaded.epochs == trained_with["recipe"]["finetune"]["epochs"]
+    fresh = clone(loaded)
+    assert fresh.get_params() == loaded.get_params() and not hasattr(fresh, "classes_")

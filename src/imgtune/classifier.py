@@ -9,6 +9,7 @@ reads.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
 import time
@@ -36,11 +37,10 @@ from .train.context import FitContext
 
 UNKNOWN = predictor.UNKNOWN
 
-# what the fitted state is read as, for callers of the scikit-learn style (`clf.classes_`, ...)
-_FITTED = {"classes_": "classes", "model_": "model", "data_config_": "data_config", "head_config_": "head_config",
-           "temperature_": "temperature", "metric_": "metric", "device_": "device", "runtime_": "runtime",
-           "run_dir_": "run_dir", "fit_info_": "fit_info", "metrics_": "metrics", "history_": "history",
-           "task_": "task", "thresholds_": "thresholds"}
+def _fitted(name: str, doc: str) -> property:
+    """A fitted attribute in scikit-learn's style (`clf.classes_`), read from the trained model; before
+    fit or load it raises NotFittedError, an AttributeError, so `hasattr(clf, "classes_")` is False."""
+    return property(lambda self: getattr(self.trained_, name), doc=doc)
 
 
 class ImageClassifier:
@@ -49,7 +49,26 @@ class ImageClassifier:
     >>> clf = ImageClassifier(epochs=3).fit("photos/", out="runs/p1")
     >>> clf.evaluate("photos/test")["per_class"]
     >>> clf.predict(["new/cat.jpg"])
+
+    An estimator in scikit-learn's sense: the parameters are the constructor's, read and changed with
+    get_params / set_params (so `sklearn.base.clone` makes an unfitted copy); what fit or load learned
+    is in the attributes ending in "_".
     """
+
+    classes_ = _fitted("classes", "The class (or label) names, in the order of the model's outputs.")
+    model_ = _fitted("model", "The trained network (backbone and head) as a torch module.")
+    data_config_ = _fitted("data_config", "The input size and normalisation the network was trained with.")
+    head_config_ = _fitted("head_config", "The head's settings.")
+    temperature_ = _fitted("temperature", "The calibration temperature (one per label for multi-label).")
+    metric_ = _fitted("metric", "The metric the decisions were fitted for.")
+    device_ = _fitted("device", "Where the model runs.")
+    runtime_ = _fitted("runtime", "torch, onnx or onnx-int8: what computes the predictions.")
+    run_dir_ = _fitted("run_dir", "The run folder the model was trained into or loaded from.")
+    fit_info_ = _fitted("fit_info", "What the fit chose and measured (config.json's record).")
+    metrics_ = _fitted("metrics", "The metrics.json document of the run's held-out split.")
+    history_ = _fitted("history", "One record per epoch of both stages.")
+    task_ = _fitted("task", "single or multi (a set of labels per image).")
+    thresholds_ = _fitted("thresholds", "A multi-label model's decision threshold per label.")
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
                  image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
@@ -78,15 +97,36 @@ class ImageClassifier:
         # seconds the whole fit may take ('10m' or a train.budget.TimeLimit with its own clock and rates
         # too); fine-tune epochs are planned to fit in it
         self.time_limit = time_limit
-        self.ranks_ = engine.Ranks()
 
     def __getattr__(self, name: str):  # called only for what normal lookup does not find
-        if name == "trained_":  # set by fit and load
+        if name in ("trained_", "ranks_"):  # set by fit and load
             raise NotFittedError("This ImageClassifier is not trained yet: call fit(...) or "
                                  "ImageClassifier.load(RUN).")
-        if name in _FITTED:
-            return getattr(self.trained_, _FITTED[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def _parameter_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's parameters as set now (scikit-learn's estimator contract; none is itself an
+        estimator, so `deep` changes nothing)."""
+        return {name: getattr(self, name) for name in self._parameter_names()}
+
+    def set_params(self, **params) -> "ImageClassifier":
+        """Change constructor parameters; checked when fit runs, as the constructor's are. -> self"""
+        known = self._parameter_names()
+        for name, value in params.items():
+            if name not in known:
+                raise ParameterError(name, f"{{name}} is not a parameter of ImageClassifier; expected one of "
+                                           f"{', '.join(known)}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v is not defaults[k] and v != defaults[k]]
+        return f"{type(self).__name__}({', '.join(changed)})"
 
     def fit(self, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
             resume: bool = False, tensorboard: bool = False,
@@ -178,8 +218,8 @@ class ImageClassifier:
         if why:
             reporter.say(why)
         trained = load_run(path, device=device, runtime=runtime)
-        clf = cls(trained.backbone, recipe=trained.recipe, seed=trained.seed, device=device, quiet=quiet)
-        clf.trained_ = trained
+        clf = cls(trained.backbone, **_parameters_of(trained), device=device, quiet=quiet)
+        clf.trained_, clf.ranks_ = trained, engine.Ranks()
         return clf
 
     def evaluate(self, data: str | os.PathLike, *, tta: bool = False) -> dict:
@@ -214,6 +254,16 @@ class ImageClassifier:
             for c, p in (r["probabilities"].items() if "probabilities" in r else r["top_k"]):
                 out[i, order[c]] = p
         return out
+
+
+def _parameters_of(trained) -> dict:
+    """The constructor's parameters a loaded run was trained with, as far as its record says: a clone of
+    the loaded classifier trains as the run did."""
+    recipe = trained.fit_info.get("recipe") or {}
+    finetune = recipe.get("finetune") or {}
+    recorded = {"epochs": finetune.get("epochs"), "augment": finetune.get("augment"), "metric": recipe.get("metric")}
+    return {"recipe": trained.recipe, "seed": trained.seed, "image_size": trained.data_config.image_size,
+            "task": trained.task, **{k: v for k, v in recorded.items() if v is not None}}
 
 
 def _refuse_run_inside_data(run: RunFolder, data) -> None:

@@ -1,7 +1,7 @@
 """Settings for each stage as frozen dataclasses, and the recipes that fill them.
 
-A recipe is data, not code: `train.py` and `classifier.py` read these fields and nothing else decides
-how a stage trains.
+A recipe is data, not code: the training pipeline (train/) reads these fields and nothing else decides how
+a stage trains.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def rejection_table(y_true, probs, thresholds=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -
 
 def evaluate(y_true, probs, classes: list[str], ks=(1, 5), *, paths: list[str] | None = None,
              uncalibrated=None, single_view=None) -> dict:
-    """The metrics.json document (see DESIGN.md). Optional extras: with `paths`, the worst misclassified
+    """The metrics.json document (its fields: README.md). Optional extras: with `paths`, the worst misclassified
     files; with `uncalibrated` (probabilities before temperature scaling), ECE before calibration; with
     `single_view` (probabilities without test-time augmentation), the accuracy TTA gained."""
     y_true = np.asarray(y_true, int)

@@ -144,14 +144,14 @@ def label_set(row: dict[str, str], number: int, path: Path) -> tuple[str, ...]:
                             "field for no label.")
     names = {n.strip() for n in names}
     for name in names:
-        _check_label(name, value, number, path)
+        _check_label(name, number, path)
     return tuple(sorted(names))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _check_label(name: str, value: str, number: int, path: Path) -> None:
+def _check_label(name: str, number: int, path: Path) -> None:
     """A label name that cannot be written back unambiguously (";" separates labels in split.csv, the
     predictions and embed's index) or that is the debris of a quote left open (a line break, a file
     path) is an error naming the row."""

@@ -58,7 +58,7 @@ def build_report(config: dict, history: list[dict], metrics: dict, *, diagnosis:
     where = metrics.get("source") or f"the {metrics.get('split', 'test')} split"
     steps = next_steps(metrics, config, diagnosis, audit, run=run_dir)
     body = [_headline(metrics), _beside_training(metrics, training), _baselines(metrics), next_steps_section(steps),
-            _summary(config, metrics)]
+            _summary(config)]
     if history:
         body.append(section("Training", figure(plots.training_curves(history), "training curves"),
                             note=_training_note(config, history)))
@@ -120,7 +120,7 @@ def _baselines(m: dict) -> str:
                         "looking into (the data, the labels, or the recipe).")
 
 
-def _summary(config: dict, m: dict) -> str:
+def _summary(config: dict) -> str:
     return section("Run", table([], _run_rows(config)))
 
 
@@ -298,7 +298,7 @@ def build_multilabel_report(config: dict, history: list[dict], metrics: dict, *,
     if history:
         curves = plots.training_curves(history, plots.MULTI_SCORES, "validation score")
         body.append(section("Training", figure(curves, "training curves"),
-                            note=_multi_training_note(config, history)))
+                            note=_multi_training_note(history)))
     body.append(_multi_head_selection(config))
     body.append(_per_label(m))
     body.append(_pr_section(m))
@@ -379,7 +379,7 @@ def _multi_baseline_warnings(m: dict, named: list[tuple[str, dict]]) -> list[str
     return out
 
 
-def _multi_training_note(config: dict, history: list[dict]) -> str:
+def _multi_training_note(history: list[dict]) -> str:
     """Epochs per stage and the best validation score of each, from whatever the history records."""
     parts = [p for p in (_stage_summary(stage, [r for r in history if r.get("stage") == stage], "val_map", "mAP")
                          for stage in ("head", "fine-tune")) if p]  # multi-label stages select on validation mAP

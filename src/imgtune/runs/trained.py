@@ -98,7 +98,7 @@ def load_run(path, *, device: "str | torch.device" = "auto", runtime: str = "tor
     where = device if isinstance(device, torch.device) else resolve_device(device)
     temperature = _temperature(cfg, run, len(classes) if task == "multi" else None)
     if task == "multi" and runtime != "torch":  # the exported file's own decisions, as any consumer of it reads them
-        temperature, thresholds = _onnx_decisions(model, cfg, run, len(classes))
+        temperature, thresholds = _onnx_decisions(model, run, len(classes))
     return TrainedModel(name, classes, model.to(where).eval(), data_config, head_cfg, temperature,
                         metric=str(recipe.get("metric", "accuracy")), recipe=str(recipe.get("name", "default")),
                         seed=seed, device=where, runtime=runtime, run_dir=run.path,
@@ -131,7 +131,7 @@ def _temperature(cfg: dict, run: RunFolder, n_labels: int | None = None) -> floa
     return float(given) if n_labels is None else [float(t) for t in values]
 
 
-def _onnx_decisions(model, cfg: dict, run: RunFolder, n_labels: int) -> tuple[list[float], list[float]]:
+def _onnx_decisions(model, run: RunFolder, n_labels: int) -> tuple[list[float], list[float]]:
     """A multi-label ONNX file's temperatures and thresholds, from its metadata, checked as config.json's are."""
     meta = model.metadata
     try:

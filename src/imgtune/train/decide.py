@@ -1,4 +1,4 @@
-"""Decisions from logits, fitted for the metric the user asked for (DESIGN.md's "decide" stage).
+"""Decisions from logits, fitted for the metric the user asked for (the pipeline's "decide" step).
 
 A model trained on imbalanced data ranks its classes well but sets its thresholds for the training
 priors: argmax favours the large classes, which is right for accuracy and wrong for balanced accuracy

@@ -39,7 +39,7 @@ class Objective:
     select = property(lambda self: f"val_{self.metric}")
     name = property(lambda self: "mAP" if self.multi_loss else self.metric.replace("_", " "))
 
-    def loss(self, label_smoothing: float = 0.0):
+    def loss(self):
         """(logits, targets) -> the mean training loss; None: the stage's cross-entropy."""
         if not self.multi_loss:
             return None
