@@ -33,7 +33,7 @@ from .runs.folder import RunFolder
 from .runs.trained import load_run, save_run
 from .train import pipeline
 from .train.budget import TimeLimit
-from .train.context import FitContext
+from .train.context import FitContext, ModelSpec
 
 UNKNOWN = predictor.UNKNOWN
 
@@ -171,11 +171,10 @@ class ImageClassifier:
             ctx = FitContext(run, Reporter(self.quiet or not ranks.main), device, ranks, self.seed,
                              Path(self.cache_dir) if self.cache_dir else default_cache_dir(), recipe, limit,
                              started, checkpoint_every=self.checkpoint_every)
-            spec = {"backbone": self.backbone, "weights": self.weights, "image_size": self.image_size,
-                    "task": self.task, "corrections": None if corrections is None else str(corrections),
-                    "allow_new_classes": allow_new_classes}
-            self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard,
-                                         mlflow=mlflow)
+            spec = ModelSpec(self.backbone, self.weights, self.image_size, self.task)
+            self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard, mlflow=mlflow,
+                                         corrections=None if corrections is None else str(corrections),
+                                         allow_new_classes=allow_new_classes)
         return self
 
     def _check_fit_parameters(self) -> None:

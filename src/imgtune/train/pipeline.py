@@ -5,6 +5,7 @@ continues with resume=True."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -44,10 +45,10 @@ from . import multilabel
 from .augment import choose_augment
 from .backbone_choice import choose_backbone
 from .baselines import run_baselines, run_multilabel_baselines
-from .context import FitContext
+from .context import FitContext, ModelSpec
 from .decide import decision_for_kept, decision_line, fit_label_decision, label_decision_line
 from .finetune import Images, fine_tune
-from .head import fit_head
+from .head import Head, fit_head
 from .resolution import auto_image_size
 
 
@@ -61,33 +62,61 @@ class Features:
     extract_rate: float | None  # images/s through the frozen network, decoding included
 
 
-def fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool,
-        mlflow: bool | str | None = None) -> TrainedModel:
-    """`spec`: the backbone's name, weights and image size (None: auto) -> the trained model, saved in
-    ctx.run. Ranks other than 0 return the model rank 0 saved. `mlflow` (True or a tracking URI): rank 0
-    logs the fit to an MLflow run too, the server reached before any step."""
-    settings = {"recipe": ctx.recipe.to_dict(), **spec, "seed": ctx.seed, "data": str(data)}
+def fit(ctx: FitContext, data: str, spec: ModelSpec, *, resume: bool, tensorboard: bool,
+        mlflow: bool | str | None = None, corrections: str | None = None,
+        allow_new_classes: bool = False) -> TrainedModel:
+    """`spec`: the network to train -> the trained model, saved in ctx.run. Ranks other than 0 return the
+    model rank 0 saved. `mlflow` (True or a tracking URI): rank 0 logs the fit to an MLflow run too, the
+    server reached before any step. `corrections`: a CSV relabelling or excluding images of `data`."""
+    settings = {"recipe": ctx.recipe.to_dict(), **spec.to_dict(), "corrections": corrections,
+                "allow_new_classes": allow_new_classes, "seed": ctx.seed, "data": str(data)}
     with MlflowLog.maybe(mlflow if ctx.ranks.main else None, ctx.run, settings, ctx.say) as tracking:
-        trained = _fit(ctx, data, spec, resume=resume, tensorboard=tensorboard, tracking=tracking)
+        trained = _fit(ctx, data, spec, resume=resume, tensorboard=tensorboard, tracking=tracking,
+                       corrections=corrections, allow_new_classes=allow_new_classes)
         tracking.finish(ctx.run, trained.history)
     return trained
 
 
-def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: bool, tracking) -> TrainedModel:
+def _fit(ctx: FitContext, data: str, spec: ModelSpec, *, resume: bool, tensorboard: bool, tracking,
+         corrections: str | None, allow_new_classes: bool) -> TrainedModel:
     """fit's steps; `tracking` hears of each epoch as TensorBoard does."""
     source = resolve_data(str(data), ctx.cache_root)
     if source != str(data):  # builtin:NAME: where its images are, for inspect, evaluate and embed
         ctx.say(f"Data: {data} is the image folder {source}")
-    manifest = check_and_scan(ctx, source, spec, resume)
+    manifest = check_and_scan(ctx, source, spec, resume, corrections, allow_new_classes)
     ctx.say(manifest.summary())
-    if spec["backbone"] == "auto":  # Lite0, Lite1 or Lite2, measured on a sample of the training images
-        spec = {**spec, "backbone": choose_backbone_for(ctx, manifest, spec["image_size"])}
-    backbone = create_backbone(spec["backbone"], weights=spec["weights"], image_size=spec["image_size"])
-    if spec["image_size"] is None:  # auto: a larger input where the images are large and it pays
+    if spec.backbone == "auto":  # Lite0, Lite1 or Lite2, measured on a sample of the training images
+        spec = spec.with_backbone(choose_backbone_for(ctx, manifest, spec.image_size))
+    backbone = create_backbone(spec.backbone, weights=spec.weights, image_size=spec.image_size)
+    if spec.image_size is None:  # auto: a larger input where the images are large and it pays
         backbone = auto_image_size(ctx, backbone, manifest)
     choose_augmentation(ctx, backbone, manifest)
-    views = trunk_views(ctx, backbone, spec["backbone"])
+    views = trunk_views(ctx, backbone, spec.backbone)
     feats = features(ctx, backbone, manifest, views)
+    stages = train_stages(ctx, backbone, feats, views, spec.backbone, tensorboard=tensorboard, tracking=tracking)
+    if not ctx.ranks.main:  # rank 0 alone decides, evaluates and writes the run; the others read it
+        ctx.ranks.barrier()
+        return load_run(ctx.run.path, device=ctx.device)
+    trained = finish(ctx, spec.backbone, backbone, feats, views, stages)
+    ctx.ranks.barrier()
+    return trained
+
+
+@dataclass
+class Stages:
+    """What training returned: the head stage, the classifier (the head on the backbone; fine-tuned where
+    fine-tuning was kept), what fine-tuning kept and why, and its epochs."""
+
+    head: Head
+    model: Classifier
+    finetune: dict
+    finetune_history: list[dict]
+
+
+def train_stages(ctx: FitContext, backbone: Backbone, feats: Features, views: TrunkViews | None, name: str, *,
+                 tensorboard: bool, tracking) -> Stages:
+    """The head on the cached features, then fine-tuning (when the recipe has epochs), each epoch logged
+    to TensorBoard and `tracking`."""
     with TensorBoardLog.maybe(ctx.run.path / "tensorboard", tensorboard and ctx.ranks.main) as tb:
         def log_epoch(record: dict, step: int) -> None:
             tb.epoch(record, step)
@@ -100,40 +129,46 @@ def _fit(ctx: FitContext, data: str, spec: dict, *, resume: bool, tensorboard: b
         finetune, ft_history = {"kept": False, "reason": "not asked for (--epochs 0)"}, []
         with _timed(ctx, "finetune"):
             if ctx.recipe.finetune.epochs > 0:
-                images = Images(feats.manifest, backbone.data_config, views, feats.digest_of, spec["backbone"])
+                images = Images(feats.manifest, backbone.data_config, views, feats.digest_of, name)
                 ft_history, finetune = fine_tune(ctx, model, images, head, log_epoch, feats.extract_rate)
         if views is not None:  # nothing past fine-tuning reads the cache: its index (~200 bytes a view) goes
             views.store.refresh()
-    if not ctx.ranks.main:  # rank 0 alone decides, evaluates and writes the run; the others read it
-        ctx.ranks.barrier()
-        return load_run(ctx.run.path, device=ctx.device)
-    if not finetune["kept"] and head.choice is not None:  # the head alone: the one fitted on train+val
+    return Stages(head, model, finetune, ft_history)
+
+
+def finish(ctx: FitContext, name: str, backbone: Backbone, feats: Features, views: TrunkViews | None,
+           stages: Stages) -> TrainedModel:
+    """Rank 0's end of the fit: the kept weights, the decisions and the metrics, the diagnosis, then the
+    TrainedModel assembled from them, saved with its report."""
+    head, model, m = stages.head, stages.model, feats.manifest
+    if not stages.finetune["kept"] and head.choice is not None:  # the head alone: the one fitted on train+val
         load_into(model.head[-1], head.choice.all_head)
-    trained = TrainedModel(spec["backbone"], list(feats.manifest.classes), model.eval(), backbone.data_config,
-                           ctx.recipe.head, 1.0, metric=ctx.recipe.metric, recipe=ctx.recipe.name, seed=ctx.seed,
-                           device=ctx.device, run_dir=ctx.run.path, history=head.history + ft_history,
-                           task=feats.manifest.task)
+    network = TrainedModel(name, list(m.classes), model.eval(), backbone.data_config, ctx.recipe.head, 1.0,
+                           device=ctx.device, task=m.task)  # before its decisions
     with _timed(ctx, "evaluate"):
-        calibration, decision = decide_and_evaluate(ctx, trained, feats, views, head.choice, finetune["kept"])
-    m = feats.manifest
+        evaluation = decide_and_evaluate(ctx, network, feats, views, head.choice, stages.finetune["kept"])
     if not m.multi and ctx.limit is None:  # label errors out of fold, per-class learning curves
         with _timed(ctx, "diagnosis"):
-            write_diagnosis(ctx, feats, head.choice, trained.metrics["split"])
+            write_diagnosis(ctx, feats, head.choice, evaluation.metrics["split"])
     elif not m.multi:  # its head fits are not in the time plan: the limit is kept
         ctx.say(f"Diagnosis (label errors, learning curves) left out under --time-limit: `imgtune inspect "
                 f"{m.source} --run {ctx.run.path}` finds the label errors.")
     ctx.seconds["total"] = time.perf_counter() - ctx.started_wall
     per_class = m.targets(m.items).sum(0) if m.multi else np.bincount(m.targets(m.items), minlength=len(m.classes))
-    trained.fit_info = {"weights": backbone.weights_id, "recipe": ctx.recipe.to_dict(), "data": m.source,
-                        "counts": m.counts(), "skipped": len(m.skipped),
-                        "class_counts": {c: int(n) for c, n in zip(m.classes, per_class)},
-                        "head_selection": head.choice.to_dict() if head.choice is not None else None,
-                        "finetune": finetune, "decision": decision.to_dict(), "calibration": calibration,
-                        "cache": str(ctx.cache_root), **ctx.choices,
-                        "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
+    fit_info = {"weights": backbone.weights_id, "recipe": ctx.recipe.to_dict(), "data": m.source,
+                "counts": m.counts(), "skipped": len(m.skipped),
+                "class_counts": {c: int(n) for c, n in zip(m.classes, per_class)},
+                "head_selection": head.choice.to_dict() if head.choice is not None else None,
+                "finetune": stages.finetune, "decision": evaluation.decision.to_dict(),
+                "calibration": evaluation.calibration, "cache": str(ctx.cache_root), **ctx.choices,
+                "seconds": {k: round(v, 2) for k, v in ctx.seconds.items()}}
+    trained = TrainedModel(name, list(m.classes), model, backbone.data_config, ctx.recipe.head,
+                           evaluation.temperature, metric=ctx.recipe.metric, recipe=ctx.recipe.name, seed=ctx.seed,
+                           device=ctx.device, run_dir=ctx.run.path, fit_info=fit_info, metrics=evaluation.metrics,
+                           history=head.history + stages.finetune_history, task=m.task,
+                           thresholds=evaluation.thresholds)
     save_run(trained, ctx.run.path)
     write_report(ctx.run.path, trained.metrics, ctx.run.report)
-    ctx.ranks.barrier()
     return trained
 
 
@@ -145,7 +180,8 @@ def _timed(ctx: FitContext, name: str):
     ctx.seconds[name] = ctx.seconds.get(name, 0.0) + time.perf_counter() - t
 
 
-def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Manifest:
+def check_and_scan(ctx: FitContext, source: str, spec: ModelSpec, resume: bool, corrections: str | None = None,
+                   allow_new_classes: bool = False) -> Manifest:
     """The run folder's state against `resume`, the settings against an interrupted run's, then the
     scan: the split is written once and reused on resume, so a continued run sees the same files."""
     run = ctx.run
@@ -155,22 +191,21 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
     if not resume and run.has_run():
         raise RunFolderError(f"{str(run.path)!r} already holds a run: pass --resume to continue it, or "
                              "choose another --out.")
-    settings = {"backbone": spec["backbone"], "recipe": ctx.recipe.to_dict(), "image_size": spec["image_size"],
-                "seed": ctx.seed, "weights": spec["weights"], "task": spec.get("task"),
+    settings = {"backbone": spec.backbone, "recipe": ctx.recipe.to_dict(), "image_size": spec.image_size,
+                "seed": ctx.seed, "weights": spec.weights, "task": spec.task,
                 "time_limit": None if ctx.limit is None else ctx.limit.seconds,  # as the user gave it
                 "data": str(Path(source).resolve()),  # what a resumed run checks it is given the same data by
-                "corrections": _digest(spec.get("corrections"))}
-    task = spec.get("task")
+                "corrections": _digest(corrections)}
+    task = spec.task
     if resume:  # the task the data was found to have when the run started
         task = _check_same_settings(run, settings).get("data_task", task)
     manifest = scan(run.split if resume else source, seed=ctx.seed, task=task)
     if resume:
-        _check_same_classes(manifest, source, ctx.seed, task, corrected=spec.get("corrections") is not None)
+        _check_same_classes(manifest, source, ctx.seed, task, corrected=corrections is not None)
         if (run.checkpoints / "corrections.json").exists():
             ctx.choices["corrections"] = json.loads((run.checkpoints / "corrections.json").read_text())
-    elif spec.get("corrections") is not None:  # after the split: each image keeps the split it had without
-        manifest, applied = apply_corrections(manifest, spec["corrections"],
-                                              allow_new_classes=spec.get("allow_new_classes", False))
+    elif corrections is not None:  # after the split: each image keeps the split it had without
+        manifest, applied = apply_corrections(manifest, corrections, allow_new_classes=allow_new_classes)
         require_usable(manifest)
         ctx.say(applied.describe())
         ctx.choices["corrections"] = applied.to_dict()
@@ -181,7 +216,7 @@ def check_and_scan(ctx: FitContext, source: str, spec: dict, resume: bool) -> Ma
     if not resume and ctx.ranks.main:
         manifest.write_csv(run.split)
         if "corrections" in ctx.choices:  # the decisions go with the run: a review of it continues from them
-            write_bytes_atomic(run.corrections, Path(spec["corrections"]).read_bytes())
+            write_bytes_atomic(run.corrections, Path(corrections).read_bytes())
             write_json_atomic(run.checkpoints / "corrections.json", ctx.choices["corrections"])
         write_json_atomic(run.checkpoints / "settings.json", {**settings, "data_task": manifest.task})
     ctx.ranks.barrier()
@@ -276,28 +311,40 @@ def split_views(feats: np.ndarray, kept: list[bool], manifest: Manifest) -> dict
     return splits
 
 
-def decide_and_evaluate(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None,
-                        choice, tuned: bool):
-    """The decisions on validation (decision offsets for the metric and a temperature; multi-label: a
-    temperature and a threshold per label), then the metrics on test (val when there is no test split)
-    with the baselines -> (calibration figures, the decision)."""
+@dataclass
+class Evaluation:
+    """The decisions fitted on validation and the metrics of the decided model on the held-out split."""
+
+    temperature: float | list[float]
+    thresholds: list[float] | None  # multi-label
+    decision: object  # decide.Decision or decide.LabelDecision
+    calibration: dict
+    metrics: dict
+
+
+def decide_and_evaluate(ctx: FitContext, network: TrainedModel, feats: Features, views: TrunkViews | None,
+                        choice, tuned: bool) -> Evaluation:
+    """The decisions on validation (decision offsets for the metric, put in the network, and a
+    temperature; multi-label: a temperature and a threshold per label), then the metrics on test (val
+    when there is no test split) with the baselines."""
     m = feats.manifest
-    split_logits = _split_logits(ctx, trained, feats, views, tuned)
+    split_logits = _split_logits(ctx, network, feats, views, tuned)
     val_logits, val_y, val_paths = split_logits("val")
     decide = _decide_labels if m.multi else _decide_classes
-    calibration, decision, val_logits = decide(ctx, trained, choice, tuned, val_logits, val_y)
+    calibration, decision, val_logits, temperature, thresholds = decide(ctx, network, choice, tuned, val_logits, val_y)
+    decided = dataclasses.replace(network, temperature=temperature, thresholds=thresholds)
     split = "test" if m.split("test") else "val"
     logits, y, kept = (val_logits, val_y, val_paths) if split == "val" else split_logits(split)
-    trained.metrics = {**metrics_of(trained, logits, y, kept), "split": split}
+    metrics = {**metrics_of(decided, logits, y, kept), "split": split}
     keep = set(kept)
     rows = [i for i, it in enumerate(m.split(split)) if it.path in keep]
     if m.multi:
-        trained.metrics["baselines"] = run_multilabel_baselines(choice, feats.splits, split, rows, ctx.seed)
+        metrics["baselines"] = run_multilabel_baselines(choice, feats.splits, split, rows, ctx.seed)
     else:
-        trained.metrics["baselines"] = run_baselines(choice, feats.splits, split, rows, trained.classes, ctx.seed)
-    for line in baseline_lines(trained.metrics):
+        metrics["baselines"] = run_baselines(choice, feats.splits, split, rows, network.classes, ctx.seed)
+    for line in baseline_lines(metrics):
         ctx.say(line)
-    return calibration, decision
+    return Evaluation(temperature, thresholds, decision, calibration, metrics)
 
 
 def write_diagnosis(ctx: FitContext, feats: Features, choice, eval_split: str) -> None:
@@ -313,9 +360,9 @@ def write_diagnosis(ctx: FitContext, feats: Features, choice, eval_split: str) -
             f"mislabelled ({issues['method']}, out of fold), listed in {ctx.run.label_issues}.")
 
 
-def _split_logits(ctx: FitContext, trained: TrainedModel, feats: Features, views: TrunkViews | None, tuned: bool):
+def _split_logits(ctx: FitContext, network: TrainedModel, feats: Features, views: TrunkViews | None, tuned: bool):
     """split name -> (logits, targets, paths) of the kept model on that split's images."""
-    model, m = trained.model, feats.manifest
+    model, m = network.model, feats.manifest
     evaluator = model  # the frozen trunk is unchanged by fine-tuning: its fast copy serves evaluation
     if views is not None and tuned:
         evaluator = Classifier(torch.nn.Sequential(views.runner(), Tail(model.backbone, views.stage)),
@@ -324,7 +371,7 @@ def _split_logits(ctx: FitContext, trained: TrainedModel, feats: Features, views
     def split_logits(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         items = m.split(name)
         if tuned:
-            return logits_for(trained, items, ctx.reporter, network=evaluator)[:3]
+            return logits_for(network, items, ctx.reporter, network=evaluator)[:3]
         x, y = feats.splits[name]  # the backbone is unchanged: its cached features are exact
         with torch.inference_mode():
             z = model.head.eval()(torch.from_numpy(x).to(ctx.device)) + model.offsets
@@ -332,15 +379,15 @@ def _split_logits(ctx: FitContext, trained: TrainedModel, feats: Features, views
     return split_logits
 
 
-def _decide_classes(ctx: FitContext, trained: TrainedModel, choice, tuned: bool, val_logits, val_y):
+def _decide_classes(ctx: FitContext, network: TrainedModel, choice, tuned: bool, val_logits, val_y):
     """Decision offsets (in the model) and the temperature -> (calibration figures, the decision, the
-    validation logits with the offsets)."""
+    validation logits with the offsets, the temperature, no thresholds)."""
     decision = decision_for_kept(ctx.recipe, choice, tuned, val_logits, val_y)
-    model = trained.model
+    model = network.model
     with torch.no_grad():
         model.offsets.copy_(torch.as_tensor(decision.offsets, dtype=model.offsets.dtype))
     val_logits = decision.adjusted(val_logits)
-    trained.temperature = t = decision.temperature
+    t = decision.temperature
     # figures that claim to be held out come from images the model did not fit: the kept head was
     # refitted on train+val, so its validation logits are in-sample, and its out-of-fold ones are used
     held_z, held_y, held = val_logits, val_y, f"the validation split ({len(val_y):,} images)"
@@ -351,26 +398,26 @@ def _decide_classes(ctx: FitContext, trained: TrainedModel, choice, tuned: bool,
                    "val_ece_before": metrics_lib.expected_calibration_error(held_y, softmax(held_z)),
                    "val_ece_after": metrics_lib.expected_calibration_error(held_y, softmax(held_z, t)),
                    "val_rejection": metrics_lib.rejection_table(held_y, softmax(held_z, t))}
-    ctx.say(decision_line(decision, trained.classes))
-    return calibration, decision, val_logits
+    ctx.say(decision_line(decision, network.classes))
+    return calibration, decision, val_logits, t, None
 
 
-def _decide_labels(ctx: FitContext, trained: TrainedModel, choice, tuned: bool, val_logits, val_y):
+def _decide_labels(ctx: FitContext, network: TrainedModel, choice, tuned: bool, val_logits, val_y):
     """A temperature and a threshold per label: the head's, fitted out of fold, when the head is kept;
     else fitted on validation (thresholds of labels with few positives there from the head) -> (calibration
-    figures, the decision, the validation logits)."""
+    figures, the decision, the validation logits, the temperatures, the thresholds)."""
     on_val = f"validation ({len(val_y):,} images)"
     if choice is not None and not tuned:
         decision = choice.decision
     else:
         decision = fit_label_decision(val_logits, val_y, on_val, fallback=choice.decision if choice else None)
-    trained.temperature, trained.thresholds = list(decision.temperature), list(decision.thresholds)
     bce = [multilabel.val_scores(z, val_y)["val_loss"]
            for z in (val_logits, val_logits / np.asarray(decision.temperature))]
-    calibration = {"temperature": trained.temperature, "fitted_on": decision.fitted_on,
+    temperature, thresholds = list(decision.temperature), list(decision.thresholds)
+    calibration = {"temperature": temperature, "fitted_on": decision.fitted_on,
                    "val_bce_before": bce[0], "val_bce_after": bce[1]}
-    ctx.say(label_decision_line(decision, trained.classes))
-    return calibration, decision, val_logits
+    ctx.say(label_decision_line(decision, network.classes))
+    return calibration, decision, val_logits, temperature, thresholds
 
 
 def _digest(path) -> str | None:
