@@ -24,7 +24,7 @@ from .data.scan import labelled_files
 from .data.transforms import DataConfig
 from .deploy.runtime import choose_runtime
 from .errors import DataError, NotFittedError, ParameterError, RunFolderError
-from .infer import predictor
+from .infer import predictor, sharded
 from .model.backbones import check_available as check_backbone
 from .model.backbones import check_name as check_backbone_name
 from .progress import Reporter
@@ -239,9 +239,10 @@ class ImageClassifier:
         probabilities. With `min_confidence`, an image whose top probability is below it is labelled
         "unknown" (its top_k still lists the classes). Files that cannot be decoded are left out and
         listed in the result's `skipped`. A multi-label model answers {"path", "labels": the label set,
-        "probabilities": {label: calibrated probability}} per image."""
-        return predictor.predict(self.trained_, inputs, top_k=top_k, tta=tta, min_confidence=min_confidence,
-                                 reporter=Reporter(self.quiet))
+        "probabilities": {label: calibrated probability}} per image. Under torchrun (a process group
+        joined), the files are shared among the processes and each is given every answer."""
+        return sharded.predict(self.trained_, inputs, ranks=engine.Ranks.current(), top_k=top_k, tta=tta,
+                               min_confidence=min_confidence, reporter=Reporter(self.quiet))
 
     def predict_proba(self, inputs, *, tta: bool = False) -> np.ndarray:
         """Calibrated probabilities [N, classes] in the order of `classes_`, one row per image predicted

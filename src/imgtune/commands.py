@@ -116,16 +116,15 @@ def evaluation_path(run, data: str):
 
 
 def predict(args) -> int:
-    """Rows are written as their batches finish (memory flat in the number of images). Under torchrun
-    each rank predicts a contiguous share of the files into a part beside --output; rank 0 joins the
-    parts, in input order, into the one file."""
+    """Rows are written as their batches finish (memory flat in the number of images); under torchrun the
+    processes share the files (infer/sharded.py)."""
     import time
 
     from .classifier import ImageClassifier
-    from .deploy.writers import PredictionFormat, check_output, join_parts, write_stream
     from .engine import ranks_and_device
     from .errors import ConfigError
-    from .infer.predictor import stream
+    from .infer.sharded import write_predictions
+    from .infer.writers import check_output
     from .progress import Reporter
 
     if args.output:
@@ -133,46 +132,21 @@ def predict(args) -> int:
     if args.explain:
         _check_explain(args)
     with ranks_and_device(args.device) as (ranks, device):
-        if ranks.active and not args.output:
-            raise ConfigError("under torchrun, predict needs --output FILE.csv|FILE.json: each process writes "
-                              "its share there and the first joins them.")
         if ranks.active and args.explain:
             raise ConfigError("--explain runs in one process: run predict --explain without torchrun.")
         quiet = args.quiet or not ranks.main
         clf = ImageClassifier.load(args.run, device=str(device), quiet=quiet, runtime=args.runtime,
                                    needs_gradients="--explain" if args.explain else None)
-        m = clf.trained_
         started = time.perf_counter()
-        found = stream(m, args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence,
-                       reporter=Reporter(quiet), share=(ranks.rank, ranks.world))
-        fmt = PredictionFormat(args.output or "stdout.csv", top_k=min(args.top_k, len(m.classes)),
-                               labels=m.classes if m.task == "multi" else None)
         kept = [] if args.explain else None  # --explain draws each answered file afterwards
-
-        def batches():
-            for rows in found:
-                if kept is not None:
-                    kept.extend(rows)
-                yield rows
-
-        if not args.output:
-            sys.stdout.write(fmt.head())
-            n = fmt.body(batches(), lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-            sys.stdout.write(fmt.tail(n > 0))
-        elif ranks.active:
-            parts = [_part(args.output, r, ranks.world) for r in range(ranks.world)]
-            n = write_stream(parts[ranks.rank], fmt, batches(), body_only=True)
-            counts = [int(c) for c in ranks.gather(n)]  # also the barrier: every part is written
-            if ranks.main:
-                join_parts(args.output, fmt, parts, counts)
-            n = sum(counts)
-        else:
-            n = write_stream(args.output, fmt, batches())
-        for path, reason in found.skipped:
+        written = write_predictions(clf.trained_, args.paths, args.output, ranks=ranks, top_k=args.top_k,
+                                    tta=args.tta, min_confidence=args.min_confidence, reporter=Reporter(quiet),
+                                    on_rows=kept.extend if kept is not None else None)
+        for path, reason in written.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
-        ranks.barrier()
     if not ranks.main:
         return 0
+    n = written.n
     if not n:
         print(f"imgtune: error: expected images to predict; found none usable in {' '.join(args.paths)}",
               file=sys.stderr)
@@ -186,17 +160,10 @@ def predict(args) -> int:
     if args.explain:
         from .infer.explain import write_overlays
 
-        written = write_overlays(m, kept, args.explain)
+        overlays = write_overlays(clf.trained_, kept, args.explain)
         if not args.quiet:
-            print(f"Wrote {len(written):,} Grad-CAM overlays to {args.explain}", file=sys.stderr)
+            print(f"Wrote {len(overlays):,} Grad-CAM overlays to {args.explain}", file=sys.stderr)
     return 0
-
-
-def _part(output: str, rank: int, world: int):
-    from pathlib import Path
-
-    out = Path(output)
-    return out.parent / f".{out.name}.part-{rank}-of-{world}"
 
 
 def _check_explain(args) -> None:

@@ -176,6 +176,14 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    @classmethod
+    def current(cls) -> "Ranks":
+        """This process's place in the process group it has joined (under torchrun, after
+        init_process_group or inside ranks_and_device); one process otherwise."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls()
+
     def total(self, value: float) -> float:
         """The sum of `value` over the ranks."""
         return float(sum(self.gather(value))) if self.active else value

@@ -105,22 +105,33 @@ def predict(m, inputs, *, top_k: int = 5, tta: bool = False, min_confidence: flo
     probability), ...]}, calibrated. With `min_confidence`, an image whose top probability is below it
     is labelled "unknown" (its top_k still lists the classes). A multi-label model answers
     {"path", "labels", "probabilities"} (label_set_row). For more files than fit in memory: `stream`."""
+    inputs = as_inputs(inputs)
+    found = stream(m, [x for x in inputs if is_path(x)], top_k=top_k, tta=tta, min_confidence=min_confidence,
+                   reporter=reporter)
+    answers = [(i, r) for origins, rows in found.batches() for i, r in zip(origins, rows)]
+    return assembled(m, inputs, answers, found.skipped, top_k=top_k, tta=tta, min_confidence=min_confidence)
+
+
+def as_inputs(inputs) -> list:
+    """What predict takes (one input or a list of them) as a list."""
+    return [inputs] if is_path(inputs) or not isinstance(inputs, (list, tuple)) else list(inputs)
+
+
+def assembled(m, inputs: list, answers: list[tuple[int, dict]], skipped, *, top_k: int = 5, tta: bool = False,
+              min_confidence: float | None = None) -> Predictions:
+    """The answers for the files found under the path inputs ((index among the paths, row), in the
+    files' order) and those for the in-memory inputs, answered now -> the rows in the order of `inputs`."""
     _check_confidence(min_confidence)
     _check_top_k(top_k)
-    if is_path(inputs) or not isinstance(inputs, (list, tuple)):
-        inputs = [inputs]
-    files = [x for x in inputs if is_path(x)]
-    found = stream(m, files, top_k=top_k, tta=tta, min_confidence=min_confidence, reporter=reporter)
-    per_path = [[] for _ in files]  # a file or a folder may give no rows, or many
-    for origins, rows in found.batches():
-        for i, r in zip(origins, rows):
-            per_path[i].append(r)
+    per_path = [[] for x in inputs if is_path(x)]  # a file or a folder may give no rows, or many
+    for i, r in answers:
+        per_path[i].append(r)
     images = [x for x in inputs if not is_path(x)]
     image_rows, file_rows = iter(_image_rows(m, images, top_k, tta, min_confidence) if images else []), iter(per_path)
     out = []
     for i, x in enumerate(inputs):
         out += next(file_rows) if is_path(x) else [{**next(image_rows), "path": f"<image {i}>"}]
-    return Predictions(out, found.skipped)
+    return Predictions(out, skipped)
 
 
 class stream:
