@@ -123,6 +123,9 @@ def test_the_loop_review_retrain_compare(noisy, tmp_path, capsys):
     assert {p: r["split"] for p, r in split.items()} == {p: r["split"] for p, r in split0.items()}
     assert all(split[p]["label"] == ("circle" if p in found else "square") for p in wrong)
     assert (tmp_path / "fixed" / "corrections.csv").read_text() == (run / "corrections.csv").read_text()
+    chosen = json.loads((run / "config.json").read_text())["head_selection"]["candidate"]
+    table = config["head_selection"]["table"]  # the head fitted again at the C the run chose, not searched
+    assert [{"c": r["c"], "weighting": r["weighting"]} for r in table] == [chosen], table
 
     # a test split relabelled in B: the runs were judged on different images; refused, TEST_DATA is asked for
     # the same test images with the same labels: compared on them
@@ -266,3 +269,11 @@ def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, ca
     assert main(["review", str(tmp_path), "--list"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "multi-label run" in err
+
+
+@pytest.mark.parametrize("recipe_epochs, expected", [(4, 2), (50, 25), (1, 1), (3, 1), (0, 0)])
+def test_a_retrain_fine_tunes_half_the_recipes_epochs_and_never_starts_fine_tuning_a_head_only_recipe(
+        recipe_epochs, expected):
+    from imgtune.improve import retrain_epochs
+
+    assert retrain_epochs(recipe_epochs) == expected

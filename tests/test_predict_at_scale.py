@@ -128,7 +128,7 @@ def test_predictions_stream_to_the_file_and_an_interrupted_run_leaves_none(train
         return real(*a, **k)
 
     monkeypatch.setattr(predictor, "answer_rows", stop_on_second)
-    monkeypatch.setattr("imgtune.infer.runner.loader_workers", lambda: 0)
+    monkeypatch.setattr("imgtune.model.forward.loader_workers", lambda: 0)
     many = tmp_path / "many"
     for i in range(3):  # more than one batch of 32
         shutil.copytree(data, many / str(i))

@@ -43,6 +43,10 @@ class HeadConfig:
     label_smoothing: float = 0.0
     schedule: str = "cosine"  # "cosine" or "constant"
     folds: int = 5  # cross-validation folds of the logistic head's selection
+    # The logistic head's candidates as (C, class weighting) pairs; () scores the eight L2 strengths of
+    # model/linear.py with the weightings the metric and the class sizes call for. A retrain gives the
+    # reviewed run's winner alone: its choice is kept, and its out-of-fold predictions are fitted again.
+    candidates: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,8 @@ class Recipe:
     def from_dict(cls, d: dict) -> "Recipe":
         finetune = {"lr_candidates": (), **d["finetune"]}  # runs from before the rate search trained at lr
         finetune["lr_candidates"] = tuple(finetune["lr_candidates"])
-        return cls(name=d["name"], head=HeadConfig(**d["head"]), finetune=FineTuneConfig(**finetune),
+        head = {**d["head"], "candidates": tuple(tuple(c) for c in d["head"].get("candidates", ()))}
+        return cls(name=d["name"], head=HeadConfig(**head), finetune=FineTuneConfig(**finetune),
                    metric=d.get("metric", "accuracy"), offsets=d.get("offsets", False),
                    multi_loss=d.get("multi_loss", "bce"))
 

@@ -7,6 +7,7 @@ compare two runs on the same images to see, per class, whether it helped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -46,7 +47,19 @@ def run_settings(run: RunFolder) -> dict:
     return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
             "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
             "chosen_augment": (config.get("augment") or {}).get("chosen"),
-            "cache": config.get("cache")}
+            "chosen_head": _chosen_head(config), "cache": config.get("cache")}
+
+
+def _chosen_head(config: dict) -> tuple[float, str] | None:
+    """The (C, class weighting) the run's head selection chose; None for a run without one."""
+    chosen = (config.get("head_selection") or {}).get("candidate")
+    return (float(chosen["c"]), str(chosen["weighting"])) if chosen else None
+
+
+def retrain_epochs(recipe_epochs: int) -> int:
+    """A retrain's default fine-tune epochs: half the recipe's (at least one where it fine-tunes). The
+    head and the cached trunk views are reused, so fine-tuning is most of a retrain's time."""
+    return max(1, recipe_epochs // 2) if recipe_epochs else 0
 
 
 def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -55,11 +68,12 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             quiet: bool = False, say=print):
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
-    data (backbone, image size, augmentation), so every image keeps its split and the feature cache and
-    trunk views (keyed by content) are reused. Fine-tuning runs as the recipe says and is judged against
-    the head again: a run whose noisy labels made its head win may fine-tune well once they are
-    corrected (Fashion-MNIST, BENCHMARKS.md). `epochs=0` fits the head alone, in seconds. `say` hears
-    what was reused. -> the fitted ImageClassifier."""
+    data (backbone, image size, augmentation, the head's C and class weighting), so every image keeps its
+    split and the feature cache and trunk views (keyed by content) are reused. Fine-tuning runs for half
+    the recipe's epochs unless `epochs` says otherwise (a third of a cold run's time, and most of the
+    gain: BENCHMARKS.md, "The improvement loop") and is judged against the head again: a run whose noisy
+    labels made its head win may fine-tune well once they are corrected. `epochs=0` fits the head alone,
+    in seconds. `say` hears what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
     from .config import Recipe, with_overrides
 
@@ -68,12 +82,16 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     recipe = Recipe.from_dict(s["recipe"])
     if s["chosen_augment"] and recipe.finetune.augment == "auto":
         recipe = with_overrides(recipe, augment=s["chosen_augment"])
+    if s["chosen_head"] and recipe.head.kind == "logistic":  # its out-of-fold predictions are fitted again
+        recipe = dataclasses.replace(recipe, head=dataclasses.replace(recipe.head, candidates=(s["chosen_head"],)))
+    if epochs is None:
+        epochs = retrain_epochs(recipe.finetune.epochs)
     corrections = Path(corrections) if corrections is not None else source.corrections
     if not corrections.is_file():
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
     say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
-        f"{recipe.finetune.augment}, {recipe.finetune.epochs if epochs is None else epochs} fine-tune epochs "
+        f"{recipe.finetune.augment}, {epochs} fine-tune epochs "
         f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"

@@ -12,10 +12,11 @@ from .label_errors import find_label_issues, label_issue_rows, out_of_fold_proba
 
 
 def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, list[str]], classes: list[str],
-             candidate: Candidate, eval_split: str, seed: int = 0) -> dict:
+             candidate: Candidate, eval_split: str, seed: int = 0, oof: np.ndarray | None = None) -> dict:
     """`splits`: split -> (cached features, class indices); `paths`: split -> the files of those rows.
     The learning curve scores heads fitted on fractions of train on `eval_split`; a train split larger
-    than MAX_CV_IMAGES is sampled (stratified) first, as the head selection does."""
+    than MAX_CV_IMAGES is sampled (stratified) first, as the head selection does. `oof`: out-of-fold
+    probabilities of `candidate` on train then val, when the head selection has them already."""
     k = len(classes)
     (x, y), (xv, yv) = splits["train"], splits["val"]
     # The curve first: its fits gather up to MAX_CV_IMAGES rows each, and they are let go before confident
@@ -26,7 +27,7 @@ def diagnose(splits: dict[str, tuple[np.ndarray, np.ndarray]], paths: dict[str, 
     curve.update(split=eval_split, sampled=len(sample) < len(y))
     xa, ya = joined(x, xv), np.concatenate([y, yv]).astype(int)
     names = paths["train"] + paths["val"]
-    probs, _ = out_of_fold_probabilities(xa, ya, k, candidate=candidate, seed=seed)
+    probs = oof if oof is not None else out_of_fold_probabilities(xa, ya, k, candidate=candidate, seed=seed)[0]
     rows, method = find_label_issues(probs, ya)
     issues = {"method": method, "judged": len(ya), "split": "train+val",
               "rows": label_issue_rows(probs, ya, rows, names, classes,

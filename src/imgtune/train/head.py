@@ -11,7 +11,7 @@ import torch
 
 from ..engine import data_parallel, generator
 from ..model.heads import make_head
-from ..model.linear import load_into
+from ..model.linear import CS, load_into
 from ..model.linear import logits as selection_logits
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
@@ -89,12 +89,14 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
         steps = multilabel.selection_steps(y.shape[1], recipe.head.folds)
         with ctx.reporter.bar("Head selection (folds)", steps) as advance:
             choice = multilabel.select_label_head(x, y, xv, yv, loss=recipe.multi_loss, folds=recipe.head.folds,
-                                            seed=ctx.seed, advance=advance)
+                                                  seed=ctx.seed, advance=advance)
         scores = dict(decider=None, scorer=multi.scorer())
     else:
         with ctx.reporter.bar("Head selection (folds)", recipe.head.folds) as advance:
+            given = recipe.head.candidates  # a retrain's: the reviewed run's winner
             choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds,
-                                 seed=ctx.seed, advance=advance)
+                                 seed=ctx.seed, advance=advance, cs=tuple(sorted({c for c, _ in given})) or CS,
+                                 weightings=tuple(sorted({w for _, w in given})) or None)
         choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
                                  fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val "
                                            "images", offsets=recipe.offsets)

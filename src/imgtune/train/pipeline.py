@@ -352,7 +352,10 @@ def write_diagnosis(ctx: FitContext, feats: Features, choice, eval_split: str) -
     m = feats.manifest
     candidate = choice.selection.candidate if choice is not None else Candidate(1.0)
     paths = {s: [it.path for it in m.split(s)] for s in ("train", "val", "test")}
-    doc = diagnose(feats.splits, paths, m.classes, candidate, eval_split, ctx.seed)
+    oof = None  # the head selection's out-of-fold predictions of its winner, where it judged every image
+    if choice is not None and len(choice.oof_labels) == len(paths["train"]) + len(paths["val"]):
+        oof = softmax(choice.selection.oof_logits)
+    doc = diagnose(feats.splits, paths, m.classes, candidate, eval_split, ctx.seed, oof=oof)
     write_json_atomic(ctx.run.diagnosis, doc)
     write_label_issues(doc["label_issues"]["rows"], ctx.run.label_issues)
     issues = doc["label_issues"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..model.linear import (
+    CS,
     WEIGHTINGS,
     Candidate,
     Selection,
@@ -85,9 +86,9 @@ class HeadChoice:
         name = "mAP" if s.metric == "map" else s.metric.replace("_", " ")
         n_labels = self.oof_labels.shape[1] if self.oof_labels.ndim == 2 else 0  # multi-label: sampled?
         labels = f" and {best['labels']} of its {n_labels:,} labels" if best.get("labels", n_labels) < n_labels else ""
-        return (f"Head: {s.candidate.describe()}, chosen from {len(s.table)} candidates by {s.folds}-fold "
-                f"cross-validation on {len(self.oof_labels):,} images{labels} (out-of-fold {name} "
-                f"{best[s.metric]:.4f}).")
+        how = f"chosen from {len(s.table)} candidates by" if len(s.table) > 1 else "as given, scored by"
+        return (f"Head: {s.candidate.describe()}, {how} {s.folds}-fold cross-validation on "
+                f"{len(self.oof_labels):,} images{labels} (out-of-fold {name} {best[s.metric]:.4f}).")
 
     def probe(self) -> Candidate:
         """The logistic-regression baseline among the candidates: no class weights, best out-of-fold
@@ -98,12 +99,12 @@ class HeadChoice:
 
 
 def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
-                metric: str, folds: int = 5, seed: int = 0, weightings=None, advance=None) -> HeadChoice:
+                metric: str, folds: int = 5, seed: int = 0, weightings=None, cs=CS, advance=None) -> HeadChoice:
     """Cross-validate the candidates over train+val, then fit the winner on train and on train+val.
     Class weightings other than none are tried only for the class-balanced metrics and where the classes
     differ in size (1.5x or more). For accuracy every image counts the same, which is what the plain
     likelihood fits: on the clip art the sqrt-weighted head won the cross-validated log-loss by 0.001
-    and was 0.9 points less accurate on the held-out drawings."""
+    and was 0.9 points less accurate on the held-out drawings. `cs`: the L2 strengths scored."""
     x = joined(x_train, x_val)
     y = np.concatenate([y_train, y_val]).astype(int)
     counts = np.bincount(y_train, minlength=n_classes)
@@ -112,7 +113,7 @@ def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
         weightings = WEIGHTINGS if imbalanced and metric != "accuracy" else ("none",)
     sample = capped_sample(y, seed)  # the choice needs no more than this
     sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample,
-                         advance=advance)
+                         cs=cs, advance=advance)
     train_head = fit_candidate(x_train, y_train, n_classes, sel.candidate)
     all_head = fit_candidate(x, y, n_classes, sel.candidate)
     cw = class_weights(np.asarray(y_train, int), n_classes, sel.candidate.weighting) \
