@@ -8,20 +8,21 @@ import sys
 from conftest import run_watched, write_class_folders
 
 from imgtune.cache.store import ShardStore
+from imgtune.cli import main
 
 
-def _train(cmd_prefix, data, run, cache):
-    r = run_watched([*cmd_prefix, "-m", "imgtune", "train", str(data), "--out", str(run), "--image-size", "32",
-                     "--epochs", "2", "--cache-dir", str(cache), "--seed", "3", "--device", "cpu"])  # a guard against a hang, not a speed test
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def _args(data, run, cache) -> list[str]:
+    return ["train", str(data), "--out", str(run), "--image-size", "32", "--epochs", "2", "--cache-dir", str(cache),
+            "--seed", "3", "--device", "cpu"]
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, capsys):
     data = write_class_folders(tmp_path / "photos", 25, seed=4)  # 75 images: an odd number to share out
-    one = _train([sys.executable], data, tmp_path / "one", tmp_path / "cache-one")
-    two = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                 data, tmp_path / "two", tmp_path / "cache-two")
+    assert main(_args(data, tmp_path / "one", tmp_path / "cache-one")) == 0  # one process: this one
+    one = capsys.readouterr()
+    two = run_watched([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                       "imgtune", *_args(data, tmp_path / "two", tmp_path / "cache-two")])  # a guard against a hang
+    assert two.returncode == 0, two.stderr[-3000:]
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert abs(m1["accuracy"] - m2["accuracy"]) <= 0.005
     # every image extracted once, into the one cache, by one rank or the other
@@ -40,4 +41,4 @@ def test_two_processes_match_one(tmp_path):
         assert f"repeats {padding} image(s) per epoch" in " ".join(two.stderr.split())  # as wrapped
     # rank 0 alone wrote the run and printed the table
     assert two.stdout.count("Run folder:") == 1 and (tmp_path / "two" / "report.html").exists()
-    assert one.stdout.count("Test split:") == two.stdout.count("Test split:") == 1
+    assert one.out.count("Test split:") == two.stdout.count("Test split:") == 1
