@@ -215,3 +215,32 @@ def test_the_command_line_starts_without_loading_torch(tmp_path):
             "from imgtune import ImageClassifier, TimeLimit, TrainedModel\n"
             "assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_each_train_setting_is_one_flag_one_parameter_and_one_rule(capsys):
+    """TrainSettings defines each setting once: `imgtune train` has its flag with its default, the
+    classifier its keyword argument with the same default, and both refuse a bad value by the same rule."""
+    import inspect
+
+    import pytest
+
+    from imgtune import ImageClassifier
+    from imgtune.cli import build_parser
+    from imgtune.config import TrainSettings
+    from imgtune.errors import ParameterError
+
+    defaults = TrainSettings.defaults()
+    args = build_parser().parse_args(["train", "DATA"])
+    assert {name: getattr(args, name) for name in defaults} == defaults
+    assert ImageClassifier().get_params() == defaults
+    assert list(inspect.signature(ImageClassifier).parameters) == list(defaults)
+    for flag, text, value, said in [("--epochs", "-1", -1, "a whole number, 0 or more"),
+                                    ("--image-size", "8", 8, "a whole number from 16 to 2048"),
+                                    ("--metric", "f1", "f1", "one of accuracy, balanced_accuracy"),
+                                    ("--seed", "-2", -2, "a whole number from 0 to 4294967295")]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "DATA", flag, text])
+        assert f"argument {flag}: expected {said}" in capsys.readouterr().err
+        parameter = flag[2:].replace("-", "_")
+        with pytest.raises(ParameterError, match=f"^{parameter} must be {said}"):
+            TrainSettings(**{parameter: value})

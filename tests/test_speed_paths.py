@@ -173,7 +173,7 @@ def test_features_are_one_matrix_whose_splits_are_views_and_bad_rows_are_dropped
     """Training at scale holds one per-image array: the splits, and train+val, are views of it."""
     from imgtune.data.manifest import Item, Manifest
     from imgtune.model.linear import joined
-    from imgtune.train.pipeline import split_views
+    from imgtune.train.extraction import split_views
 
     split_of = ["train"] * 5 + ["val"] * 3 + ["test"] * 2
     items = [Item(f"f{i}.png", i % 2, s) for i, s in enumerate(split_of)]

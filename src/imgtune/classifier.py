@@ -9,6 +9,7 @@ reads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import tempfile
@@ -19,9 +20,8 @@ import numpy as np
 
 from . import engine
 from .cache.features import default_cache_dir
-from .config import get_recipe, with_overrides
+from .config import TrainSettings
 from .data.scan import labelled_files
-from .data.transforms import DataConfig
 from .deploy.runtime import choose_runtime
 from .errors import DataError, NotFittedError, ParameterError, RunFolderError
 from .infer import predictor, sharded
@@ -33,7 +33,7 @@ from .runs.folder import RunFolder
 from .runs.trained import load_run, save_run
 from .train import pipeline
 from .train.budget import TimeLimit
-from .train.context import FitContext, ModelSpec
+from .train.context import FitContext
 
 UNKNOWN = predictor.UNKNOWN
 
@@ -70,33 +70,10 @@ class ImageClassifier:
     task_ = _fitted("task", "single or multi (a set of labels per image).")
     thresholds_ = _fitted("thresholds", "A multi-label model's decision threshold per label.")
 
-    def __init__(self, backbone: str = "efficientnet_lite0", *, recipe: str = "default",
-                 image_size: int | None = None, epochs: int | None = None, head_epochs: int | None = None,
-                 batch_size: int | None = None, cached_views: int | None = None, metric: str | None = None,
-                 augment: str | None = None, task: str | None = None, loss: str | None = None, seed: int = 0,
-                 device: str = "auto", weights: str | None = None,
-                 cache_dir: str | None = None, quiet: bool = False, checkpoint_every: float = 60.0,
-                 time_limit: "float | str | TimeLimit | None" = None):
-        self.backbone = backbone
-        self.recipe = recipe
-        self.image_size = image_size
-        self.epochs = epochs
-        self.head_epochs = head_epochs
-        self.batch_size = batch_size
-        self.cached_views = cached_views
-        self.metric = metric  # accuracy, balanced_accuracy or macro_f1 (None: the recipe's)
-        self.augment = augment  # fine-tuning's augmentation policy (None: the recipe's)
-        self.task = task  # "single" or "multi" (multi-label: a set of labels per image); None: the data's
-        self.loss = loss  # multi-label data's loss: "bce" or "asl" (None: the recipe's)
-        self.seed = seed
-        self.device = device
-        self.weights = weights
-        self.cache_dir = cache_dir
-        self.quiet = quiet
-        self.checkpoint_every = checkpoint_every  # seconds between checkpoints inside a fine-tune epoch
-        # seconds the whole fit may take ('10m' or a train.budget.TimeLimit with its own clock and rates
-        # too); fine-tune epochs are planned to fit in it
-        self.time_limit = time_limit
+    def __init__(self, backbone: str = "efficientnet_lite0", **settings):
+        """The parameters are config.TrainSettings' fields (the `imgtune train` flags of the same names),
+        with their defaults; each is checked when fit runs."""
+        self.set_params(**{**TrainSettings.defaults(), "backbone": backbone, **settings})
 
     def __getattr__(self, name: str):  # called only for what normal lookup does not find
         if name in ("trained_", "ranks_"):  # set by fit and load
@@ -106,7 +83,7 @@ class ImageClassifier:
 
     @classmethod
     def _parameter_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        return list(TrainSettings.options())
 
     def get_params(self, deep: bool = True) -> dict:
         """The constructor's parameters as set now (scikit-learn's estimator contract; none is itself an
@@ -124,7 +101,7 @@ class ImageClassifier:
         return self
 
     def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        defaults = TrainSettings.defaults()
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v is not defaults[k] and v != defaults[k]]
         return f"{type(self).__name__}({', '.join(changed)})"
 
@@ -141,63 +118,33 @@ class ImageClassifier:
             raise DataError(f"fit takes a folder of class folders, a CSV file or builtin:NAME; received "
                             f"{type(data).__name__}. For a list of labelled files, write them to a CSV with "
                             "columns path,label.")
-        self._check_fit_parameters()
-        limit = TimeLimit.of(self.time_limit)
+        settings = TrainSettings(**self.get_params())  # every parameter checked, before any work
+        if settings.backbone != "auto":  # known, and its weights installed
+            (check_backbone if settings.weights is None else check_backbone_name)(settings.backbone)
+        limit = TimeLimit.of(settings.time_limit)
         started = (limit.clock if limit else time.perf_counter)()
-        recipe = with_overrides(get_recipe(self.recipe), epochs=self.epochs, head_epochs=self.head_epochs,
-                                batch_size=self.batch_size, cached_views=self.cached_views, metric=self.metric,
-                                augment=self.augment, loss=self.loss)
-        if self.task is not None and self.task not in ("single", "multi"):
-            raise ParameterError("task", f"{{name}} must be single or multi; received {self.task!r}.")
-        if self.image_size is not None:
-            DataConfig.check_image_size(self.image_size)  # before any work
-        if self.backbone == "auto" and self.weights is not None:
-            raise ParameterError("weights", "{name} are for a named backbone: with backbone 'auto' imgtune "
-                                            "chooses among EfficientNet-Lite0/1/2 and their packaged weights.")
+        recipe = settings.recipe_of()
         mlflow_log.check(mlflow)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         with contextlib.ExitStack() as scope:
-            ranks, device = scope.enter_context(engine.ranks_and_device(self.device))
+            ranks, device = scope.enter_context(engine.ranks_and_device(settings.device))
             self.ranks_ = ranks
             if limit is not None and ranks.active:
                 raise ParameterError("time_limit", "is for one process; under torchrun give the epochs "
                                                    "instead.")
-            scope.enter_context(engine.seeded(self.seed, device))
+            scope.enter_context(engine.seeded(settings.seed, device))
             scope.enter_context(engine.cpu_numerics())
             if not str(data).startswith("builtin:"):
                 _refuse_run_inside_data(run, data)
             if ranks.main:
                 scope.enter_context(run.locked())  # one training process per run folder
-            ctx = FitContext(run, Reporter(self.quiet or not ranks.main), device, ranks, self.seed,
-                             Path(self.cache_dir) if self.cache_dir else default_cache_dir(), recipe, limit,
-                             started, checkpoint_every=self.checkpoint_every)
-            spec = ModelSpec(self.backbone, self.weights, self.image_size, self.task)
-            self.trained_ = pipeline.fit(ctx, data, spec, resume=resume, tensorboard=tensorboard, mlflow=mlflow,
-                                         corrections=None if corrections is None else str(corrections),
+            ctx = FitContext(run, Reporter(settings.quiet or not ranks.main), device, ranks, settings.seed,
+                             Path(settings.cache_dir) if settings.cache_dir else default_cache_dir(), recipe, limit,
+                             started, checkpoint_every=settings.checkpoint_every)
+            self.trained_ = pipeline.fit(ctx, data, settings.spec(), resume=resume, tensorboard=tensorboard,
+                                         mlflow=mlflow, corrections=None if corrections is None else str(corrections),
                                          allow_new_classes=allow_new_classes)
         return self
-
-    def _check_fit_parameters(self) -> None:
-        """The parameters fit reads that no later step checks in the caller's words, checked at the door:
-        before any work, and before any file is written."""
-        if not isinstance(self.backbone, str) or not self.backbone:
-            raise ParameterError("backbone", f"{{name}} must be a model name or 'auto'; received {self.backbone!r}.")
-        if self.backbone != "auto" and self.weights is None:
-            check_backbone(self.backbone)
-        elif self.backbone != "auto":
-            check_backbone_name(self.backbone)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ParameterError("seed", f"{{name}} must be a whole number, 0 or more; received {self.seed!r}.")
-        every = self.checkpoint_every
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:
-            raise ParameterError("checkpoint_every", f"{{name}} must be seconds, 0 or more (0: after each epoch "
-                                                     f"only); received {every!r}.")
-        for name in ("weights", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise ParameterError(name, f"{{name}} must be a path; received {value!r}.")
-        if not isinstance(self.device, str):
-            raise ParameterError("device", f"{{name}} must be auto, cpu, cuda, cuda:N or mps; received {self.device!r}.")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors (+ metrics and history when known) to `path`."""
@@ -254,6 +201,20 @@ class ImageClassifier:
             for c, p in (r["probabilities"].items() if "probabilities" in r else r["top_k"]):
                 out[i, order[c]] = p
         return out
+
+
+def _init_signature() -> inspect.Signature:
+    """ImageClassifier(backbone, *, the rest of TrainSettings' fields), for help(), IDEs that ask inspect,
+    and scikit-learn."""
+    kinds = [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2 + [inspect.Parameter.KEYWORD_ONLY] * len(TrainSettings.options())
+    names = {f.name: f for f in dataclasses.fields(TrainSettings)}
+    params = [inspect.Parameter("self", kinds[0])] + [
+        inspect.Parameter(n, kind, default=names[n].default, annotation=names[n].type)
+        for n, kind in zip(names, kinds[1:])]
+    return inspect.Signature(params, return_annotation=None)
+
+
+ImageClassifier.__init__.__signature__ = _init_signature()
 
 
 def _parameters_of(trained) -> dict:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import sys
 import threading
 
-from . import commands
+from . import commands, loop_commands, rules
 from ._version import __version__
-from .config import AUGMENTS, DEVICES, METRICS, RUNTIMES
+from .config import RUNTIMES, TrainSettings
 from .errors import ConfigError, ImgtuneError, ParameterError
 
 
@@ -21,47 +20,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _typed(rule: rules.Rule):
+    """A flag's type: its text read and checked by the setting's rule; argparse says what was expected."""
+    def parse(text: str):
+        try:
+            return rule.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def _int_at_least(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, received {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            within = f"from {lo} to {hi}" if hi is not None else f"{lo} or more"
-            raise argparse.ArgumentTypeError(f"expected a whole number {within}, received {value}")
-        return value
-    return parse
-
-
-def _number_in(lo: float, hi: float, what: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, received {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected {what}, received {value}")
-        return value
-    return parse
-
-
-def _size(text: str) -> int | None:
-    return None if text == "auto" else _int_at_least(16)(text)
-
-
-def _device(text: str) -> str:
-    name = text.strip().lower()
-    if name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name):
-        return name  # whether it is there is resolve_device's to say, with the devices that are
-    raise argparse.ArgumentTypeError(f"expected {DEVICES}, received {text!r}")
+    return _typed(rules.whole(lo, hi))
 
 
 RUNTIME_HELP = ("auto (the default): ONNX Runtime where it is installed and RUN/model.onnx was checked against "
                 "the run's weights (exported now, once, when it is missing or stale), else PyTorch; torch; onnx: "
                 "RUN/model.onnx (see export); onnx-int8: RUN/model.int8.onnx")
-_probability = _number_in(0.0, 1.0, "a number from 0 to 1")
-_seconds = _number_in(0.0, float("inf"), "0 or more seconds")
+_probability = _typed(rules.probability())
+
+
+def _setting_flag(p, name: str) -> None:
+    """The flag of one of TrainSettings' fields, derived from it: name, default, reading, check, help."""
+    o, default = TrainSettings.options()[name], TrainSettings.defaults()[name]
+    flags = o.flags or ("--" + name.replace("_", "-"),)
+    if isinstance(default, bool):
+        p.add_argument(*flags, dest=name, action="store_true", help=o.help)
+    else:
+        p.add_argument(*flags, dest=name, default=default, type=_typed(o.rule), choices=o.rule.choices,
+                       metavar=o.metavar, help=o.help)
 
 
 
@@ -91,7 +78,7 @@ def _improve_flags(sub) -> None:
     r.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     r.add_argument("--port", type=_int_at_least(0, 65535), default=8001, help="default 8001 (0: any free port)")
     r.add_argument("--list", action="store_true", help="print the flagged images and any decisions, and exit")
-    r.add_argument("--quiet", action="store_true")
+    _setting_flag(r, "quiet")
     t = sub.add_parser("retrain", help="train a run again with its corrections (RUN/corrections.csv), reusing "
                                        "the feature cache; the same images in every split")
     t.add_argument("run", metavar="RUN")
@@ -111,9 +98,8 @@ def _improve_flags(sub) -> None:
                    help="labelled images to judge both on (default: the runs' own test split, when the same)")
     c.add_argument("--output", metavar="FILE.json", help="default RUN_B/comparisons/<RUN_A's name>.json; the "
                                                          "page goes beside it as .html")
-    c.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    c.add_argument("--quiet", action="store_true")
+    _setting_flag(c, "device")
+    _setting_flag(c, "quiet")
 
 
 def _train_flags(sub) -> None:
@@ -122,45 +108,9 @@ def _train_flags(sub) -> None:
     t.add_argument("data", metavar="DATA")
     t.add_argument("--out", metavar="RUN", help="run folder to write (default: runs/train, then runs/train-2, ... "
                                                 "the first that does not exist; with --resume the latest)")
-    t.add_argument("--backbone", "--model", dest="backbone", default="efficientnet_lite0",
-                   help="registry or timm model name (--model is another name for it); auto: EfficientNet-Lite0, "
-                        "-Lite1 or -Lite2, the one a cross-validated head on a sample of the images scores best")
-    t.add_argument("--weights", metavar="FILE", help="pretrained backbone weights (.safetensors)")
-    t.add_argument("--recipe", default="default", choices=["default", "seed"])
-    t.add_argument("--image-size", type=_size, default=None, metavar="N|auto",
-                   help="input size in pixels; auto (the default): the backbone's own, or a larger one where "
-                        "most images are large and a measurement on a sample shows it pays")
-    t.add_argument("--epochs", type=_int_at_least(0), metavar="N", help="fine-tune epochs (0: head only)")
-    t.add_argument("--head-epochs", type=_int_at_least(1), metavar="N",
-                   help="epochs of a head trained by epochs (the seed recipe's)")
-    t.add_argument("--batch-size", type=_int_at_least(1), metavar="N", help="fine-tune batch size")
-    t.add_argument("--cached-views", type=_int_at_least(0), metavar="K",
-                   help="augmented views per training image whose frozen-trunk output is cached, so fine-tune "
-                        "epochs run only the trained blocks (default: the recipe's; 0: off)")
-    t.add_argument("--metric", choices=METRICS,
-                   help="what the run is for: the head's selection, the fine-tune checkpoint and the decision "
-                        "offsets maximise it (default: the recipe's, accuracy)")
-    t.add_argument("--augment", choices=AUGMENTS,
-                   help="fine-tuning's augmentation: auto (rotations where the classes do not depend on which "
-                        "way up an image is, measured on the data; else light), light (crops and mirror "
-                        "images), rotations (both flips and 90-degree turns: for images with no up, such as "
-                        "cells or aerial views), seed (the original affine set) or none (default: the "
-                        "recipe's, auto)")
-    t.add_argument("--task", choices=["single", "multi"],
-                   help="single: one class per image; multi: a set of labels per image, from a CSV's labels "
-                        "column joined by ';' (default: what the data shows)")
-    t.add_argument("--loss", choices=["bce", "asl"],
-                   help="multi-label loss: binary cross-entropy or the asymmetric loss (default: the recipe's, bce)")
-    t.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0)
-    t.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
+    for name in TrainSettings.options():
+        _setting_flag(t, name)
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--time-limit", metavar="DURATION",
-                   help="finish within this wall time (600, 90s, 10m, 1.5h): fine-tune epochs are planned from "
-                        "measured throughput to fill it")
-    t.add_argument("--checkpoint-every", type=_seconds, default=60.0, metavar="SECONDS",
-                   help="also checkpoint inside fine-tune epochs this often (default 60), so --resume loses little")
     t.add_argument("--tensorboard", action="store_true", help="per-epoch scalars for TensorBoard in RUN/tensorboard")
     t.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
                    help="log the run to MLflow: parameters, epochs, test metrics, report (default URI: "
@@ -170,7 +120,6 @@ def _train_flags(sub) -> None:
                         "(action keep, relabel or exclude), as imgtune review writes to RUN/corrections.csv")
     t.add_argument("--allow-new-classes", action="store_true",
                    help="let --corrections relabel images into a class the data does not have")
-    t.add_argument("--quiet", action="store_true")
 
 
 def _evaluate_flags(sub) -> None:
@@ -182,9 +131,8 @@ def _evaluate_flags(sub) -> None:
     e.add_argument("--tta", action="store_true", help="test-time augmentation: average flipped and zoomed views")
     e.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help=RUNTIME_HELP)
-    e.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    e.add_argument("--quiet", action="store_true")
+    _setting_flag(e, "device")
+    _setting_flag(e, "quiet")
 
 
 def _predict_flags(sub) -> None:
@@ -201,9 +149,8 @@ def _predict_flags(sub) -> None:
     r.add_argument("--explain", metavar="DIR",
                    help="also write a Grad-CAM overlay per image into DIR (STEM.png, at the model's input size): "
                         "where the network looked for the class it predicted (on PyTorch, which auto picks for it)")
-    r.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    r.add_argument("--quiet", action="store_true")
+    _setting_flag(r, "device")
+    _setting_flag(r, "quiet")
 
 
 def _export_flags(sub) -> None:
@@ -217,7 +164,7 @@ def _export_flags(sub) -> None:
                                                         "default RUN/timm")
     x.add_argument("--quantize", choices=["int8"], help="also write an int8 copy (FILE.int8.onnx), with its "
                                                         "accuracy and speed against fp32 on validation")
-    x.add_argument("--quiet", action="store_true")
+    _setting_flag(x, "quiet")
 
 
 def _serve_flags(sub) -> None:
@@ -236,8 +183,7 @@ def _serve_flags(sub) -> None:
                    help="a connection that has not sent a whole request's headers S seconds after connecting "
                         "(or after its previous answer) is closed (default 10)")
     v.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
-    v.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
+    _setting_flag(v, "device")
 
 
 def _inspect_flags(sub) -> None:
@@ -257,10 +203,8 @@ def _inspect_flags(sub) -> None:
 
 def _feature_flags(p) -> None:
     """--cache-dir, --device and --quiet, as every command that runs the backbone over images has them."""
-    p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)")
-    p.add_argument("--device", default="auto", type=_device, metavar="DEVICE",
-                   help=f"{DEVICES} (default auto: a CUDA GPU where one is visible)")
-    p.add_argument("--quiet", action="store_true")
+    for name in ("cache_dir", "device", "quiet"):
+        _setting_flag(p, name)
 
 
 def _suggest_flags(sub) -> None:
@@ -352,6 +296,6 @@ def _refuse_folders_as_files(args) -> None:
             raise ConfigError(f"--{flag} {value!r} is a folder; give the name of a file to write.")
 
 
-_COMMANDS = {name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
-                                                       "inspect", "suggest", "embed", "similar", "review",
-                                                       "retrain", "compare")}
+_COMMANDS = {**{name: getattr(commands, name) for name in ("train", "evaluate", "predict", "export", "serve",
+                                                          "inspect", "suggest", "embed", "similar")},
+             **{name: getattr(loop_commands, name) for name in ("review", "retrain", "compare")}}

@@ -1,5 +1,6 @@
 """The subcommands behind `imgtune`: each takes the parsed arguments, runs the library, prints what a
-person reads and returns the exit code. cli.py parses and maps errors; nothing imports either."""
+person reads and returns the exit code (the improvement loop's are in loop_commands.py). cli.py parses and
+maps errors; nothing imports either."""
 
 from __future__ import annotations
 
@@ -15,26 +16,22 @@ def train(args) -> int:
         check_data(args.data, seed=args.seed, task=args.task, corrections=args.corrections,
                    allow_new_classes=args.allow_new_classes)
     from .classifier import ImageClassifier
-    from .report.console import print_metrics
+    from .config import TrainSettings
+    from .report.console import headline, print_metrics
     from .runs.folder import RunFolder
     from .train.budget import TimeLimit, parse_duration, process_age
 
-    clf = ImageClassifier(args.backbone, recipe=args.recipe, image_size=args.image_size, epochs=args.epochs,
-                          head_epochs=args.head_epochs, batch_size=args.batch_size,
-                          cached_views=args.cached_views, metric=args.metric, augment=args.augment,
-                          task=args.task, loss=args.loss, seed=args.seed,
-                          device=args.device, weights=args.weights, cache_dir=args.cache_dir, quiet=args.quiet,
-                          checkpoint_every=args.checkpoint_every,
-                          # the command's limit counts from the start of the process: imports are part of the wait
-                          time_limit=None if args.time_limit is None else TimeLimit(
-                              parse_duration(args.time_limit), started=time.perf_counter() - process_age()))
+    settings = {name: getattr(args, name) for name in TrainSettings.options()}  # the flags made from them
+    if args.time_limit is not None:  # the command's limit counts from the start of the process: imports too
+        settings["time_limit"] = TimeLimit(parse_duration(args.time_limit), started=time.perf_counter() - process_age())
+    clf = ImageClassifier(**settings)
     out = args.out or _default_run_folder(args.resume)
     clf.fit(args.data, out=out, resume=args.resume, tensorboard=args.tensorboard, mlflow=args.mlflow,
             corrections=args.corrections, allow_new_classes=args.allow_new_classes)
     if not clf.ranks_.main:  # under torchrun, rank 0 reports for all
         return 0
     m = clf.metrics_
-    print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
+    print_metrics(m, title=f"{m['split'].capitalize()} split: {headline(m)}")
     print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}")
     return 0
 
@@ -70,18 +67,11 @@ def _default_run_folder(resume: bool) -> str:
     return str(out)
 
 
-def _headline(m: dict) -> str:
-    if m.get("undefined"):
-        return f"{m['undefined']} ({m['n_images']:,} images)"
-    first = f"mAP {m['map']:.4f}" if m.get("task") == "multi" else f"accuracy {m['accuracy']:.4f}"
-    return f"{first}, macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)"
-
-
 def evaluate(args) -> int:
     from pathlib import Path
 
     from .classifier import ImageClassifier
-    from .report.console import print_metrics
+    from .report.console import headline, print_metrics
     from .report.page import write_report
     from .runs.folder import RunFolder
 
@@ -96,7 +86,7 @@ def evaluate(args) -> int:
               file=sys.stderr)
     run.write_metrics(m, out)
     report = write_report(run.path, m, out.with_suffix(".html"))
-    print_metrics(m, title=f"{m['source']}: {_headline(m)}")
+    print_metrics(m, title=f"{m['source']}: {headline(m)}")
     if "tta" in m:
         print(f"Test-time augmentation: accuracy {m['tta']['accuracy']:.4f} against "
               f"{m['tta']['accuracy_without']:.4f} without ({m['tta']['gain'] * 100:+.2f} points).")
@@ -266,7 +256,8 @@ def suggest(args) -> int:
 
     from .atomic import write_text_atomic
     from .classifier import ImageClassifier
-    from .diagnose.suggest import suggest as rank, write_suggestions
+    from .diagnose.suggest import suggest as rank
+    from .diagnose.suggest import write_suggestions
     from .errors import ParameterError
     from .progress import Reporter
     from .report.suggest_page import build_suggest_page
@@ -338,85 +329,4 @@ def similar(args) -> int:
     write_text_atomic(out.with_suffix(".html"), build_similar_page(result, args.run))
     print(f"Found the {min(args.k, result['n_index']):,} nearest of {result['n_index']:,} indexed images for "
           f"{len(result['queries']):,} queries ({result['method']}).\nList: {out}\nPage: {out.with_suffix('.html')}")
-    return 0
-
-
-def retrain(args) -> int:
-    import time
-
-    from .improve import retrain as retrain_run
-    from .report.console import print_metrics
-    from .runs.folder import RunFolder
-
-    started = time.perf_counter()
-    clf = retrain_run(args.run, args.out, corrections=args.corrections, allow_new_classes=args.allow_new_classes,
-                      epochs=args.epochs, resume=args.resume, device=args.device, cache_dir=args.cache_dir,
-                      quiet=args.quiet, say=lambda line: args.quiet or print(line, file=sys.stderr, flush=True))
-    m = clf.metrics_
-    print_metrics(m, title=f"{m['split'].capitalize()} split: {_headline(m)}")
-    print(f"Retrained in {time.perf_counter() - started:.0f} s (features and trunk views from the cache where "
-          f"the images were seen before; the first run's steps took {_first_run_seconds(args.run):.0f} s).")
-    print(f"Run folder: {clf.run_dir_}\nReport: {RunFolder(clf.run_dir_).report}\nCompare: imgtune compare "
-          f"{args.run} {clf.run_dir_}")
-    return 0
-
-
-def _first_run_seconds(run: str) -> float:
-    import json
-
-    from .runs.folder import RunFolder
-
-    try:
-        return float(json.loads(RunFolder(run).config.read_text()).get("seconds", {}).get("total", 0.0))
-    except (OSError, ValueError, AttributeError):
-        return 0.0
-
-
-def compare(args) -> int:
-    from pathlib import Path
-
-    from .atomic import write_json_atomic, write_text_atomic
-    from .improve import DifferentImages, recorded
-    from .improve import compare as compare_runs
-    from .report.compare_page import build_compare_page
-    from .runs.folder import RunFolder
-
-    b = RunFolder(args.run_b)
-    out = Path(args.output) if args.output else b.path / "comparisons" / f"{Path(args.run_a).resolve().name}.json"
-    require_writable(out, out.with_suffix(".html"))
-    try:
-        doc = compare_runs(args.run_a, args.run_b, args.data, device=args.device, quiet=args.quiet)
-    except DifferentImages as e:  # what each run recorded, side by side; the per-image part needs TEST_DATA
-        print(f"imgtune: error: {e}\nEach run's own record, on its own images:", file=sys.stderr)
-        for side, r in zip("AB", recorded(args.run_a, args.run_b)):
-            print(f"  {side}: {r['run']}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} on its "
-                  f"{r['split']} split ({r['n_images']:,} images)", file=sys.stderr)
-        return 2
-    o = doc["overall"]
-    print(f"A: {doc['a']}\nB: {doc['b']}\nOn {doc['n_images']:,} images ({doc['images']}):")
-    print(f"  accuracy {o['accuracy']['a']:.4f} -> {o['accuracy']['b']:.4f} "
-          f"({o['accuracy']['difference'] * 100:+.1f} ± {o['accuracy']['interval'] * 100:.1f} points), macro-F1 "
-          f"{o['macro_f1']['a']:.4f} -> {o['macro_f1']['b']:.4f} "
-          f"({o['macro_f1']['difference'] * 100:+.1f} ± {o['macro_f1']['interval'] * 100:.1f})")
-    width = max(len(c) for c in doc["per_class"])
-    for c, d in doc["per_class"].items():
-        r = d["recall"]
-        print(f"  {c:<{width}}  accuracy {r['a']:.3f} -> {r['b']:.3f} ({r['difference'] * 100:+.1f} ± "
-              f"{r['interval'] * 100:.1f})  F1 {d['f1']['difference'] * 100:+.1f} ± {d['f1']['interval'] * 100:.1f}"
-              f"  ({d['support']:,} images)")
-    print(f"{len(doc['wrong_to_right']):,} images went from wrong to right, {len(doc['right_to_wrong']):,} from "
-          f"right to wrong.\nVerdict: {doc['verdict']}")
-    write_json_atomic(out, doc)
-    write_text_atomic(out.with_suffix(".html"), build_compare_page(doc))
-    print(f"Comparison: {out}\nPage: {out.with_suffix('.html')}")
-    return 0
-
-
-def review(args) -> int:
-    from .review import Review, list_items, serve_review
-
-    if args.list:
-        print(list_items(Review(args.run)))
-        return 0
-    serve_review(args.run, args.host, args.port, ready=lambda line: print(line, flush=True))
     return 0

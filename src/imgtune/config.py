@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from . import rules
+from .errors import ConfigError, ParameterError
+from .rules import Rule
 
 # what runs a trained model: auto (ONNX Runtime where its copy of the model is checked, else PyTorch),
 # PyTorch, ONNX Runtime in fp32 or int8
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
-DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device accepts
+TASKS = ("single", "multi")  # one class per image, or a set of labels per image
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 BALANCES = ("head", "sqrt", "balanced")  # fine-tuning's class weights
@@ -159,35 +161,143 @@ def get_recipe(name: "str | Recipe") -> Recipe:
 AUGMENTS = ("auto", "light", "rotations", "seed", "none")
 
 
-def with_overrides(recipe: Recipe, *, epochs: int | None = None, batch_size: int | None = None,
-                   head_epochs: int | None = None, cached_views: int | None = None, metric: str | None = None,
-                   augment: str | None = None, loss: str | None = None) -> Recipe:
-    """Apply the few settings a caller may change, refusing values that cannot work (in the words of
-    the Python API; the command line's flags have the same names)."""
-    for name, value in (("epochs", epochs), ("head_epochs", head_epochs), ("cached_views", cached_views)):
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{name} must be a whole number, 0 or more; received {value!r}.")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size must be a whole number, 1 or more; received {batch_size!r}.")
-    if head_epochs is not None and recipe.head.kind == "logistic":
+def with_overrides(recipe: Recipe, **changes) -> Recipe:
+    """`recipe` with the settings a caller may change (TrainSettings' fields that override a recipe
+    field: epochs, head_epochs, batch_size, cached_views, metric, augment, loss), each checked by its
+    rule in the words of the Python API (the command line's flags have the same names); None changes
+    nothing."""
+    options = {name: o for name, o in TrainSettings.options().items() if o.recipe}
+    for name, value in changes.items():
+        if name not in options:
+            raise ConfigError(f"{name} is not a recipe setting; expected one of {', '.join(options)}.")
+        if value is not None:
+            options[name].rule.check(name, value)
+    if changes.get("head_epochs") is not None and recipe.head.kind == "logistic":
         raise ConfigError("head_epochs applies to heads trained by epochs (the seed recipe's); the "
                           f"{recipe.name} recipe's logistic head is fitted by cross-validated L-BFGS.")
-    if metric is not None and metric not in METRICS:
-        raise ConfigError(f"metric must be one of {', '.join(METRICS)}; received {metric!r}.")
-    if augment is not None and augment not in AUGMENTS:
-        raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; received {augment!r}.")
-    if loss is not None and loss not in MULTI_LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(MULTI_LOSSES)}; received {loss!r}.")
-    ft, head = recipe.finetune, recipe.head
-    if epochs is not None:
-        ft = dataclasses.replace(ft, epochs=epochs)
-    if head_epochs is not None:
-        head = dataclasses.replace(head, epochs=head_epochs)
-    if batch_size is not None:
-        ft = dataclasses.replace(ft, batch_size=batch_size)
-    if cached_views is not None:
-        ft = dataclasses.replace(ft, cached_views=cached_views)
-    if augment is not None:
-        ft = dataclasses.replace(ft, augment=augment)
-    return dataclasses.replace(recipe, head=head, finetune=ft, metric=metric or recipe.metric,
-                               multi_loss=loss or recipe.multi_loss)
+    parts: dict[str, dict] = {}
+    for name, value in changes.items():
+        if value is not None:
+            part, _, key = options[name].recipe.rpartition(".")
+            parts.setdefault(part, {})[key] = value
+    nested = {part: dataclasses.replace(getattr(recipe, part), **kv) for part, kv in parts.items() if part}
+    return dataclasses.replace(recipe, **parts.get("", {}), **nested)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What network a fit trains, as the caller asked for it; "auto" and None are chosen from the data."""
+
+    backbone: str  # a timm name, or "auto": EfficientNet-Lite0, 1 or 2, measured on the data
+    weights: str | None = None  # a safetensors file of the backbone's weights; None: its packaged ones
+    image_size: int | None = None  # None: the backbone's, or larger where the images are large and it pays
+    task: str | None = None  # "single" or "multi" (a set of labels per image); None: the data's
+
+    def with_backbone(self, name: str) -> "ModelSpec":
+        return dataclasses.replace(self, backbone=name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting's rule (its check and its flag's reading), help text and flag; `recipe`: the recipe field
+    it overrides ("finetune.epochs"), where it does."""
+
+    help: str
+    rule: Rule
+    flags: tuple[str, ...] = ()  # default: --the-name
+    metavar: str | None = None
+    recipe: str | None = None
+
+
+def option(default, help: str, rule: Rule, **how) -> "dataclasses.Field":
+    return field(default=default, metadata={"option": Option(help, rule, **how)})
+
+
+TIME_LIMIT = Rule("seconds, a duration such as '10m', or a TimeLimit",
+                  lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool) or hasattr(v, "deadline"))
+RECIPE = Rule("one of default, seed (or a Recipe)", lambda v: v in RECIPES or isinstance(v, Recipe),
+              choices=tuple(RECIPES))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every setting of `imgtune train`, and ImageClassifier's parameters, each defined once: its default,
+    its rule (the check, and how its flag's text is read), its help and flag, and the recipe field it
+    overrides. The command's flags (cli.py), the classifier's keyword arguments, get_params and the
+    checks at the door are derived from these fields; a run's checkpoints/settings.json records the recipe
+    and the ModelSpec they make. A new setting is one field here. None: the recipe's (or the data's)."""
+
+    backbone: str = option(
+        "efficientnet_lite0", "registry or timm model name (--model is another name for it); auto: "
+        "EfficientNet-Lite0, -Lite1 or -Lite2, the one a cross-validated head on a sample of the images scores "
+        "best", rules.name(), flags=("--backbone", "--model"))
+    recipe: str = option("default", "the recipe (default: ours; seed: the one imgtune grew from)", RECIPE)
+    image_size: int | None = option(
+        None, "input size in pixels; auto (the default): the backbone's own, or a larger one where most images "
+        "are large and a measurement on a sample shows it pays", rules.whole(16, 2048, auto=True), metavar="N|auto")
+    epochs: int | None = option(None, "fine-tune epochs (0: head only)", rules.whole(0), metavar="N",
+                                recipe="finetune.epochs")
+    head_epochs: int | None = option(None, "epochs of a head trained by epochs (the seed recipe's)", rules.whole(1),
+                                     metavar="N", recipe="head.epochs")
+    batch_size: int | None = option(None, "fine-tune batch size", rules.whole(1), metavar="N",
+                                    recipe="finetune.batch_size")
+    cached_views: int | None = option(
+        None, "augmented views per training image whose frozen-trunk output is cached, so fine-tune epochs run "
+        "only the trained blocks (default: the recipe's; 0: off)", rules.whole(0), metavar="K",
+        recipe="finetune.cached_views")
+    metric: str | None = option(
+        None, "what the run is for: the head's selection, the fine-tune checkpoint and the decision offsets "
+        "maximise it (default: the recipe's, accuracy)", rules.one_of(METRICS), recipe="metric")
+    augment: str | None = option(
+        None, "fine-tuning's augmentation: auto (rotations where the classes do not depend on which way up an "
+        "image is, measured on the data; else light), light (crops and mirror images), rotations (both flips "
+        "and 90-degree turns: for images with no up, such as cells or aerial views), seed (the original affine "
+        "set) or none (default: the recipe's, auto)", rules.one_of(AUGMENTS), recipe="finetune.augment")
+    task: str | None = option(
+        None, "single: one class per image; multi: a set of labels per image, from a CSV's labels column joined "
+        "by ';' (default: what the data shows)", rules.one_of(TASKS))
+    loss: str | None = option(
+        None, "multi-label loss: binary cross-entropy or the asymmetric loss (default: the recipe's, bce)",
+        rules.one_of(MULTI_LOSSES), recipe="multi_loss")
+    seed: int = option(0, "seeds every random choice: the same seed and data give the same run",
+                       rules.whole(0, 2**32 - 1))
+    device: str = option("auto", f"{rules.DEVICES} (default auto: a CUDA GPU where one is visible)", rules.device(),
+                         metavar="DEVICE")
+    weights: str | None = option(None, "pretrained backbone weights (.safetensors)", rules.path(), metavar="FILE")
+    cache_dir: str | None = option(None, "feature cache (default ~/.cache/imgtune or $IMGTUNE_CACHE)", rules.path(),
+                                   metavar="DIR")
+    quiet: bool = option(False, "say nothing but errors and the result", rules.flag())
+    checkpoint_every: float = option(
+        60.0, "also checkpoint inside fine-tune epochs this often (default 60; 0: after each epoch only), so "
+        "--resume loses little", rules.seconds(), metavar="SECONDS")
+    time_limit: float | str | None = option(
+        None, "finish within this wall time (600, 90s, 10m, 1.5h): fine-tune epochs are planned from measured "
+        "throughput to fill it", TIME_LIMIT, metavar="DURATION")
+
+    def __post_init__(self):
+        for name, o in self.options().items():
+            value, default = getattr(self, name), self.defaults()[name]
+            if not (value is None and default is None):
+                o.rule.check(name, value)
+        if self.backbone == "auto" and self.weights is not None:
+            raise ParameterError("weights", "{name} are for a named backbone: with backbone 'auto' imgtune "
+                                            "chooses among EfficientNet-Lite0/1/2 and their packaged weights.")
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        return {f.name: f.metadata["option"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    def recipe_of(self) -> Recipe:
+        """The recipe, with the settings that override its fields."""
+        return with_overrides(get_recipe(self.recipe),
+                              **{name: getattr(self, name) for name, o in self.options().items() if o.recipe})
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.backbone, self.weights, self.image_size, self.task)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import DEVICES
 from .errors import ParameterError
+from .rules import DEVICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:

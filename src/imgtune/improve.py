@@ -63,9 +63,8 @@ def retrain_epochs(recipe_epochs: int) -> int:
 
 
 def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
-            corrections: str | os.PathLike | None = None, allow_new_classes: bool = False,
-            epochs: int | None = None, resume: bool = False, device: str = "auto", cache_dir: str | None = None,
-            quiet: bool = False, say=print):
+            corrections: str | os.PathLike | None = None, allow_new_classes: bool = False, resume: bool = False,
+            say=print, **settings):
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
     data (backbone, image size, augmentation, the head's C and class weighting), so every image keeps its
@@ -73,7 +72,8 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     the recipe's epochs unless `epochs` says otherwise (a third of a cold run's time, and most of the
     gain: BENCHMARKS.md, "The improvement loop") and is judged against the head again: a run whose noisy
     labels made its head win may fine-tune well once they are corrected. `epochs=0` fits the head alone,
-    in seconds. `say` hears what was reused. -> the fitted ImageClassifier."""
+    in seconds. `settings`: any other of ImageClassifier's parameters to change (device, cache_dir,
+    quiet, ...; None keeps the run's). `say` hears what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
     from .config import Recipe, with_overrides
 
@@ -84,23 +84,22 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         recipe = with_overrides(recipe, augment=s["chosen_augment"])
     if s["chosen_head"] and recipe.head.kind == "logistic":  # its out-of-fold predictions are fitted again
         recipe = dataclasses.replace(recipe, head=dataclasses.replace(recipe.head, candidates=(s["chosen_head"],)))
-    if epochs is None:
-        epochs = retrain_epochs(recipe.finetune.epochs)
+    params = {"recipe": recipe, "image_size": s["chosen_image_size"], "epochs": retrain_epochs(recipe.finetune.epochs),
+              "seed": s["seed"], "weights": s["weights"], "task": s.get("data_task"), "cache_dir": s.get("cache"),
+              "time_limit": s.get("time_limit"), **{k: v for k, v in settings.items() if v is not None}}
     corrections = Path(corrections) if corrections is not None else source.corrections
     if not corrections.is_file():
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
     say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
-        f"{recipe.finetune.augment}, {epochs} fine-tune epochs "
+        f"{recipe.finetune.augment}, {params['epochs']} fine-tune epochs "
         f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"
         out = latest_run_folder(base) if resume else next_run_folder(base)
         if out is None:
             raise RunFolderError(f"--resume: no {base}* folder to continue; give --out NEW_RUN.")
-    clf = ImageClassifier(s["chosen_backbone"], recipe=recipe, image_size=s["chosen_image_size"], epochs=epochs,
-                          seed=s["seed"], weights=s["weights"], task=s.get("data_task"), device=device,
-                          cache_dir=cache_dir or s.get("cache"), quiet=quiet, time_limit=s.get("time_limit"))
+    clf = ImageClassifier(s["chosen_backbone"], **params)
     return clf.fit(s["data"], out=out, resume=resume, corrections=corrections, allow_new_classes=allow_new_classes)
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import TASKS
 from ..errors import DataError
 from .images import not_regular
 from .manifest import SPLIT_NAMES, Item, Manifest, stratified_split
-from .table import TASKS, label_set, missing_reason, read_csv, row_path, scan_csv, split_of
+from .table import label_set, missing_reason, read_csv, row_path, scan_csv, split_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

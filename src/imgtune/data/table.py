@@ -14,11 +14,11 @@ import json
 import os
 from pathlib import Path
 
+from ..config import TASKS
 from ..errors import DataError, ParameterError
 from .images import not_regular
 from .manifest import SPLIT_NAMES, SPLITS, Item, Manifest, multilabel_split, stratified_split
 
-TASKS = ("single", "multi")
 PATH_COLUMNS = ("path", "file_name")
 LABEL_COLUMNS = ("label", "labels")
 

@@ -15,7 +15,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from ..errors import ConfigError, ParameterError
+from ..errors import ConfigError
+from ..rules import IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,7 @@ class DataConfig:
     @staticmethod
     def check_image_size(size) -> None:
         """The one check of an input size, wherever it comes from (a parameter, a flag, config.json)."""
-        if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 2048:
-            raise ParameterError("image_size", f"must be a whole number from 16 to 2048; received {size!r}.")
+        IMAGE_SIZE.check("image_size", size)
 
     @property
     def signature(self) -> str:

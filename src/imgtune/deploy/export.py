@@ -52,18 +52,7 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     multi = m.task == "multi"
     graph = onnx.load_from_string(trace(WithProbabilities(model, m.temperature) if multi else model, cfg.image_size,
                                         ("logits", "probabilities") if multi else ("logits",)))
-    info = {"classes": m.classes, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
-            "interpolation": cfg.interpolation, "temperature": m.temperature, "backbone": m.backbone,
-            "offsets": [float(v) for v in m.model.offsets], "metric": m.metric,
-            "input": "RGB, resized (shorter side) and centre-cropped to image_size, scaled to 0..1, "
-                     "then (x - mean) / std; NCHW float32",
-            "output": "logits with the decision offsets already added (the graph adds them): the decision is "
-                      "argmax(logits), the probabilities softmax(logits / temperature)",
-            "imgtune": __version__, "weights_sha256": weights_digest(run)}
-    if multi:
-        info.update(task="multi", thresholds=m.thresholds, offsets=None,
-                    output="two outputs: logits, and probabilities = sigmoid(logits / temperature), a temperature "
-                           "per label; an image carries each label whose probability reaches its threshold")
+    info = _metadata(m, weights_digest(run))
     meta = graph.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, json.dumps(info)
     graph.producer_name = "imgtune"
@@ -102,6 +91,25 @@ def export_onnx(model, output: str | os.PathLike | None = None, *, quantize: str
     elif quantize is not None:
         raise ImgtuneError(f"Unknown quantisation {quantize!r}: expected int8.")
     return result
+
+
+def _metadata(m, weights_sha256: str | None) -> dict:
+    """What the ONNX file says of itself (its imgtune metadata): classes, preprocessing, decisions, outputs,
+    and the digest of the weights it was made from."""
+    cfg = m.data_config
+    info = {"classes": m.classes, "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
+            "interpolation": cfg.interpolation, "temperature": m.temperature, "backbone": m.backbone,
+            "offsets": [float(v) for v in m.model.offsets], "metric": m.metric,
+            "input": "RGB, resized (shorter side) and centre-cropped to image_size, scaled to 0..1, "
+                     "then (x - mean) / std; NCHW float32",
+            "output": "logits with the decision offsets already added (the graph adds them): the decision is "
+                      "argmax(logits), the probabilities softmax(logits / temperature)",
+            "imgtune": __version__, "weights_sha256": weights_sha256}
+    if m.task == "multi":
+        info.update(task="multi", thresholds=m.thresholds, offsets=None,
+                    output="two outputs: logits, and probabilities = sigmoid(logits / temperature), a temperature "
+                           "per label; an image carries each label whose probability reaches its threshold")
+    return info
 
 
 def weights_digest(run: RunFolder) -> str | None:

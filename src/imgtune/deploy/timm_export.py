@@ -69,18 +69,8 @@ def export_timm(model, output: str | os.PathLike | None = None, *, reporter: Rep
     if not arch:
         raise ImgtuneError(f"The backbone {m.backbone!r} does not say which timm model it is "
                            "(no pretrained_cfg['architecture']); only timm backbones export for timm.")
-    linear = _linear_head(net.head, m.head_config.kind)
     k = len(m.classes)
-    target = timm.create_model(arch, pretrained=False, num_classes=k).eval()
-    cls_name, cls_module = _classifier(target, arch)
-    state = timm_state_dict(net, linear, cls_name, cls_module)
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = " ".join(str(e).strip().splitlines()[:2])[:300]
-        raise ImgtuneError(f"imgtune's weights do not fit timm's {arch} with {k} classes ({first}); nothing was "
-                           "written. Export --format onnx instead.") from None
-
+    target, cls_name = _timm_twin(net, m, arch)
     cfg_doc = timm_config(m, target, arch, cls_name)
     val, _, train = _split_files(run, m.task)
     paths = [p for p, _ in val][:PARITY_IMAGES] or [p for p, _ in train][:64]
@@ -114,6 +104,25 @@ def export_timm(model, output: str | os.PathLike | None = None, *, reporter: Rep
 
     write_folder_atomic(out, build)
     return result
+
+
+def _timm_twin(net, m, arch: str):
+    """timm's `arch` with the run's classes and imgtune's weights in it -> (model, its classifier's name);
+    refused in one line where they do not fit."""
+    import timm
+
+    linear = _linear_head(net.head, m.head_config.kind)
+    k = len(m.classes)
+    target = timm.create_model(arch, pretrained=False, num_classes=k).eval()
+    cls_name, cls_module = _classifier(target, arch)
+    state = timm_state_dict(net, linear, cls_name, cls_module)
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = " ".join(str(e).strip().splitlines()[:2])[:300]
+        raise ImgtuneError(f"imgtune's weights do not fit timm's {arch} with {k} classes ({first}); nothing was "
+                           "written. Export --format onnx instead.") from None
+    return target, cls_name
 
 
 def check_output(out: Path) -> None:

@@ -42,19 +42,18 @@ def subsample(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.nd
 
 
 def measure(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_classes: int, *,
-            candidate: Candidate, fractions=FRACTIONS, seeds: int = SEEDS, seed: int = 0,
-            sample: np.ndarray | None = None) -> dict:
+            candidate: Candidate, seed: int = 0, sample: np.ndarray | None = None) -> dict:
     """Per-class accuracy (recall) on the evaluation images of heads fitted on fractions of the
     training images -> {"fractions", "train_per_class": [fraction][class] images, "accuracy":
-    [fraction][class] (mean over seeds), "overall": [fraction]}. The whole set is one fit (no seed
+    [fraction][class] (mean over SEEDS draws), "overall": [fraction]}, at each of FRACTIONS. The whole set is one fit (no seed
     changes it). `sample` (indices into the training images): those only, each fit gathering its own
     rows of `x_train`."""
     sample = np.arange(len(y_train)) if sample is None else np.asarray(sample)
     y_train, y_eval = np.asarray(y_train, int)[sample], np.asarray(y_eval, int)
     counts_eval = np.bincount(y_eval, minlength=n_classes)
-    rows = {"fractions": list(fractions), "train_per_class": [], "accuracy": [], "overall": []}
-    for f in fractions:
-        runs = 1 if f >= 1 else seeds
+    rows = {"fractions": list(FRACTIONS), "train_per_class": [], "accuracy": [], "overall": []}
+    for f in FRACTIONS:
+        runs = 1 if f >= 1 else SEEDS
         acc, overall, n = np.zeros(n_classes), 0.0, np.zeros(n_classes)
         for s in range(runs):
             idx = subsample(y_train, f, np.random.default_rng([seed, s, int(f * 1000)]))

@@ -66,13 +66,13 @@ class Ranking:
 
 def rank_for_labelling(probs: np.ndarray, features: np.ndarray, labelled: np.ndarray, n: int, *,
                        kind: str = "margin", pool_factor: int = POOL_FACTOR, hashes: np.ndarray | None = None,
-                       labelled_hashes: np.ndarray | None = None, max_bits: int = NEAR_DISTANCE) -> Ranking:
+                       labelled_hashes: np.ndarray | None = None) -> Ranking:
     """The `n` rows of (probs, features) to label next, best first (fewer where fewer remain);
     `labelled` holds the labelled images' features (the same backbone's). With perceptual `hashes` (and
     the labelled images' `labelled_hashes`), near-duplicates are left out."""
     u = uncertainty(probs, kind)
     x = unit_rows(features)
-    duplicates, twins = _near_duplicates(hashes, labelled_hashes, max_bits)
+    duplicates, twins = _near_duplicates(hashes, labelled_hashes, NEAR_DISTANCE)
     near_sim = nearest(x, unit_rows(labelled)) if len(labelled) else np.full(len(x), -np.inf, np.float32)
     free = np.array([i for i in np.argsort(-u, kind="stable") if int(i) not in duplicates], dtype=np.int64)
     pool = free[:max(n, pool_factor * n)]

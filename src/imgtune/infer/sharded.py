@@ -22,19 +22,19 @@ class Written:
     skipped: list[tuple[str, str]]  # (path, why) of this process's files that could not be read
 
 
-def write_predictions(m, paths: list, output: str | None, *, ranks: Ranks | None = None, top_k: int = 5,
-                      tta: bool = False, min_confidence: float | None = None, reporter=None,
-                      on_rows=None) -> Written:
-    """The answers for the image files under `paths` (see predictor.predict) written to `output` (.csv or
-    .json; None: CSV on standard output, flushed batch by batch). `on_rows(rows)` sees each batch as it
-    is written. Every process of `ranks` must call it; the file is whole when it returns."""
+def write_predictions(m, paths: list, output: str | None, *, ranks: Ranks | None = None, reporter=None,
+                      on_rows=None, **options) -> Written:
+    """The answers for the image files under `paths` (see predictor.predict, whose top_k, tta and
+    min_confidence `options` are) written to `output` (.csv or .json; None: CSV on standard output,
+    flushed batch by batch). `on_rows(rows)` sees each batch as it is written. Every process of `ranks`
+    must call it; the file is whole when it returns."""
     ranks = ranks or Ranks()
     if ranks.active and not output:
         raise ConfigError("under torchrun, predict needs --output FILE.csv|FILE.json: each process writes "
                           "its share there and the first joins them.")
-    found = predictor.stream(m, paths, top_k=top_k, tta=tta, min_confidence=min_confidence, reporter=reporter,
-                             share=(ranks.rank, ranks.world))
-    fmt = PredictionFormat(output or "stdout.csv", top_k=min(top_k, len(m.classes)),
+    options = {"top_k": 5, **options}
+    found = predictor.stream(m, paths, reporter=reporter, share=(ranks.rank, ranks.world), **options)
+    fmt = PredictionFormat(output or "stdout.csv", top_k=min(options["top_k"], len(m.classes)),
                            labels=m.classes if m.task == "multi" else None)
 
     def batches():

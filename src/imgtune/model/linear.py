@@ -131,7 +131,7 @@ class Selection:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str, folds: int = 5, seed: int = 0,
-                   cs=CS, weightings=WEIGHTINGS, max_iter: int = 300, sample: np.ndarray | None = None,
+                   cs=CS, weightings=WEIGHTINGS, sample: np.ndarray | None = None,
                    advance=None) -> Selection:
     """Score every candidate by k-fold cross-validation -> the winner (see below) and every candidate's
     out-of-fold scores. `sample` (indices into `x` and `y`) cross-validates on those images only: each
@@ -150,7 +150,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str,
             cw = class_weights(y[tr], n_classes, w) if w != "none" else None
             head = None
             for c in cs:  # warm start along the path
-                head = fit_logistic(xtr, y[tr], n_classes, c=c, weights=cw, init=head, max_iter=max_iter)
+                head = fit_logistic(xtr, y[tr], n_classes, c=c, weights=cw, init=head)
                 oof[Candidate(c, w)][te] = logits(xte, head)
         del xtr, xte  # before the next fold's are gathered
         if advance is not None:

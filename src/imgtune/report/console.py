@@ -28,6 +28,14 @@ def per_class_table(metrics: dict, title: str | None = None) -> Table:
     return table
 
 
+def headline(m: dict) -> str:
+    """One line: accuracy (mAP for multi-label) and macro-F1 on how many images; or why they are undefined."""
+    if m.get("undefined"):
+        return f"{m['undefined']} ({m['n_images']:,} images)"
+    first = f"mAP {m['map']:.4f}" if m.get("task") == "multi" else f"accuracy {m['accuracy']:.4f}"
+    return f"{first}, macro-F1 {m['macro_f1']:.4f} ({m['n_images']:,} images)"
+
+
 def print_metrics(metrics: dict, title: str | None = None) -> None:
     table = label_table if metrics.get("task") == "multi" else per_class_table
     Console(highlight=False).print(table(metrics, title))

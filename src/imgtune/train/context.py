@@ -1,9 +1,8 @@
 """What every step of one fit shares: the run folder, where the work runs, the seed, the cache, the
-recipe and the time limit (FitContext); and what network it trains (ModelSpec)."""
+recipe and the time limit (FitContext). What network it trains is config.ModelSpec."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,22 +14,6 @@ from ..engine import Ranks
 from ..progress import Reporter
 from ..runs.folder import RunFolder
 from .budget import TimeLimit
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What network a fit trains, as the caller asked for it; "auto" and None are chosen from the data."""
-
-    backbone: str  # a timm name, or "auto": EfficientNet-Lite0, 1 or 2, measured on the data
-    weights: str | None = None  # a safetensors file of the backbone's weights; None: its packaged ones
-    image_size: int | None = None  # None: the backbone's, or larger where the images are large and it pays
-    task: str | None = None  # "single" or "multi" (a set of labels per image); None: the data's
-
-    def with_backbone(self, name: str) -> "ModelSpec":
-        return dataclasses.replace(self, backbone=name)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import METRICS
 from ..infer import multilabel as ml
 from ..infer.calibration import fit_temperature
 from ..metrics import score
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 OFFSET_RANGE = 6.0  # log-probability units either way: an imbalance of e^6 ~ 400 at most
 OFFSET_STEP = 0.1
 MIN_POSITIVES = 10  # a label's threshold is fitted on validation only with this many positives there

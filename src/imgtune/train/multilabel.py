@@ -80,7 +80,7 @@ MAX_SELECTION_LABELS = 64  # the L2 strength is chosen on this many labels at mo
 
 
 def cross_validate_labels(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", folds: int = 5, seed: int = 0,
-                   cs=CS, max_iter: int = 300, sample: np.ndarray | None = None, advance=None) -> Selection:
+                   cs=CS, sample: np.ndarray | None = None, advance=None) -> Selection:
     """Every L2 strength scored by k-fold cross-validation -> the winner (lowest out-of-fold binary
     cross-entropy), every candidate's out-of-fold figures and the winner's out-of-fold logits of every
     label. `sample` (indices into `x` and `y`): those images only, each fold gathering its own rows of
@@ -105,7 +105,7 @@ def cross_validate_labels(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", fo
         xtr, xte = x[sample[tr]], x[sample[te]]
         head = None
         for c in cs:  # warm start along the path
-            head = fit_ovr(xtr, y[tr][:, chosen], c=c, loss=loss, init=head, max_iter=max_iter)
+            head = fit_ovr(xtr, y[tr][:, chosen], c=c, loss=loss, init=head)
             oof[c][te] = logits(xte, head)
         del xtr, xte  # before the next fold's are gathered
         if advance is not None:
@@ -121,7 +121,7 @@ def cross_validate_labels(x: np.ndarray, y: np.ndarray, *, loss: str = "bce", fo
         z = np.zeros(y.shape, np.float32)
         for f in range(k):
             tr, te = fold != f, fold == f
-            z[te] = logits(x[sample[te]], fit_ovr(x[sample[tr]], y[tr], c=best["c"], loss=loss, max_iter=max_iter))
+            z[te] = logits(x[sample[te]], fit_ovr(x[sample[tr]], y[tr], c=best["c"], loss=loss))
             if advance is not None:
                 advance(1)
     return Selection(Candidate(best["c"]), table, z, k, "map")
