@@ -262,6 +262,9 @@ class TrainSettings:
     loss: str | None = option(
         None, "multi-label loss: binary cross-entropy or the asymmetric loss (default: the recipe's, bce)",
         rules.one_of(MULTI_LOSSES), recipe="multi_loss")
+    label_smoothing: float | None = option(
+        None, "fine-tuning's label smoothing (timm's --smoothing; default: the recipe's, 0)",
+        rules.number(0.0, 0.5, "a number from 0 to 0.5"), recipe="finetune.label_smoothing")
     seed: int = option(0, "seeds every random choice: the same seed and data give the same run",
                        rules.whole(0, 2**32 - 1))
     device: str = option("auto", f"{rules.DEVICES} (default auto: a CUDA GPU where one is visible)", rules.device(),
