@@ -5,8 +5,9 @@ Nothing trains here, so the network can be rewritten for speed as long as its ou
 - TF-ported weights pad "same" on the fly (timm's Conv2dSame pads every call, from the input's size).
   For one image size the padding is fixed: it becomes the convolution's own padding where it is
   symmetric, and a constant zero pad in front of it where it is not.
-- On CPU with ONNX Runtime installed, the network is exported once per backbone, weights, image size and
-  split point (kept in the cache folder) and run by ONNX Runtime, which folds every BatchNorm into its
+- On CPU with ONNX Runtime installed, and a job large enough to repay the export (WORTH_EXPORTING), the
+  network is exported once per backbone, weights, image size and split point (kept in the cache folder)
+  and run by ONNX Runtime, which folds every BatchNorm into its
   convolution and the constant pads into the convolutions' own. Its outputs are checked against PyTorch
   on a random batch before it is used; any trouble falls back to PyTorch.
 """
@@ -25,6 +26,11 @@ from torch import nn
 from ..atomic import write_bytes_atomic
 
 MAX_DIFF = 1e-3  # largest |difference| from PyTorch accepted for the ONNX Runtime copy
+# Images x pixels a fit's data must reach for the ONNX Runtime copy to repay its export (about 1 s of a
+# core for each of up to three parts of the network, where ONNX Runtime saves some 25 ms per 224-pixel
+# image and pass over PyTorch, and a fit passes each image through three or four times): 50 images at
+# 224 px, 2,450 at 32 px. Smaller jobs run on PyTorch, with the padding fixed.
+WORTH_EXPORTING = 50 * 224 * 224
 
 
 def fixed_padding(net: nn.Module, image_size: int) -> nn.Module:
@@ -56,10 +62,12 @@ def fixed_padding(net: nn.Module, image_size: int) -> nn.Module:
 
 
 def fast_frozen(net: nn.Module, image_size: int, *, device: torch.device, cache_root: str | os.PathLike,
-                key_info: dict) -> nn.Module:
-    """The fastest faithful version of the frozen `net` for `image_size` inputs on `device`."""
+                key_info: dict, images: int | None = None) -> nn.Module:
+    """The fastest faithful version of the frozen `net` for `image_size` inputs on `device`, for a fit
+    over `images` images (None: as many as it takes to repay the ONNX Runtime copy)."""
     fixed = fixed_padding(net, image_size).to(device)
-    if device.type != "cpu" or os.environ.get("IMGTUNE_ONNX_EXTRACTION", "1") == "0":
+    small = images is not None and images * image_size ** 2 < WORTH_EXPORTING
+    if device.type != "cpu" or small or os.environ.get("IMGTUNE_ONNX_EXTRACTION", "1") == "0":
         return fixed
     try:
         from .onnx_module import OnnxModule, trace

@@ -31,6 +31,7 @@ class FitContext:
     checkpoint_every: float | None = 60.0  # seconds between checkpoints inside a fine-tune epoch
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per step, for config.json
     choices: dict[str, dict] = field(default_factory=dict)  # what the run chose from the data and why
+    images: int | None = None  # in the data, once scanned: whether the frozen network's ONNX copy pays
 
     @property
     def clock(self):

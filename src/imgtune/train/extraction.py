@@ -49,7 +49,8 @@ def _faster(ctx: FitContext, backbone: Backbone):
 
     def faster(net: torch.nn.Module, part: str):
         return functools.cache(lambda: fast_frozen(net, backbone.data_config.image_size, device=ctx.device,
-                                                   cache_root=ctx.cache_root, key_info={**key_info, "part": part}))
+                                                   cache_root=ctx.cache_root, key_info={**key_info, "part": part},
+                                                   images=ctx.images))
     return faster
 
 

@@ -62,6 +62,7 @@ def _fit(ctx: FitContext, data: str, spec: ModelSpec, *, resume: bool, tensorboa
         ctx.say(f"Data: {data} is the image folder {source}")
     manifest = check_and_scan(ctx, source, spec, resume, corrections, allow_new_classes)
     ctx.say(manifest.summary())
+    ctx.images = len(manifest.items)
     if spec.backbone == "auto":  # Lite0, Lite1 or Lite2, measured on a sample of the training images
         spec = spec.with_backbone(choose_backbone_for(ctx, manifest, spec.image_size))
     backbone = create_backbone(spec.backbone, weights=spec.weights, image_size=spec.image_size)

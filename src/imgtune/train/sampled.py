@@ -27,7 +27,8 @@ def frozen_network(ctx, backbone):
     the first time it is called, and returns that copy every time."""
     key_info = {**FeatureCache(ctx.cache_root, backbone).key_info, "part": "features"}
     return functools.cache(functools.partial(fast_frozen, backbone.model, backbone.data_config.image_size,
-                                             device=ctx.device, cache_root=ctx.cache_root, key_info=key_info))
+                                             device=ctx.device, cache_root=ctx.cache_root, key_info=key_info,
+                                             images=ctx.images))
 
 
 def sample_features(ctx, backbone, paths: list[str], network=None) -> np.ndarray:
