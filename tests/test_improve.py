@@ -277,3 +277,43 @@ def test_a_retrain_fine_tunes_half_the_recipes_epochs_and_never_starts_fine_tuni
     from imgtune.improve import retrain_epochs
 
     assert retrain_epochs(recipe_epochs) == expected
+
+
+def test_the_review_server_stops_only_after_the_requests_in_flight_are_answered():
+    """Ctrl-C while a request is being answered (a Grad-CAM map being drawn): server_close returns only
+    once it is answered, so no thread is left running PyTorch while the interpreter exits (which aborted
+    the process on a busy machine). The handler here signals when it starts and then takes its time."""
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler
+
+    from imgtune.review import QuietServer
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            started.set()
+            release.wait(30)  # a guard against a hang
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            finished.set()
+
+    server = QuietServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answers = []
+    client = threading.Thread(target=lambda: answers.append(
+        urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/", timeout=60).read()))
+    client.start()
+    assert started.wait(30)
+    server.shutdown()
+    threading.Timer(0.5, release.set).start()
+    server.server_close()  # the stop: waits for the request in flight
+    assert finished.is_set()
+    client.join(30)
+    assert answers == [b"ok"]

@@ -27,6 +27,7 @@ from .errors import ConfigError, DataError
 from .runs.folder import RunFolder
 
 THUMBNAIL = 320
+REQUEST_TIMEOUT = 10  # seconds a request may take to arrive; the server waits for requests in flight when it stops
 
 
 class Review:
@@ -116,6 +117,8 @@ def list_items(review: Review) -> str:
 
 def make_handler(review: Review, page: str):
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT  # a client that stalls mid-request does not hold the server's stop
+
         def log_message(self, *args):  # quiet: the console is the person's
             pass
 
@@ -172,10 +175,13 @@ def make_handler(review: Review, page: str):
 
 
 class QuietServer(ThreadingHTTPServer):
-    """A thread per request, none of them keeping the process alive; a browser that drops a request
-    (moving on before an image arrived) is not an error to print."""
+    """A thread per request; a browser that drops a request (moving on before an image arrived) is not
+    an error to print. server_close waits for the requests in flight: a thread left drawing a Grad-CAM
+    map in PyTorch while the interpreter exits aborts the process ("terminate called without an active
+    exception", seen on a busy machine). Every request reads and answers in one go (HTTP/1.0, a socket
+    timeout of REQUEST_TIMEOUT seconds), so that wait is short."""
 
-    daemon_threads = True
+    daemon_threads = False
 
     def handle_error(self, request, client_address):
         import sys
