@@ -237,7 +237,7 @@ class TrainSettings:
     recipe: str = option("default", "the recipe (default: ours; seed: the one imgtune grew from)", RECIPE)
     image_size: int | None = option(
         None, "input size in pixels; auto (the default): the backbone's own, or a larger one where most images "
-        "are large and a measurement on a sample shows it pays", rules.whole(16, 2048, auto=True), metavar="N|auto")
+        "are large and a measurement on a sample shows it pays", rules.whole(*rules.IMAGE_SIZES, auto=True), metavar="N|auto")
     epochs: int | None = option(None, "fine-tune epochs (0: head only)", rules.whole(0), metavar="N",
                                 recipe="finetune.epochs")
     head_epochs: int | None = option(None, "epochs of a head trained by epochs (the seed recipe's)", rules.whole(1),
@@ -281,8 +281,9 @@ class TrainSettings:
         "throughput to fill it", TIME_LIMIT, metavar="DURATION")
 
     def __post_init__(self):
+        defaults = self.defaults()
         for name, o in self.options().items():
-            value, default = getattr(self, name), self.defaults()[name]
+            value, default = getattr(self, name), defaults[name]
             if not (value is None and default is None):
                 o.rule.check(name, value)
         if self.backbone == "auto" and self.weights is not None:

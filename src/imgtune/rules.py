@@ -90,4 +90,5 @@ def probability() -> Rule:
     return number(0.0, 1.0, "a number from 0 to 1")
 
 
-IMAGE_SIZE = whole(16, 2048)  # an input size in pixels, wherever it comes from (a parameter, a flag, config.json)
+IMAGE_SIZES = (16, 2048)  # the input sizes in pixels a model may take
+IMAGE_SIZE = whole(*IMAGE_SIZES)  # an input size, wherever it comes from (a parameter, a flag, config.json)
