@@ -32,7 +32,7 @@ from .context import FitContext
 from .decide import paired_gain
 from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
-from .loop import Stage, StageState, collect_logits, run_stage, start_loss
+from .loop import Hook, Objective, Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
 from .rate import RateChoice, choose_rate
 
@@ -73,22 +73,13 @@ class _Training:
 
 def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, log_epoch,
               extract_rate: float | None) -> tuple[list[dict], dict]:
-    """Fine-tune the last block groups and the head -> (history, what was kept and why)."""
+    """Fine-tune the last block groups and the head -> (history, what was kept and why): unfreeze them,
+    fit the epochs in the time limit (if any), run the stage (guarded against divergence), and keep the
+    result only where it beats the head on validation."""
     cfg = ctx.recipe.finetune
-    unfrozen = unfrozen_names(model.backbone, cfg.unfreeze, images.backbone_name)
-    for n, p in model.backbone.named_parameters():
-        p.requires_grad = n in unfrozen
-    for p in model.head.parameters():
-        p.requires_grad = True
-    body = [p for n, p in model.backbone.named_parameters() if n in unfrozen]
+    body = _unfreeze(model, cfg.unfreeze, images.backbone_name)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the head on the pretrained body
-    train_items = images.manifest.split("train")
-    ranks = ctx.ranks
-    bs = max(1, cfg.batch_size // ranks.world)  # per rank: the global batch stays what the recipe says
-    per_rank = -(-len(train_items) // ranks.world)  # DistributedSampler pads the last share
-    if ranks.active and per_rank * ranks.world > len(train_items):
-        ctx.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
-                f"repeats {per_rank * ranks.world - len(train_items)} image(s) per epoch to share them evenly.")
+    bs, per_rank = _batch_size(ctx, cfg, len(images.manifest.split("train")))
     stop_at, fresh = None, False
     if ctx.deadline is not None:
         cfg, stop_at, fresh = _plan(ctx, cfg, model, images, bs, extract_rate)
@@ -110,18 +101,54 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
     return state.history, outcome
 
 
+def _unfreeze(model: Classifier, groups: int, backbone_name: str) -> list[torch.nn.Parameter]:
+    """Only the last `groups` block groups of the body and the head train -> the body's trained parameters."""
+    unfrozen = unfrozen_names(model.backbone, groups, backbone_name)
+    for n, p in model.backbone.named_parameters():
+        p.requires_grad = n in unfrozen
+    for p in model.head.parameters():
+        p.requires_grad = True
+    return [p for n, p in model.backbone.named_parameters() if n in unfrozen]
+
+
+def _batch_size(ctx: FitContext, cfg: FineTuneConfig, n_train: int) -> tuple[int, int]:
+    """(images per batch in this process, training images per process): the global batch stays what the
+    recipe says, whatever the number of processes."""
+    ranks = ctx.ranks
+    bs = max(1, cfg.batch_size // ranks.world)
+    per_rank = -(-n_train // ranks.world)  # DistributedSampler pads the last share
+    if ranks.active and per_rank * ranks.world > n_train:
+        ctx.say(f"Fine-tune: {ranks.world} processes, {bs} images per process per batch; each epoch "
+                f"repeats {per_rank * ranks.world - n_train} image(s) per epoch to share them evenly.")
+    return bs, per_rank
+
+
 def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
     """The stage, restarted once from the head at a tenth of the learning rate when it diverges ->
-    (its final state, the guard: the loss the head started from and the rate scale used)."""
+    (its final state, the guard: the loss the head started from and the rate scale used). Only a stage
+    at the full rate is watched, so the restart runs to its end."""
     saved = load_tensors_and_meta(t.ckpt) if t.ckpt.exists() else None
     guard = saved[1].get("guard") if saved else None
-    train_batches, val_batches, n_batches = t.batches
-    cfg = t.cfg
     if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
-        guard = {"start_loss": start_loss(t.trained, train_batches(0), t.ctx.device, t.head.objective, cfg),
+        guard = {"start_loss": start_loss(t.trained, t.batches[0](0), t.ctx.device, t.head.objective, t.cfg),
                  "lr_scale": 1.0, **_found_rate(t, start)}
     elif "rate" in guard:
         t.ctx.say(RateChoice.from_dict(guard["rate"]).describe())
+    _announce(t, guard)
+    try:
+        return _attempt(t, guard, saved), guard
+    except Diverged as e:
+        if t.ctx.ranks.main:
+            t.ckpt.unlink(missing_ok=True)  # a resume from here starts over, and diverges the same way
+        t.ctx.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above the head's "
+                  f"{guard['start_loss']:.4f}: restarting from the head at a tenth of the learning rate.")
+        t.model.load_state_dict(start)
+        guard = {**guard, "lr_scale": 0.1, "diverged_loss": e.loss}
+        return _attempt(t, guard, None), guard
+
+
+def _announce(t: _Training, guard: dict) -> None:
+    cfg = t.cfg
     n_body = sum(p.numel() for p in t.body)
     how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
            if t.trained is not t.model else f"{cfg.augment} augmentation")
@@ -129,16 +156,6 @@ def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
               f"head on {len(t.images.manifest.split('train')):,} images, {how}{_balance_words(t.cfg)}, up to "
               f"{cfg.epochs} epochs; the head's loss on the first augmented training batches is "
               f"{guard['start_loss']:.4f} (the report's head point is its loss on the plain features it was fitted on).")
-    while True:
-        try:
-            return _attempt(t, guard, saved), guard
-        except Diverged as e:
-            if t.ctx.ranks.main:
-                t.ckpt.unlink(missing_ok=True)  # a resume from here starts over, and diverges the same way
-            t.ctx.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above the head's "
-                      f"{guard['start_loss']:.4f}: restarting from the head at a tenth of the learning rate.")
-            t.model.load_state_dict(start)
-            guard, saved = {**guard, "lr_scale": 0.1, "diverged_loss": e.loss}, None
 
 
 def _attempt(t: _Training, guard: dict, saved) -> StageState:
@@ -158,11 +175,8 @@ def _attempt(t: _Training, guard: dict, saved) -> StageState:
         where = f"batch {state.batch} of epoch {state.epoch + 1}" if state.batch else f"epoch {state.epoch}"
         ctx.say(f"Fine-tune: continuing after {where} of the interrupted run.")
     stage = Stage("fine-tune", train_batches, n_batches, val_batches, optimizer, scheduler, cfg.epochs,
-                  seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
-                  class_weights=_class_weights(t), select=t.head.objective.select,
-                  decider=t.head.objective.decider(), loss=t.head.objective.loss(),
-                  scorer=t.head.objective.scorer(), bn_train=cfg.bn_train, baseline=True,
-                  clip_grad=cfg.clip_grad, clock=ctx.clock)
+                  _objective(t), seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
+                  bn_train=cfg.bn_train, baseline=True, clip_grad=cfg.clip_grad, clock=ctx.clock)
     return run_stage(stage, t.trained, device=ctx.device, reporter=ctx.reporter, state=state,
                      hooks=_hooks(t, stage, guard), trainer=data_parallel(t.trained, ctx.ranks, ctx.device),
                      total=ctx.ranks.total)
@@ -173,13 +187,15 @@ def _balance_words(cfg: FineTuneConfig) -> str:
             "balanced": ", classes weighted by the inverse of their counts"}[cfg.balance]
 
 
-def _class_weights(t: _Training) -> torch.Tensor | None:
-    """The loss's class weights: the head's, or the recipe's balance of the training split's counts."""
-    if t.cfg.balance == "head" or t.head.objective.multi_loss:
-        return t.head.objective.tensor(t.ctx.device)
+def _objective(t: _Training) -> Objective:
+    """The head's objective, its loss weighted by the recipe's balance of the training split's counts
+    where the recipe asks for one."""
+    objective = t.head.objective
+    if t.cfg.balance == "head" or objective.multi_loss:
+        return objective
     m = t.images.manifest
-    w = class_weights(np.asarray(m.targets(m.split("train")), int), len(m.classes), t.cfg.balance)
-    return torch.tensor(w, dtype=torch.float32, device=t.ctx.device)
+    return objective.weighted(class_weights(np.asarray(m.targets(m.split("train")), int), len(m.classes),
+                                            t.cfg.balance))
 
 
 def _optimizer(t: _Training, lr: float):
@@ -214,46 +230,72 @@ def _found_rate(t: _Training, start: dict) -> dict:
 
 
 def _hooks(t: _Training, stage: Stage, guard: dict) -> list:
-    """Checkpoints after every epoch (and every --checkpoint-every seconds inside one), the divergence
-    guard, and the time limit's stop and re-plan."""
-    ctx, cfg = t.ctx, t.cfg
-
-    def save_checkpoint(st: StageState) -> None:
-        opt_tensors, opt_meta = optimizer_tensors(stage.optimizer)
-        tensors = {**{f"model.{k}": v for k, v in t.model.state_dict().items()},
-                   **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
-                   **({"rng": st.rng} if st.batch and st.rng is not None else {})}
-        save_tensors(t.ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
-                                       "scheduler": stage.scheduler.state_dict(), "guard": guard})
-
-    judged_at = min(2, cfg.epochs)  # after warm-up: the second epoch (the first of a one-epoch stage)
-    unjudged: list[tuple[dict, int]] = []  # epochs not yet handed to TensorBoard/MLflow: the guard may undo them
-
-    def after_epoch(st: StageState) -> None:
-        if ctx.ranks.main:
-            save_checkpoint(st)
-            ctx.run.write_history(t.head.history + st.history)
-        last = st.history[-1]
-        watched = guard["lr_scale"] == 1.0
-        if watched and last["epoch"] == judged_at and \
-                not last["loss"] <= DIVERGED * guard["start_loss"]:  # a NaN loss has diverged too
-            raise Diverged(last["loss"])  # its epochs were never logged: the restart logs its own once
-        if ctx.ranks.main:
-            unjudged.append((last, len(t.head.history) + st.epoch))
-            if not (watched and last["epoch"] < judged_at):
-                for record, step in unjudged:
-                    t.log_epoch(record, step)
-                unjudged.clear()
-
-    hooks = [EveryEpoch(after_epoch)]
+    """After every epoch: the checkpoint (and every --checkpoint-every seconds inside one), the divergence
+    guard, then the epochs handed to TensorBoard/MLflow once judged; the time limit's stop and re-plan."""
+    ctx = t.ctx
+    checkpoint = _Checkpoint(t, stage, guard)
+    judge = _DivergenceGuard(guard, min(2, t.cfg.epochs))
+    hooks = [EveryEpoch(checkpoint), judge, _LogJudged(t, judge)] if ctx.ranks.main else [judge]
     if not ctx.ranks.active and ctx.checkpoint_every is not None:
-        hooks.append(BatchCheckpoints(save_checkpoint, ctx.checkpoint_every))
+        hooks.append(BatchCheckpoints(checkpoint.save, ctx.checkpoint_every))
     if t.stop_at is not None:
         hooks.append(StopAt(t.stop_at, ctx.reporter))
         if t.fresh_plan:
             hooks.append(budget.Replan(ctx.run.checkpoints / "plan.json", t.stop_at, stage.n_batches,
                                        stage.scheduler, ctx.reporter, ctx.clock))
     return hooks
+
+
+class _Checkpoint:
+    """The stage's checkpoint (model, best epoch, optimizer, schedule, guard) and history, written by the
+    main process."""
+
+    def __init__(self, t: _Training, stage: Stage, guard: dict):
+        self.t, self.stage, self.guard = t, stage, guard
+
+    def save(self, st: StageState) -> None:
+        opt_tensors, opt_meta = optimizer_tensors(self.stage.optimizer)
+        tensors = {**{f"model.{k}": v for k, v in self.t.model.state_dict().items()},
+                   **{f"best.{k}": v for k, v in st.best_weights.items()}, **opt_tensors,
+                   **({"rng": st.rng} if st.batch and st.rng is not None else {})}
+        save_tensors(self.t.ckpt, tensors, {"state": st.meta(), "optimizer": opt_meta,
+                                            "scheduler": self.stage.scheduler.state_dict(), "guard": self.guard})
+
+    def __call__(self, st: StageState) -> None:
+        self.save(st)
+        self.t.ctx.run.write_history(self.t.head.history + st.history)
+
+
+class _DivergenceGuard(Hook):
+    """Raises Diverged when the training loss of epoch `judged_at` (after warm-up: the second epoch, the
+    first of a one-epoch stage) is not below DIVERGED times the loss the head started from; watches the
+    stage at the full rate only."""
+
+    def __init__(self, guard: dict, judged_at: int):
+        self.start_loss, self.watched, self.judged_at = guard["start_loss"], guard["lr_scale"] == 1.0, judged_at
+
+    def after_epoch(self, state: StageState) -> None:
+        last = state.history[-1]
+        if self.watched and last["epoch"] == self.judged_at and \
+                not last["loss"] <= DIVERGED * self.start_loss:  # a NaN loss has diverged too
+            raise Diverged(last["loss"])  # its epochs were never logged: the restart logs its own once
+
+    def judged(self, epoch: int) -> bool:
+        return not (self.watched and epoch < self.judged_at)
+
+
+class _LogJudged(Hook):
+    """Each epoch's record handed to TensorBoard/MLflow once the divergence guard has judged it."""
+
+    def __init__(self, t: _Training, judge: _DivergenceGuard):
+        self.t, self.judge, self.unjudged = t, judge, []
+
+    def after_epoch(self, state: StageState) -> None:
+        self.unjudged.append((state.history[-1], len(self.t.head.history) + state.epoch))
+        if self.judge.judged(state.history[-1]["epoch"]):
+            for record, step in self.unjudged:
+                self.t.log_epoch(record, step)
+            self.unjudged.clear()
 
 
 def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state: StageState, val_batches,

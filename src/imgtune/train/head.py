@@ -142,9 +142,8 @@ def _by_epochs(ctx: FitContext, feats: dict[str, Split], n_features: int, n_clas
     stage = Stage("head", train_batches, n_batches, lambda: [(xv[i:i + 4096], yv[i:i + 4096])
                                                             for i in range(0, len(yv), 4096)],
                   optimizer, make_scheduler(cfg.schedule, optimizer, cfg.epochs * n_batches), cfg.epochs,
-                  seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
-                  class_weights=objective.tensor(device), select=objective.select, loss=objective.loss(),
-                  scorer=objective.scorer(), clock=ctx.clock)
+                  objective, seed=ctx.seed, patience=cfg.patience, label_smoothing=cfg.label_smoothing,
+                  clock=ctx.clock)
     hooks = [EveryEpoch(lambda st: log_epoch(st.history[-1], st.epoch))] + \
         ([StopAt(stop_at, Reporter(quiet=True))] if stop_at is not None else [])
     # head epochs take milliseconds: one summary line instead of one per epoch

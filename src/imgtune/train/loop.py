@@ -39,13 +39,19 @@ class Objective:
     select = property(lambda self: f"val_{self.metric}")
     name = property(lambda self: "mAP" if self.multi_loss else self.metric.replace("_", " "))
 
-    def loss(self):
-        """(logits, targets) -> the mean training loss; None: the stage's cross-entropy."""
-        if not self.multi_loss:
-            return None
-        from .multilabel import criterion
+    def criterion(self, device, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(logits, targets) -> the mean training loss: the multi-label loss, or the cross-entropy with the
+        class weights and `label_smoothing`."""
+        if self.multi_loss:
+            from .multilabel import criterion
 
-        return criterion(self.multi_loss)
+            return criterion(self.multi_loss)
+        weights = self.tensor(device)
+        return lambda z, y: F.cross_entropy(z, y, weight=weights, label_smoothing=label_smoothing)
+
+    def weighted(self, class_weights) -> "Objective":
+        """The same objective with other class weights on the loss."""
+        return Objective(self.metric, class_weights, self.offsets_log_prob, self.multi_loss)
 
     def scorer(self):
         """(logits, targets) -> the validation record's scores; None: validate's single-label ones."""
@@ -130,9 +136,7 @@ def start_loss(model: nn.Module, batches: Iterable, device: torch.device, object
     with its loss settings, on the first training batches (augmented as training will see them)."""
     set_train_mode(model, bn_train=False)  # measured, not trained: no BatchNorm statistics move
     total, n = 0.0, 0
-    weights = objective.tensor(device)
-    criterion = objective.loss() or (lambda z, y: F.cross_entropy(z, y, weight=weights,
-                                                                  label_smoothing=cfg.label_smoothing))
+    criterion = objective.criterion(device, cfg.label_smoothing)
     for i, (x, y) in enumerate(batches):
         if i >= batches_max:
             break
@@ -173,10 +177,11 @@ def validate(model: nn.Module, batches: Iterable, device: torch.device,
 @dataclass
 class Stage:
     """What one stage trains with: its batches (`train_batches(epoch)`, `val_batches()`), optimiser and
-    schedule (one step per batch), loss settings, and how epochs are judged: `select` (then the loss) on
-    validation, with `decider(logits, labels)` making the decisions the scores judge (default: argmax).
-    With `baseline`, the model as it comes in is validated first (epoch 0) and competes too: a stage
-    never leaves the model worse on validation than it found it. Epoch durations are read on `clock`."""
+    schedule (one step per batch), and the objective it trains and judges by: its loss (with
+    `label_smoothing` where it is the cross-entropy), `objective.select` (then the loss) on validation, the
+    decisions its decider makes. With `baseline`, the model as it comes in is validated first (epoch 0) and
+    competes too: a stage never leaves the model worse on validation than it found it. Epoch durations are
+    read on `clock`."""
 
     name: str
     train_batches: Callable[[int], Iterable]
@@ -185,14 +190,10 @@ class Stage:
     optimizer: torch.optim.Optimizer
     scheduler: object
     epochs: int
+    objective: Objective = field(default_factory=lambda: Objective("accuracy"))
     seed: int = 0
     patience: int | None = None
     label_smoothing: float = 0.0
-    class_weights: torch.Tensor | None = None
-    select: str = "val_accuracy"
-    decider: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: the cross-entropy above
-    scorer: Callable[[np.ndarray, np.ndarray], dict] | None = None  # None: validate's single-label scores
     bn_train: bool = True
     baseline: bool = False
     clip_grad: float | None = None
@@ -200,8 +201,11 @@ class Stage:
 
 
 class Hook:
-    """Optional behaviour around a stage's epochs and batches (checkpoints, the time limit, logging);
-    each method does nothing unless a hook overrides it."""
+    """Behaviour around a stage's epochs and batches (validation, keeping the best epoch, checkpoints, the
+    time limit, logging); each method does nothing unless a hook overrides it."""
+
+    def before_stage(self, state: "StageState") -> None:
+        """Before the first epoch of a stage that starts afresh (not one continued from a checkpoint)."""
 
     def before_epoch(self, stage: Stage, state: "StageState", last_seconds: float) -> bool:
         """False ends the stage before this epoch."""
@@ -210,53 +214,111 @@ class Hook:
     def after_batch(self, state: "StageState", done: int, loss_sum: float, seen: int) -> None:
         """After each trained batch: `done` batches of the epoch, their summed loss and images."""
 
+    def end_epoch(self, record: dict) -> None:
+        """Adds to the epoch's record (its loss and images so far) before the record is kept."""
+
     def after_epoch(self, state: "StageState") -> int | None:
         """After each epoch (its record is state.history[-1]); may return a new number of epochs."""
         return None
+
+    def after_stage(self, state: "StageState") -> None:
+        """After the last epoch."""
+
+
+class Validation(Hook):
+    """The validation scores in every epoch's record; with the stage's `baseline`, an epoch 0 record of
+    the model as it comes in."""
+
+    def __init__(self, stage: Stage, model: nn.Module, device: torch.device):
+        self.stage, self.model, self.device = stage, model, device
+
+    def scores(self) -> dict:
+        objective = self.stage.objective
+        return validate(self.model, self.stage.val_batches(), self.device, objective.decider(), objective.scorer())
+
+    def before_stage(self, state: "StageState") -> None:
+        if self.stage.baseline:
+            state.history.append({"stage": self.stage.name, "epoch": 0, "loss": None, **self.scores(),
+                                  "lr": 0.0, "seconds": 0.0})
+
+    def end_epoch(self, record: dict) -> None:
+        record.update(self.scores())
+
+
+class KeepBest(Hook):
+    """Keeps the best epoch by `select` on validation (then the loss), weights and BatchNorm statistics
+    alike, counts the epochs since (for the patience), says each epoch's line, and restores the best
+    weights at the end."""
+
+    def __init__(self, stage: Stage, model: nn.Module, reporter: Reporter):
+        self.name, self.select, self.model, self.reporter = stage.name, stage.objective.select, model, reporter
+
+    def before_stage(self, state: "StageState") -> None:
+        if state.history:  # the baseline: epoch 0
+            self._judge(state, state.history[-1])
+            self.reporter.say(f"{self.name} epoch 0 (before training): {_scores(state.history[-1], self.select)}")
+
+    def after_epoch(self, state: "StageState") -> None:
+        record = state.history[-1]
+        self._judge(state, record)
+        self.reporter.say(f"{self.name} epoch {record['epoch']}: loss {record['loss']:.4f}, "
+                          f"{_scores(record, self.select)}, {record['seconds']:.1f}s"
+                          + (" (best)" if state.best_epoch == record["epoch"] else ""))
+
+    def _judge(self, state: "StageState", record: dict) -> None:
+        score = (record[self.select], -record["val_loss"])
+        if state.best_score is None or score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, record["epoch"], 0
+            state.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+
+    def after_stage(self, state: "StageState") -> None:
+        if state.best_weights:
+            self.model.load_state_dict(state.best_weights)
 
 
 def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter: Reporter,
               state: "StageState | None" = None, hooks: Iterable[Hook] = (), trainer: nn.Module | None = None,
               total: Callable[[float], float] = float) -> "StageState":
-    """Train `model` (its parameters with requires_grad) for up to `stage.epochs`; keep the best epoch on
-    validation, weights and BatchNorm statistics alike, and restore it at the end. A state with batch > 0
+    """Train `model` (its parameters with requires_grad) for up to `stage.epochs`, validating after every
+    epoch and keeping the best one (the first two hooks), then the given hooks. A state with batch > 0
     continues that epoch exactly: its batches so far are drawn again (same order, same augmentation)
     without training, then the random state is restored. Under torchrun, `trainer` is the
     DistributedDataParallel wrapper the training batches go through (each rank sees its share), and
     `total` sums a number over the ranks for the epoch's record."""
-    hooks = list(hooks)
+    hooks = [Validation(stage, model, device), KeepBest(stage, model, reporter), *hooks]
     if state is None:
         state = StageState()
-        if stage.baseline:
-            record = {"stage": stage.name, "epoch": 0, "loss": None,
-                      **validate(model, stage.val_batches(), device, stage.decider, stage.scorer), "lr": 0.0,
-                      "seconds": 0.0}
-            state.best_score, state.best_epoch = (record[stage.select], -record["val_loss"]), 0
-            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            state.history.append(record)
-            reporter.say(f"{stage.name} epoch 0 (before training): {_scores(record, stage.select)}")
+        for h in hooks:
+            h.before_stage(state)
     precision, epochs = Precision(device), stage.epochs
+    criterion = stage.objective.criterion(device, stage.label_smoothing)
     while state.epoch < epochs and not (stage.patience is not None and state.bad_epochs >= stage.patience):
         last = state.history[-1]["seconds"] if state.history and state.history[-1]["epoch"] > 0 else 0.0
         if not all(h.before_epoch(stage, state, last) for h in hooks):
             break
         started = stage.clock()
         set_train_mode(model, bn_train=stage.bn_train)
-        loss_sum, seen = _train_epoch(stage, trainer or model, state, precision, device, reporter, hooks, epochs)
+        loss_sum, seen = _train_epoch(stage, trainer or model, criterion, state, precision, device, reporter,
+                                      hooks, epochs)
         images = int(total(seen))
         record = {"stage": stage.name, "epoch": state.epoch + 1, "loss": total(loss_sum) / max(images, 1),
-                  "images": images, **validate(model, stage.val_batches(), device, stage.decider, stage.scorer),
-                  "lr": stage.optimizer.param_groups[0]["lr"], "seconds": round(stage.clock() - started, 3)}
-        _record_epoch(stage, model, state, record, reporter)
+                  "images": images}
+        for h in hooks:
+            h.end_epoch(record)
+        record.update(lr=stage.optimizer.param_groups[0]["lr"], seconds=round(stage.clock() - started, 3))
+        state.history.append(record)
+        state.epoch = record["epoch"]
         for h in hooks:
             epochs = h.after_epoch(state) or epochs
-    if state.best_weights:
-        model.load_state_dict(state.best_weights)
+    for h in hooks:
+        h.after_stage(state)
     return state
 
 
-def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: Precision, device: torch.device,
-                 reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
+def _train_epoch(stage: Stage, net: nn.Module, criterion, state: "StageState", precision: Precision,
+                 device: torch.device, reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
     """One epoch's training batches (those of an interrupted epoch drawn again untrained) -> (summed loss,
     images)."""
     epoch, skip, saved_rng = state.epoch, state.batch, state.rng
@@ -271,9 +333,7 @@ def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: P
                 continue
             x, y = to_device(x, device), to_device(y, device)
             with precision.autocast():
-                z = net(x).float()
-                loss = stage.loss(z, y) if stage.loss else F.cross_entropy(
-                    z, y, weight=stage.class_weights, label_smoothing=stage.label_smoothing)
+                loss = criterion(net(x).float(), y)
             precision.step(loss, stage.optimizer, stage.clip_grad)
             stage.scheduler.step()
             loss_sum += loss.item() * len(y)
@@ -283,20 +343,6 @@ def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: P
                 h.after_batch(state, i + 1, loss_sum, seen)
     state.batch, state.loss_total, state.seen, state.rng = 0, 0.0, 0, None
     return loss_sum, seen
-
-
-def _record_epoch(stage: Stage, model: nn.Module, state: "StageState", record: dict, reporter: Reporter) -> None:
-    score = (record[stage.select], -record["val_loss"])
-    if state.best_score is None or score > state.best_score:
-        state.best_score, state.best_epoch, state.bad_epochs = score, record["epoch"], 0
-        state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    else:
-        state.bad_epochs += 1
-    state.history.append(record)
-    state.epoch = record["epoch"]
-    reporter.say(f"{stage.name} epoch {record['epoch']}: loss {record['loss']:.4f}, "
-                 f"{_scores(record, stage.select)}, {record['seconds']:.1f}s"
-                 + (" (best)" if state.best_epoch == record["epoch"] else ""))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

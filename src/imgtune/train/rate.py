@@ -86,8 +86,7 @@ def choose_rate(model: torch.nn.Module, start: dict, make_optimizer: Callable[[f
 
 def _probe(model, batches, optimizer, device, objective: Objective, bn_train: bool) -> None:
     """The probe's training: the rate rising linearly over the first half of the batches, then held."""
-    precision, weights = Precision(device), objective.tensor(device)
-    criterion = objective.loss() or (lambda z, y: F.cross_entropy(z, y, weight=weights))
+    precision, criterion = Precision(device), objective.criterion(device)
     base = [g["lr"] for g in optimizer.param_groups]
     warm = max(1, len(batches) // 2)
     set_train_mode(model, bn_train=bn_train)
