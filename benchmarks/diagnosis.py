@@ -48,7 +48,7 @@ from imgtune.diagnose.label_errors import GIVEN_BELOW, OTHER_ABOVE  # noqa: E402
 from imgtune.diagnose.next_images import rank_for_labelling  # noqa: E402
 from imgtune.infer.calibration import softmax  # noqa: E402
 from imgtune.model.backbones import create_backbone  # noqa: E402
-from imgtune.model.linear import cross_validate, fit_candidate, logits  # noqa: E402
+from imgtune.model.linear import Search, cross_validate, fit_candidate, logits  # noqa: E402
 
 FLIP_SHARE = 0.05
 SEED = 0
@@ -170,7 +170,7 @@ def _cpu():
 
 
 def chosen_head(x, y, k, seed):
-    sel = cross_validate(x, y, k, metric="accuracy", seed=seed, weightings=("none",))
+    sel = cross_validate(x, y, k, Search.plain("accuracy", seed))
     return sel.candidate
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import write_class_folders
 
 from imgtune.cli import main
-from imgtune.model.linear import Candidate, cross_validate, fit_candidate, logits
+from imgtune.model.linear import Candidate, Search, cross_validate, fit_candidate, logits
 from imgtune.train.decide import decide, offsets_that_generalise, paired_gain, score
 from imgtune.train.selection import select_head
 
@@ -44,7 +44,7 @@ def test_selection_picks_the_better_head_on_planted_features():
     for n, noise, shift in ((15, 400, 1.0), (600, 0, 2.5)):  # a weak signal among noise; a clean strong one
         x, y = planted(n, noise, shift)
         xt, yt = planted(300, noise, shift)
-        sel = cross_validate(x, y, 3, metric="accuracy", cs=cs, weightings=("none",))
+        sel = cross_validate(x, y, 3, Search("accuracy", cs=cs, weightings=("none",)))
         z = {c: logits(xt, fit_candidate(x, y, 3, Candidate(c))) for c in cs}
         other = next(c for c in cs if c != sel.candidate.c)
         assert _log_loss(z[sel.candidate.c], yt) < _log_loss(z[other], yt), (n, sel.table)
@@ -59,8 +59,8 @@ def test_cross_validating_a_sample_by_its_rows_is_the_same_as_on_a_copy_of_it():
     rng = np.random.default_rng(1)
     x, y = _gaussians(rng, [120, 80, 40])
     rows = np.sort(rng.choice(len(y), 150, replace=False))
-    by_rows = cross_validate(x, y, 3, metric="macro_f1", cs=(0.1, 1.0), sample=rows)
-    copied = cross_validate(x[rows], y[rows], 3, metric="macro_f1", cs=(0.1, 1.0))
+    by_rows = cross_validate(x, y, 3, Search("macro_f1", cs=(0.1, 1.0)), sample=rows)
+    copied = cross_validate(x[rows], y[rows], 3, Search("macro_f1", cs=(0.1, 1.0)))
     assert by_rows.candidate == copied.candidate and by_rows.table == copied.table
     np.testing.assert_array_equal(by_rows.oof_logits, copied.oof_logits)
 
@@ -70,7 +70,7 @@ def test_offsets_raise_macro_f1_on_an_imbalanced_planted_set():
     counts = [900, 60, 40]
     x, y = _gaussians(rng, counts)
     xv, yv = _gaussians(rng, counts)
-    choice = select_head(x, y, xv, yv, 3, metric="macro_f1", weightings=("none",))
+    choice = select_head((x, y), (xv, yv), 3, Search("macro_f1", weightings=("none",)))
     d = decide(choice.selection.oof_logits, choice.oof_labels, "macro_f1", fitted_on="out-of-fold")
     assert d.offsets_log_prob[0] < 0 < min(d.offsets_log_prob[1:])  # the large class gives way
     xt, yt = _gaussians(rng, counts)  # new data from the same classes

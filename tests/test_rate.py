@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from imgtune.train.loop import Objective
-from imgtune.train.rate import choose_rate, probe_batches
+from imgtune.train.rate import Probe, choose_rate, probe_batches
 
 
 def _problem(seed: int):
@@ -21,9 +21,9 @@ def _problem(seed: int):
 
 def _choose(model, batches, val, candidates):
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    choice = choose_rate(model, start, lambda lr: torch.optim.AdamW(model.parameters(), lr=lr), iter(batches),
-                         lambda: iter(val), candidates, n_batches=len(batches), device=torch.device("cpu"),
-                         objective=Objective("accuracy"), bn_train=True, weights_of=model)
+    probe = Probe(model, model, start, lambda lr: torch.optim.AdamW(model.parameters(), lr=lr),
+                  Objective("accuracy"), True, torch.device("cpu"))
+    choice = choose_rate(probe, iter(batches), lambda: iter(val), candidates, len(batches))
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items()), "the start is given back"
     return choice
 

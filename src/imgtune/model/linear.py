@@ -130,18 +130,36 @@ class Selection:
     metric: str
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str, folds: int = 5, seed: int = 0,
-                   cs=CS, weightings=WEIGHTINGS, sample: np.ndarray | None = None,
-                   advance=None) -> Selection:
-    """Score every candidate by k-fold cross-validation -> the winner (see below) and every candidate's
-    out-of-fold scores. `sample` (indices into `x` and `y`) cross-validates on those images only: each
+@dataclass(frozen=True)
+class Search:
+    """What a selection scores and how: every L2 strength of `cs` with every class weighting of
+    `weightings` (None: both WEIGHTINGS, or as select_head decides from the data), by `folds`-fold
+    cross-validation dealt by `seed`, judged for `metric` (see cross_validate)."""
+
+    metric: str
+    folds: int = 5
+    seed: int = 0
+    cs: tuple[float, ...] = CS
+    weightings: tuple[str, ...] | None = None
+
+    @classmethod
+    def plain(cls, metric: str, seed: int = 0) -> "Search":
+        """The plain logistic regression's: every C, no class weights."""
+        return cls(metric, seed=seed, weightings=("none",))
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, search: Search, *,
+                   sample: np.ndarray | None = None, advance=None) -> Selection:
+    """Score every candidate of the `search` by k-fold cross-validation -> the winner (see below) and
+    every candidate's out-of-fold scores. `sample` (indices into `x` and `y`) cross-validates on those images only: each
     fold gathers its own rows of `x`, so no copy of the sample is held besides the fold's. `advance(1)`,
     if given, is called after each fold (a progress bar's)."""
     sample = np.arange(len(y)) if sample is None else np.asarray(sample)
     y = np.asarray(y, int)[sample]
     smallest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
-    k = max(2, min(folds, smallest))
-    fold = stratified_folds(y, k, seed)
+    k = max(2, min(search.folds, smallest))
+    fold = stratified_folds(y, k, search.seed)
+    weightings, cs = search.weightings or WEIGHTINGS, search.cs
     oof = {Candidate(c, w): np.zeros((len(y), n_classes), np.float32) for w in weightings for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
@@ -168,10 +186,10 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, *, metric: str,
     # Judged by the out-of-fold log-loss, a proper score far less noisy than the metric's count of right
     # answers (on 1,000 images one image is 0.1 points; the metric is the decision offsets' job): on
     # the images as they come for accuracy, each class weighing the same for the class-balanced metrics.
-    key = "log_loss" if metric == "accuracy" else "balanced_log_loss"
+    key = "log_loss" if search.metric == "accuracy" else "balanced_log_loss"
     best = min(table, key=lambda r: (round(r[key], 6), -r["c"]))
     cand = Candidate(best["c"], best["weighting"])
-    return Selection(cand, table, oof[cand], k, metric)
+    return Selection(cand, table, oof[cand], k, search.metric)
 
 
 def fit_candidate(x: np.ndarray, y: np.ndarray, n_classes: int, cand: Candidate, max_iter: int = 500,

@@ -28,7 +28,7 @@ from ..data.datasets import ImageFiles
 from ..data.transforms import eval_transform
 from ..metrics import score
 from ..model.forward import run_network
-from ..model.linear import cross_validate, fit_logistic, logits, stratified_folds
+from ..model.linear import Search, cross_validate, fit_logistic, logits, stratified_folds
 from .decide import paired_gain
 from .sampled import frozen_network, sample, sample_features
 
@@ -97,7 +97,7 @@ def compare_orientations(plain: np.ndarray, turned: np.ndarray, y: np.ndarray, n
     and tested on turned ones, by the same folds (the head's L2 strength chosen on the plain views) ->
     both, the bootstrap noise of their difference and the number of images."""
     y = np.asarray(y, int)
-    c = cross_validate(plain, y, n_classes, metric="accuracy", seed=seed, weightings=("none",)).candidate.c
+    c = cross_validate(plain, y, n_classes, Search.plain("accuracy", seed)).candidate.c
     fold = stratified_folds(y, FOLDS, seed)
     pred_plain, pred_turned = np.zeros(len(y), int), np.zeros(len(y), int)
     for k in range(FOLDS):

@@ -27,7 +27,7 @@ from ..atomic import write_json_atomic
 from ..errors import ConfigError
 from ..metrics import score
 from ..model.backbones import create_backbone
-from ..model.linear import cross_validate
+from ..model.linear import Search, cross_validate
 from .decide import paired_gain
 from .sampled import sample, sample_features
 
@@ -95,7 +95,7 @@ def _decide(feats: dict, figures: dict, skipped: list[str], y: np.ndarray, n_cla
     y = y[ok]
     preds = {}
     for name, x in feats.items():
-        sel = cross_validate(x[ok], y, n_classes, metric=metric, seed=seed, weightings=("none",))
+        sel = cross_validate(x[ok], y, n_classes, Search.plain(metric, seed))
         preds[name] = sel.oof_logits.argmax(1)
         figures[name]["score"] = round(score(y, preds[name], metric, n_classes), 4)
     chosen, steps = next(iter(preds)), []
@@ -107,7 +107,7 @@ def _decide(feats: dict, figures: dict, skipped: list[str], y: np.ndarray, n_cla
             chosen = name
     if len(feats) > 1:
         both = np.concatenate([x[ok] for x in feats.values()], 1)
-        sel = cross_validate(both, y, n_classes, metric=metric, seed=seed, weightings=("none",))
+        sel = cross_validate(both, y, n_classes, Search.plain(metric, seed))
         figures["concatenated"] = {"score": round(score(y, sel.oof_logits.argmax(1), metric, n_classes), 4),
                                    "of": list(feats)}
     name = metric.replace("_", " ")

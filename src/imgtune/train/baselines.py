@@ -49,7 +49,7 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     """The majority class and the logistic-regression probe of a run, on `rows` of `split` (those that
     were evaluated), from its cached features. The probe is the head selection's own logistic regression
     without class weights, its C cross-validated (reused from the selection when it ran)."""
-    from ..model.linear import fit_candidate, joined
+    from ..model.linear import Search, fit_candidate, joined
     from ..model.linear import logits as selection_logits
     from .decide import scores
     from .selection import select_head
@@ -61,7 +61,7 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     majority = majority_class(y, n_classes)
     out = {"majority": {"class": classes[majority], **scores(ye, np.full(len(ye), majority), n_classes)}}
     if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
-        choice = select_head(x, y, xv, yv, n_classes, metric="accuracy", seed=seed, weightings=("none",))
+        choice = select_head((x, y), (xv, yv), n_classes, Search.plain("accuracy", seed))
     probe = choice.probe()
     head = fit_candidate(joined(x, xv), np.concatenate([y, yv]), n_classes, probe)
     out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head)[rows].argmax(1), n_classes)}

@@ -34,7 +34,7 @@ from .head import Head
 from .hooks import BatchCheckpoints, EveryEpoch, StopAt
 from .loop import Hook, Objective, Stage, StageState, collect_logits, run_stage, start_loss
 from .optim import load_optimizer_tensors, make_optimizer, make_scheduler, optimizer_tensors
-from .rate import RateChoice, choose_rate
+from .rate import Probe, RateChoice, choose_rate
 
 # Fine-tuning's second epoch (after its warm-up) still trained this much above the loss the head started
 # from: not the dip of the first epoch, from which training recovers (Fashion-MNIST, lr 1e-4: 0.258 ->
@@ -222,9 +222,9 @@ def _found_rate(t: _Training, start: dict) -> dict:
         t.ctx.say(f"Fine-tune rate: {cfg.lr:g}, the recipe's (the rate search runs in one process only).")
         return {}
     train_batches, val_batches, n_batches = t.batches
-    choice = choose_rate(t.trained, start, lambda lr: _optimizer(t, lr), train_batches(0), val_batches,
-                         tuple(cfg.lr_candidates), n_batches=n_batches, device=t.ctx.device,
-                         objective=t.head.objective, bn_train=cfg.bn_train, weights_of=t.model)
+    probe = Probe(t.trained, t.model, start, lambda lr: _optimizer(t, lr), t.head.objective, cfg.bn_train,
+                  t.ctx.device)
+    choice = choose_rate(probe, train_batches(0), val_batches, tuple(cfg.lr_candidates), n_batches)
     t.ctx.say(choice.describe())
     return {"rate": choice.to_dict()}
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..engine import data_parallel, generator
 from ..model.heads import make_head
-from ..model.linear import CS, load_into
+from ..model.linear import CS, Search, load_into
 from ..model.linear import logits as selection_logits
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
@@ -22,10 +21,7 @@ from .decide import decide
 from .hooks import EveryEpoch, StopAt
 from .loop import Objective, Stage, epoch_seed, run_stage, validate
 from .optim import make_optimizer, make_scheduler
-from .selection import HeadChoice, select_head
-
-Split = tuple[np.ndarray, np.ndarray]  # cached features and labels of one split
-
+from .selection import HeadChoice, Split, select_head
 
 @dataclass
 class Head:
@@ -94,9 +90,9 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     else:
         with ctx.reporter.bar("Head selection (folds)", recipe.head.folds) as advance:
             given = recipe.head.candidates  # a retrain's: the reviewed run's winner
-            choice = select_head(x, y, xv, yv, n_classes, metric=recipe.metric, folds=recipe.head.folds,
-                                 seed=ctx.seed, advance=advance, cs=tuple(sorted({c for c, _ in given})) or CS,
-                                 weightings=tuple(sorted({w for _, w in given})) or None)
+            search = Search(recipe.metric, recipe.head.folds, ctx.seed, tuple(sorted({c for c, _ in given})) or CS,
+                            tuple(sorted({w for _, w in given})) or None)
+            choice = select_head((x, y), (xv, yv), n_classes, search, advance)
         choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
                                  fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val "
                                            "images", offsets=recipe.offsets)

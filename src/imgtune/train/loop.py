@@ -293,15 +293,13 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
         for h in hooks:
             h.before_stage(state)
     precision, epochs = Precision(device), stage.epochs
-    criterion = stage.objective.criterion(device, stage.label_smoothing)
     while state.epoch < epochs and not (stage.patience is not None and state.bad_epochs >= stage.patience):
         last = state.history[-1]["seconds"] if state.history and state.history[-1]["epoch"] > 0 else 0.0
         if not all(h.before_epoch(stage, state, last) for h in hooks):
             break
         started = stage.clock()
         set_train_mode(model, bn_train=stage.bn_train)
-        loss_sum, seen = _train_epoch(stage, trainer or model, criterion, state, precision, device, reporter,
-                                      hooks, epochs)
+        loss_sum, seen = _train_epoch(stage, trainer or model, state, precision, device, reporter, hooks, epochs)
         images = int(total(seen))
         record = {"stage": stage.name, "epoch": state.epoch + 1, "loss": total(loss_sum) / max(images, 1),
                   "images": images}
@@ -317,13 +315,14 @@ def run_stage(stage: Stage, model: nn.Module, *, device: torch.device, reporter:
     return state
 
 
-def _train_epoch(stage: Stage, net: nn.Module, criterion, state: "StageState", precision: Precision,
-                 device: torch.device, reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
+def _train_epoch(stage: Stage, net: nn.Module, state: "StageState", precision: Precision, device: torch.device,
+                 reporter: Reporter, hooks: list[Hook], epochs: int) -> tuple[float, int]:
     """One epoch's training batches (those of an interrupted epoch drawn again untrained) -> (summed loss,
     images)."""
     epoch, skip, saved_rng = state.epoch, state.batch, state.rng
     torch.manual_seed(epoch_seed(stage.seed, epoch))  # augmentation drawn in this process
     loss_sum, seen = (state.loss_total, state.seen) if skip else (0.0, 0)
+    criterion = stage.objective.criterion(device, stage.label_smoothing)
     with reporter.bar(f"{stage.name} epoch {epoch + 1}/{epochs}", stage.n_batches) as advance:
         for i, (x, y) in enumerate(stage.train_batches(epoch)):
             if i < skip:  # done before the interruption: drawn again so that what follows is the same

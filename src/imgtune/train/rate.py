@@ -52,31 +52,46 @@ def probe_batches(n_batches: int) -> int:
     return max(PROBE_MIN, min(PROBE_MAX, n_batches // 3))
 
 
-def choose_rate(model: torch.nn.Module, start: dict, make_optimizer: Callable[[float], torch.optim.Optimizer],
-                train_batches, val_batches: Callable, candidates: tuple[float, ...], *, n_batches: int,
-                device: torch.device, objective: Objective, bn_train: bool, weights_of: torch.nn.Module) -> RateChoice:
-    """Score each candidate rate by a short probe from `start` (the state dict of `weights_of`, the
-    model whose weights train) and choose one; `weights_of` is left holding `start` again.
-    `make_optimizer(rate)` builds the stage's optimizer at that rate; `train_batches` yields the batches
-    every probe trains on (the stage's first ones)."""
+@dataclass
+class Probe:
+    """What every probe trains: `model` (the images go through it; its trainable weights are those of
+    `weights_of`, whose state dict `start` each probe starts from) with the optimizer
+    `make_optimizer(rate)` builds, by `objective`'s loss, BatchNorm as `bn_train` says, on `device`."""
+
+    model: torch.nn.Module
+    weights_of: torch.nn.Module
+    start: dict
+    make_optimizer: Callable[[float], torch.optim.Optimizer]
+    objective: Objective
+    bn_train: bool
+    device: torch.device
+
+    def val_loss(self, val_batches: Callable) -> dict:
+        """{"val_loss"} (and "val_accuracy", single-label) of the model as it stands."""
+        if self.objective.multi_loss is not None:
+            return {"val_loss": _multi_val_loss(self.model, val_batches(), self.device)}
+        scores = validate(self.model, val_batches(), self.device, self.objective.decider(), None)
+        return {"val_loss": scores["val_loss"], "val_accuracy": scores["val_accuracy"]}
+
+
+def choose_rate(probe: Probe, train_batches, val_batches: Callable, candidates: tuple[float, ...],
+                n_batches: int) -> RateChoice:
+    """Score each candidate rate by a short probe from the start and choose one; the probe's
+    `weights_of` is left holding its start again. `train_batches` yields the batches every probe trains
+    on (the stage's first ones), `n_batches` is the stage's number of batches per epoch."""
     steps = probe_batches(n_batches)
     first = []
     for x, y in train_batches:
         first.append((x, y))
         if len(first) >= steps:
             break
-    start_val = validate(model, val_batches(), device, objective.decider(), None)["val_loss"] \
-        if objective.multi_loss is None else _multi_val_loss(model, val_batches(), device)
+    start_val = probe.val_loss(val_batches)["val_loss"]
     table = []
     for rate in sorted(candidates):
-        weights_of.load_state_dict(start)
-        _probe(model, first, make_optimizer(rate), device, objective, bn_train)
-        if objective.multi_loss is None:
-            scores = validate(model, val_batches(), device, objective.decider(), None)
-            table.append({"rate": rate, "val_loss": scores["val_loss"], "val_accuracy": scores["val_accuracy"]})
-        else:
-            table.append({"rate": rate, "val_loss": _multi_val_loss(model, val_batches(), device)})
-    weights_of.load_state_dict(start)
+        probe.weights_of.load_state_dict(probe.start)
+        _probe(probe, first, probe.make_optimizer(rate))
+        table.append({"rate": rate, **probe.val_loss(val_batches)})
+    probe.weights_of.load_state_dict(probe.start)
     best = table[0]
     for row in table[1:]:  # ascending rates: a higher one must be clearly better
         if row["val_loss"] < best["val_loss"] * (1 - MARGIN):
@@ -84,12 +99,13 @@ def choose_rate(model: torch.nn.Module, start: dict, make_optimizer: Callable[[f
     return RateChoice(best["rate"], table, start_val, len(first))
 
 
-def _probe(model, batches, optimizer, device, objective: Objective, bn_train: bool) -> None:
+def _probe(probe: Probe, batches, optimizer) -> None:
     """The probe's training: the rate rising linearly over the first half of the batches, then held."""
-    precision, criterion = Precision(device), objective.criterion(device)
+    model, device = probe.model, probe.device
+    precision, criterion = Precision(device), probe.objective.criterion(device)
     base = [g["lr"] for g in optimizer.param_groups]
     warm = max(1, len(batches) // 2)
-    set_train_mode(model, bn_train=bn_train)
+    set_train_mode(model, bn_train=probe.bn_train)
     for i, (x, y) in enumerate(batches):
         for g, lr in zip(optimizer.param_groups, base):
             g["lr"] = lr * min(1.0, (i + 1) / warm)

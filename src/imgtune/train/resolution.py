@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..atomic import write_json_atomic
 from ..metrics import score
-from ..model.linear import cross_validate
+from ..model.linear import Search, cross_validate
 from .decide import paired_gain
 from .sampled import sample, sample_features
 
@@ -58,7 +58,7 @@ def compare(small: np.ndarray, large: np.ndarray, y: np.ndarray, n_classes: int,
     y = np.asarray(y, int)
     preds = {}
     for name, x in (("small", small), ("large", large)):
-        sel = cross_validate(x, y, n_classes, metric=metric, seed=seed, weightings=("none",))
+        sel = cross_validate(x, y, n_classes, Search.plain(metric, seed))
         preds[name] = sel.oof_logits.argmax(1)
     gain, noise = paired_gain(y, preds["large"], preds["small"], metric, n_classes, seed=seed)
     return {"small": score(y, preds["small"], metric, n_classes), "large": score(y, preds["large"], metric, n_classes),

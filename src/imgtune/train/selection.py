@@ -11,15 +11,16 @@ the model that is kept.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..model.linear import (
-    CS,
     WEIGHTINGS,
     Candidate,
+    Search,
     Selection,
     capped_sample,
     class_weights,
@@ -29,6 +30,8 @@ from ..model.linear import (
     joined,
 )
 from .decide import Decision, LabelDecision
+
+Split = tuple[np.ndarray, np.ndarray]  # the features and labels of one split
 
 
 @dataclass
@@ -98,22 +101,22 @@ class HeadChoice:
         return Candidate(best["c"], "none")
 
 
-def select_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
-                metric: str, folds: int = 5, seed: int = 0, weightings=None, cs=CS, advance=None) -> HeadChoice:
+def select_head(train: Split, val: Split, n_classes: int, search: Search, advance=None) -> HeadChoice:
     """Cross-validate the candidates over train+val, then fit the winner on train and on train+val.
     Class weightings other than none are tried only for the class-balanced metrics and where the classes
     differ in size (1.5x or more). For accuracy every image counts the same, which is what the plain
     likelihood fits: on the clip art the sqrt-weighted head won the cross-validated log-loss by 0.001
-    and was 0.9 points less accurate on the held-out drawings. `cs`: the L2 strengths scored."""
+    and was 0.9 points less accurate on the held-out drawings. `train`, `val`: (features, labels)."""
+    (x_train, y_train), (x_val, y_val) = train, val
     x = joined(x_train, x_val)
     y = np.concatenate([y_train, y_val]).astype(int)
     counts = np.bincount(y_train, minlength=n_classes)
-    if weightings is None:
+    if search.weightings is None:
         imbalanced = counts.max() >= 1.5 * max(1, counts[counts > 0].min())
-        weightings = WEIGHTINGS if imbalanced and metric != "accuracy" else ("none",)
-    sample = capped_sample(y, seed)  # the choice needs no more than this
-    sel = cross_validate(x, y, n_classes, metric=metric, folds=folds, seed=seed, weightings=weightings, sample=sample,
-                         cs=cs, advance=advance)
+        search = dataclasses.replace(search, weightings=WEIGHTINGS if imbalanced and search.metric != "accuracy"
+                                     else ("none",))
+    sample = capped_sample(y, search.seed)  # the choice needs no more than this
+    sel = cross_validate(x, y, n_classes, search, sample=sample, advance=advance)
     train_head = fit_candidate(x_train, y_train, n_classes, sel.candidate)
     all_head = fit_candidate(x, y, n_classes, sel.candidate)
     cw = class_weights(np.asarray(y_train, int), n_classes, sel.candidate.weighting) \
