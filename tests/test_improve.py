@@ -123,9 +123,13 @@ def test_the_loop_review_retrain_compare(noisy, tmp_path, capsys):
     assert {p: r["split"] for p, r in split.items()} == {p: r["split"] for p, r in split0.items()}
     assert all(split[p]["label"] == ("circle" if p in found else "square") for p in wrong)
     assert (tmp_path / "fixed" / "corrections.csv").read_text() == (run / "corrections.csv").read_text()
-    chosen = json.loads((run / "config.json").read_text())["head_selection"]["candidate"]
-    table = config["head_selection"]["table"]  # the head fitted again at the C the run chose, not searched
-    assert [{"c": r["c"], "weighting": r["weighting"]} for r in table] == [chosen], table
+    selection = json.loads((run / "config.json").read_text())["head_selection"]
+    probe = max((r for r in selection["table"] if r["weighting"] == "none"),
+                key=lambda r: (round(r["accuracy"], 6), -r["log_loss"], -r["c"]))
+    table = config["head_selection"]["table"]  # the run's choice and its probe fitted again, not searched
+    scored = [{"c": r["c"], "weighting": r["weighting"]} for r in table]
+    assert selection["candidate"] in scored and {"c": probe["c"], "weighting": "none"} in scored, table
+    assert len(scored) == 1 + (probe["c"] != selection["candidate"]["c"]), table
 
     # a test split relabelled in B: the runs were judged on different images; refused, TEST_DATA is asked for
     # the same test images with the same labels: compared on them
@@ -260,6 +264,26 @@ def test_an_interrupted_retrain_resumes(noisy, tmp_path, monkeypatch):
     assert main(["retrain", str(run), "--resume", "--cache-dir", str(cache), "--quiet"]) == 0
     done = json.loads((tmp_path / "run-retrain" / "config.json").read_text())
     assert done["corrections"]["relabelled"] == {"square -> circle": 1}
+
+
+def test_a_retrain_of_a_run_whose_head_chose_class_weights_keeps_the_logistic_probe_baseline(noisy, tmp_path):
+    """A run whose head selection chose class weights (as --metric macro_f1 does on imbalanced data) has no
+    plain candidate to reuse: the retrain fits that head again and cross-validates the probe's C itself."""
+    data, run0, cache, wrong = noisy
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    config = json.loads((run / "config.json").read_text())
+    config["head_selection"]["candidate"] = {"c": 1.0, "weighting": "sqrt"}
+    config["head_selection"]["table"] = [{**r, "weighting": "sqrt"} for r in config["head_selection"]["table"]]
+    (run / "config.json").write_text(json.dumps(config))
+    _corrections(run / "corrections.csv", [[wrong[0], "relabel", "circle", "", ""]])
+    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "0", "--cache-dir", str(cache),
+                 "--quiet"]) == 0
+    fixed = tmp_path / "fixed"
+    table = json.loads((fixed / "config.json").read_text())["head_selection"]["table"]
+    assert [(r["c"], r["weighting"]) for r in table] == [(1.0, "sqrt")], table
+    probe = json.loads((fixed / "metrics.json").read_text())["baselines"]["logistic_probe"]
+    assert probe["c"] in (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0) and 0 <= probe["accuracy"] <= 1
 
 
 def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, capsys):

@@ -47,7 +47,8 @@ class HeadConfig:
     folds: int = 5  # cross-validation folds of the logistic head's selection
     # The logistic head's candidates as (C, class weighting) pairs; () scores the eight L2 strengths of
     # model/linear.py with the weightings the metric and the class sizes call for. A retrain gives the
-    # reviewed run's winner alone: its choice is kept, and its out-of-fold predictions are fitted again.
+    # reviewed run's winner and its plain logistic-regression probe: the choice is not searched again,
+    # and their out-of-fold predictions are fitted again on the corrected labels.
     candidates: tuple[tuple[float, str], ...] = ()
 
 

@@ -50,10 +50,20 @@ def run_settings(run: RunFolder) -> dict:
             "chosen_head": _chosen_head(config), "cache": config.get("cache")}
 
 
-def _chosen_head(config: dict) -> tuple[float, str] | None:
-    """The (C, class weighting) the run's head selection chose; None for a run without one."""
-    chosen = (config.get("head_selection") or {}).get("candidate")
-    return (float(chosen["c"]), str(chosen["weighting"])) if chosen else None
+def _chosen_head(config: dict) -> tuple[tuple[float, str], ...]:
+    """The (C, class weighting) the run's head selection chose, and its plain logistic-regression probe's
+    where that is another (the baseline every run is held against): () for a run without a selection."""
+    from .train.selection import probe_of
+
+    selection = config.get("head_selection") or {}
+    chosen = selection.get("candidate")
+    if not chosen:
+        return ()
+    pairs = [(float(chosen["c"]), str(chosen["weighting"]))]
+    probe = probe_of(selection.get("table") or [])
+    if probe is not None and (probe.c, probe.weighting) not in pairs:
+        pairs.append((float(probe.c), probe.weighting))
+    return tuple(pairs)
 
 
 def retrain_epochs(recipe_epochs: int) -> int:
@@ -67,7 +77,7 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             say=print, **settings):
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
-    data (backbone, image size, augmentation, the head's C and class weighting), so every image keeps its
+    data (backbone, image size, augmentation, the head's C and class weighting and its probe's C), so every image keeps its
     split and the feature cache and trunk views (keyed by content) are reused. Fine-tuning runs for half
     the recipe's epochs unless `epochs` says otherwise (32 % of a cold run's time on Fashion-MNIST, 50 % on
     the small digits set, with the accuracy recovered: BENCHMARKS.md, "The improvement loop") and is
@@ -82,8 +92,8 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     recipe = Recipe.from_dict(s["recipe"])
     if s["chosen_augment"] and recipe.finetune.augment == "auto":
         recipe = with_overrides(recipe, augment=s["chosen_augment"])
-    if s["chosen_head"] and recipe.head.kind == "logistic":  # its out-of-fold predictions are fitted again
-        recipe = dataclasses.replace(recipe, head=dataclasses.replace(recipe.head, candidates=(s["chosen_head"],)))
+    if s["chosen_head"] and recipe.head.kind == "logistic":  # their out-of-fold predictions are fitted again
+        recipe = dataclasses.replace(recipe, head=dataclasses.replace(recipe.head, candidates=s["chosen_head"]))
     params = {"recipe": recipe, "image_size": s["chosen_image_size"], "epochs": retrain_epochs(recipe.finetune.epochs),
               "seed": s["seed"], "weights": s["weights"], "task": s.get("data_task"), "cache_dir": s.get("cache"),
               "time_limit": s.get("time_limit"), **{k: v for k, v in settings.items() if v is not None}}

@@ -133,14 +133,25 @@ class Selection:
 @dataclass(frozen=True)
 class Search:
     """What a selection scores and how: every L2 strength of `cs` with every class weighting of
-    `weightings` (None: both WEIGHTINGS, or as select_head decides from the data), by `folds`-fold
-    cross-validation dealt by `seed`, judged for `metric` (see cross_validate)."""
+    `weightings` (None: both WEIGHTINGS, or as select_head decides from the data), or exactly the
+    (C, weighting) `pairs` where given, by `folds`-fold cross-validation dealt by `seed`, judged for
+    `metric` (see cross_validate)."""
 
     metric: str
     folds: int = 5
     seed: int = 0
     cs: tuple[float, ...] = CS
     weightings: tuple[str, ...] | None = None
+    pairs: tuple[tuple[float, str], ...] = ()
+
+    def paths(self) -> dict[str, tuple[float, ...]]:
+        """weighting -> its L2 strengths in ascending order (each fit starts from the one before)."""
+        if not self.pairs:
+            return {w: tuple(self.cs) for w in self.weightings or WEIGHTINGS}
+        out: dict[str, list[float]] = {}
+        for c, w in self.pairs:
+            out.setdefault(w, []).append(float(c))
+        return {w: tuple(sorted(set(cs))) for w, cs in out.items()}
 
     @classmethod
     def plain(cls, metric: str, seed: int = 0) -> "Search":
@@ -159,12 +170,12 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, search: Search,
     smallest = int(np.bincount(y, minlength=n_classes)[np.unique(y)].min())
     k = max(2, min(search.folds, smallest))
     fold = stratified_folds(y, k, search.seed)
-    weightings, cs = search.weightings or WEIGHTINGS, search.cs
-    oof = {Candidate(c, w): np.zeros((len(y), n_classes), np.float32) for w in weightings for c in cs}
+    paths = search.paths()
+    oof = {Candidate(c, w): np.zeros((len(y), n_classes), np.float32) for w, cs in paths.items() for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
         xtr, xte = x[sample[tr]], x[sample[te]]
-        for w in weightings:
+        for w, cs in paths.items():
             cw = class_weights(y[tr], n_classes, w) if w != "none" else None
             head = None
             for c in cs:  # warm start along the path

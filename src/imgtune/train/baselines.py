@@ -60,9 +60,9 @@ def run_baselines(choice, feats: dict, split: str, rows: list[int], classes: lis
     n_classes = len(classes)
     majority = majority_class(y, n_classes)
     out = {"majority": {"class": classes[majority], **scores(ye, np.full(len(ye), majority), n_classes)}}
-    if choice is None:  # no selection ran: cross-validate the probe's C now (seconds)
-        choice = select_head((x, y), (xv, yv), n_classes, Search.plain("accuracy", seed))
-    probe = choice.probe()
+    probe = choice.probe() if choice is not None else None
+    if probe is None:  # no selection ran, or none of its candidates was plain: cross-validate C now (seconds)
+        probe = select_head((x, y), (xv, yv), n_classes, Search.plain("accuracy", seed)).probe()
     head = fit_candidate(joined(x, xv), np.concatenate([y, yv]), n_classes, probe)
     out["logistic_probe"] = {"c": probe.c, **scores(ye, selection_logits(xe, head)[rows].argmax(1), n_classes)}
     return out

@@ -10,7 +10,7 @@ import torch
 
 from ..engine import data_parallel, generator
 from ..model.heads import make_head
-from ..model.linear import CS, Search, load_into
+from ..model.linear import Search, load_into
 from ..model.linear import logits as selection_logits
 from ..progress import Reporter
 from ..runs.folder import load_tensors_and_meta, save_tensors
@@ -90,8 +90,7 @@ def _logistic(ctx: FitContext, feats: dict[str, Split], n_classes: int, log_epoc
     else:
         with ctx.reporter.bar("Head selection (folds)", recipe.head.folds) as advance:
             given = recipe.head.candidates  # a retrain's: the reviewed run's winner
-            search = Search(recipe.metric, recipe.head.folds, ctx.seed, tuple(sorted({c for c, _ in given})) or CS,
-                            tuple(sorted({w for _, w in given})) or None)
+            search = Search(recipe.metric, recipe.head.folds, ctx.seed, pairs=given)
             choice = select_head((x, y), (xv, yv), n_classes, search, advance)
         choice.decision = decide(choice.selection.oof_logits, choice.oof_labels, recipe.metric,
                                  fitted_on=f"out-of-fold predictions of {len(choice.oof_labels):,} train+val "

@@ -93,12 +93,21 @@ class HeadChoice:
         return (f"Head: {s.candidate.describe()}, {how} {s.folds}-fold cross-validation on "
                 f"{len(self.oof_labels):,} images{labels} (out-of-fold {name} {best[s.metric]:.4f}).")
 
-    def probe(self) -> Candidate:
+    def probe(self) -> Candidate | None:
         """The logistic-regression baseline among the candidates: no class weights, best out-of-fold
-        accuracy (scikit-learn's LogisticRegression with C chosen by k-fold accuracy)."""
-        rows = [r for r in self.selection.table if r["weighting"] == "none"]
-        best = max(rows, key=lambda r: (round(r["accuracy"], 6), -r["log_loss"], -r["c"]))
-        return Candidate(best["c"], "none")
+        accuracy (scikit-learn's LogisticRegression with C chosen by k-fold accuracy); None where no
+        candidate was without class weights."""
+        return probe_of(self.selection.table)
+
+
+def probe_of(table: list[dict]) -> Candidate | None:
+    """The plain logistic regression among a selection's scored candidates (its `table`): no class
+    weights, best out-of-fold accuracy; None where every candidate had class weights."""
+    rows = [r for r in table if r["weighting"] == "none"]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (round(r["accuracy"], 6), -r["log_loss"], -r["c"]))
+    return Candidate(best["c"], "none")
 
 
 def select_head(train: Split, val: Split, n_classes: int, search: Search, advance=None) -> HeadChoice:
@@ -111,7 +120,7 @@ def select_head(train: Split, val: Split, n_classes: int, search: Search, advanc
     x = joined(x_train, x_val)
     y = np.concatenate([y_train, y_val]).astype(int)
     counts = np.bincount(y_train, minlength=n_classes)
-    if search.weightings is None:
+    if search.weightings is None and not search.pairs:
         imbalanced = counts.max() >= 1.5 * max(1, counts[counts > 0].min())
         search = dataclasses.replace(search, weightings=WEIGHTINGS if imbalanced and search.metric != "accuracy"
                                      else ("none",))
