@@ -286,6 +286,35 @@ def test_a_retrain_of_a_run_whose_head_chose_class_weights_keeps_the_logistic_pr
     assert probe["c"] in (1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0, 30.0) and 0 <= probe["accuracy"] <= 1
 
 
+def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(noisy, tmp_path, capsys):
+    """The reviewed run's fine-tuned blocks and head are where the retrain's fine-tuning starts: with the
+    run's head planted at zero, the stage's epoch 0 (the model as it starts) answers the first class for
+    every validation image."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    data, run0, cache, wrong = noisy
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    config = json.loads((run / "config.json").read_text())
+    config["finetune"]["kept"] = True
+    (run / "config.json").write_text(json.dumps(config))
+    with safe_open(run / "model.safetensors", "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors = {k: v.zero_() if k.startswith("head.") else v for k, v in tensors.items()}
+    save_file(tensors, run / "model.safetensors", metadata=meta)
+    _corrections(run / "corrections.csv", [[wrong[0], "relabel", "circle", "", ""]])
+    capsys.readouterr()
+    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "1", "--cache-dir", str(cache)]) == 0
+    said = capsys.readouterr()
+    assert "continuing from its fine-tuned model" in said.out + said.err
+    fixed = tmp_path / "fixed"
+    assert json.loads((fixed / "config.json").read_text())["finetune"]["started_from"] == str(run.resolve())
+    first = next(json.loads(line) for line in open(fixed / "history.jsonl") if '"fine-tune"' in line)
+    val = [r["label"] for r in csv.DictReader(open(fixed / "split.csv")) if r["split"] == "val"]
+    assert first["epoch"] == 0 and first["val_accuracy"] == pytest.approx(val.count("circle") / len(val))
+
+
 def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, capsys):
     assert main(["review", str(tmp_path), "--list"]) == 2
     assert "is not a run folder" in capsys.readouterr().err

@@ -93,6 +93,10 @@ class FineTuneConfig:
     balance: str = "head"
     warmup: float = 0.1  # share of the steps over which the learning rate rises from 0 (cosine schedule)
     clip_grad: float | None = None  # cap on the gradients' global norm
+    # A run folder whose fine-tuned model (its blocks and head) the stage starts from, instead of the head
+    # on the pretrained body; still judged against the head. A retrain of a run that kept its fine-tuning
+    # continues from it (improve.py), as the same classes allow.
+    start_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def run_settings(run: RunFolder) -> dict:
     return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
             "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
             "chosen_augment": (config.get("augment") or {}).get("chosen"),
-            "chosen_head": _chosen_head(config), "cache": config.get("cache")}
+            "chosen_head": _chosen_head(config), "cache": config.get("cache"),
+            "kept_finetuning": bool((config.get("finetune") or {}).get("kept"))}
 
 
 def _chosen_head(config: dict) -> tuple[tuple[float, str], ...]:
@@ -77,12 +78,12 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             say=print, **settings):
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
-    data (backbone, image size, augmentation, the head's C and class weighting and its probe's C), so every image keeps its
-    split and the feature cache and trunk views (keyed by content) are reused. Fine-tuning runs for half
-    the recipe's epochs unless `epochs` says otherwise (32 % of a cold run's time on Fashion-MNIST, 50 % on
-    the small digits set, with the accuracy recovered: BENCHMARKS.md, "The improvement loop") and is
-    judged against the head again: a run whose noisy labels made its head win may fine-tune well once
-    they are corrected. `epochs=0` fits the head alone, in seconds. `settings`: any other of ImageClassifier's parameters to change (device, cache_dir,
+    data (backbone, image size, augmentation, the head's C and class weighting and its probe's C), so every
+    image keeps its split and the feature cache and trunk views (keyed by content) are reused. Fine-tuning
+    runs for half the recipe's epochs unless `epochs` says otherwise, continuing from the run's fine-tuned
+    model where the run kept one (its blocks are adapted to these images already: on the digits the
+    4-epoch accuracy in 2 epochs; BENCHMARKS.md, "The improvement loop"), and is judged against the head
+    again: a run whose noisy labels made its head win may fine-tune well once they are corrected. `epochs=0` fits the head alone, in seconds. `settings`: any other of ImageClassifier's parameters to change (device, cache_dir,
     quiet, ...; None keeps the run's). `say` hears what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
     from .config import Recipe, with_overrides
@@ -94,6 +95,9 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         recipe = with_overrides(recipe, augment=s["chosen_augment"])
     if s["chosen_head"] and recipe.head.kind == "logistic":  # their out-of-fold predictions are fitted again
         recipe = dataclasses.replace(recipe, head=dataclasses.replace(recipe.head, candidates=s["chosen_head"]))
+    if s["kept_finetuning"]:  # its blocks are adapted to these images already: fine-tuning continues from them
+        recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune,
+                                                                          start_from=str(source.path.resolve())))
     params = {"recipe": recipe, "image_size": s["chosen_image_size"], "epochs": retrain_epochs(recipe.finetune.epochs),
               "seed": s["seed"], "weights": s["weights"], "task": s.get("data_task"), "cache_dir": s.get("cache"),
               "time_limit": s.get("time_limit"), **{k: v for k, v in settings.items() if v is not None}}
@@ -102,7 +106,8 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
     say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
-        f"{recipe.finetune.augment}, {params['epochs']} fine-tune epochs "
+        f"{recipe.finetune.augment}, {params['epochs']} fine-tune epochs"
+        f"{' continuing from its fine-tuned model' if s['kept_finetuning'] else ''} "
         f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"

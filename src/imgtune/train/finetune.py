@@ -25,7 +25,8 @@ from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
 from ..model.linear import class_weights
 from ..model.trunk import Tail
-from ..runs.folder import load_tensors_and_meta, save_tensors
+from ..errors import RunFolderError
+from ..runs.folder import RunFolder, load_tensors_and_meta, save_tensors
 from . import budget
 from .batches import Images, stage_batches
 from .context import FitContext
@@ -65,7 +66,8 @@ class _Training:
     stop_at: float | None
     fresh_plan: bool
     images: Images
-
+    origin: dict  # the weights the stage starts (and restarts) from
+    origin_name: str  # what they are, in words
     @property
     def ckpt(self) -> Path:
         return self.ctx.run.checkpoints / "finetune.safetensors"
@@ -79,6 +81,8 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
     cfg = ctx.recipe.finetune
     body = _unfreeze(model, cfg.unfreeze, images.backbone_name)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the head on the pretrained body
+    continued = cfg.start_from is not None and _continue_from(ctx, model, cfg.start_from, images.manifest.classes)
+    origin = {k: v.detach().clone() for k, v in model.state_dict().items()} if continued else start
     bs, per_rank = _batch_size(ctx, cfg, len(images.manifest.split("train")))
     stop_at, fresh = None, False
     if ctx.deadline is not None:
@@ -87,11 +91,14 @@ def fine_tune(ctx: FitContext, model: Classifier, images: Images, head: Head, lo
             ctx.say("Fine-tune: skipped, no time left for an epoch within the time limit.")
             return [], {"kept": False, "reason": "no time left for an epoch within the time limit"}
     trained, batches = stage_batches(ctx, cfg, model, images, bs, (per_rank + bs - 1) // bs)
-    t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, images)
-    state, guard = _guarded(t, start)
+    t = _Training(ctx, cfg, model, trained, body, batches, head, log_epoch, stop_at, fresh, images, origin,
+                  "the run's model" if continued else "the head")
+    state, guard = _guarded(t)
     for p in model.parameters():
         p.requires_grad = False
-    outcome = keep_or_not(ctx, model, trained, start, state, batches[1], head.objective)
+    outcome = keep_or_not(ctx, model, trained, start, state, batches[1], head.objective, continued=continued)
+    if continued:
+        outcome["started_from"] = cfg.start_from
     if guard["lr_scale"] != 1.0:
         outcome["restarted"] = {"loss_after_warmup": guard.get("diverged_loss"),
                                 "start_loss": guard["start_loss"], "lr_scale": guard["lr_scale"]}
@@ -111,6 +118,24 @@ def _unfreeze(model: Classifier, groups: int, backbone_name: str) -> list[torch.
     return [p for n, p in model.backbone.named_parameters() if n in unfrozen]
 
 
+def _continue_from(ctx: FitContext, model: Classifier, run: str, classes: list[str]) -> bool:
+    """The fine-tuned blocks and head of the run folder `run` put in `model` -> True; False, said, where
+    that run has other classes (the stage then starts from the head)."""
+    folder = RunFolder(run)
+    theirs = folder.read_config().get("classes")
+    if theirs != list(classes):
+        ctx.say(f"Fine-tune: starting from the head, not from {run}'s model: its classes are not these.")
+        return False
+    weights = {k: v for k, v in folder.load_weights(classes).items() if k != "offsets"}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if k != "offsets"]:
+        raise RunFolderError(f"{str(folder.weights)!r} is not a model of this backbone and head; retrain "
+                             "without continuing from it (--epochs as usual, a new run).")
+    ctx.say(f"Fine-tune: continuing from {run}'s fine-tuned model (its blocks and head), judged against the "
+            "head again.")
+    return True
+
+
 def _batch_size(ctx: FitContext, cfg: FineTuneConfig, n_train: int) -> tuple[int, int]:
     """(images per batch in this process, training images per process): the global batch stays what the
     recipe says, whatever the number of processes."""
@@ -123,15 +148,15 @@ def _batch_size(ctx: FitContext, cfg: FineTuneConfig, n_train: int) -> tuple[int
     return bs, per_rank
 
 
-def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
-    """The stage, restarted once from the head at a tenth of the learning rate when it diverges ->
+def _guarded(t: _Training) -> tuple[StageState, dict]:
+    """The stage, restarted once from its origin at a tenth of the learning rate when it diverges ->
     (its final state, the guard: the loss the head started from and the rate scale used). Only a stage
     at the full rate is watched, so the restart runs to its end."""
     saved = load_tensors_and_meta(t.ckpt) if t.ckpt.exists() else None
     guard = saved[1].get("guard") if saved else None
     if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
         guard = {"start_loss": start_loss(t.trained, t.batches[0](0), t.ctx.device, t.head.objective, t.cfg),
-                 "lr_scale": 1.0, **_found_rate(t, start)}
+                 "lr_scale": 1.0, **_found_rate(t)}
     elif "rate" in guard:
         t.ctx.say(RateChoice.from_dict(guard["rate"]).describe())
     _announce(t, guard)
@@ -140,9 +165,9 @@ def _guarded(t: _Training, start: dict) -> tuple[StageState, dict]:
     except Diverged as e:
         if t.ctx.ranks.main:
             t.ckpt.unlink(missing_ok=True)  # a resume from here starts over, and diverges the same way
-        t.ctx.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above the head's "
-                  f"{guard['start_loss']:.4f}: restarting from the head at a tenth of the learning rate.")
-        t.model.load_state_dict(start)
+        t.ctx.say(f"Fine-tune: after warm-up the training loss is still {e.loss:.4f}, above {t.origin_name}'s "
+                  f"{guard['start_loss']:.4f}: restarting from {t.origin_name} at a tenth of the learning rate.")
+        t.model.load_state_dict(t.origin)
         guard = {**guard, "lr_scale": 0.1, "diverged_loss": e.loss}
         return _attempt(t, guard, None), guard
 
@@ -212,7 +237,7 @@ def _rate(guard: dict, cfg: FineTuneConfig) -> float:
     return guard["rate"]["rate"] if "rate" in guard else cfg.lr
 
 
-def _found_rate(t: _Training, start: dict) -> dict:
+def _found_rate(t: _Training) -> dict:
     """{"rate": the RateChoice as a dict} where the recipe has candidate rates (and, under a time limit,
     the plan has room for the probe's extra epoch or so); else nothing, and the recipe's rate is used."""
     cfg = t.cfg
@@ -222,7 +247,7 @@ def _found_rate(t: _Training, start: dict) -> dict:
         t.ctx.say(f"Fine-tune rate: {cfg.lr:g}, the recipe's (the rate search runs in one process only).")
         return {}
     train_batches, val_batches, n_batches = t.batches
-    probe = Probe(t.trained, t.model, start, lambda lr: _optimizer(t, lr), t.head.objective, cfg.bn_train,
+    probe = Probe(t.trained, t.model, t.origin, lambda lr: _optimizer(t, lr), t.head.objective, cfg.bn_train,
                   t.ctx.device)
     choice = choose_rate(probe, train_batches(0), val_batches, tuple(cfg.lr_candidates), n_batches)
     t.ctx.say(choice.describe())
@@ -299,16 +324,17 @@ class _LogJudged(Hook):
 
 
 def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state: StageState, val_batches,
-                objective) -> dict:
-    """Keep the fine-tuned weights only where they beat the head on validation by more than the
-    noise of the validation split (a paired bootstrap of the metric); otherwise restore the head."""
+                objective, *, continued: bool = False) -> dict:
+    """Keep the fine-tuned weights only where they beat the head (`start`) on validation by more than the
+    noise of the validation split (a paired bootstrap of the metric); otherwise restore the head. With
+    `continued` (the stage started from another run's fine-tuned model), its epoch 0 is fine-tuned too."""
     device = ctx.device
     tuned_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     z_ft, y = collect_logits(trained, val_batches(), device)
     model.load_state_dict(start)
     z_head, _ = collect_logits(trained, val_batches(), device)
     ft_score, head_score, gain, se = _compared(objective, y, z_ft, z_head, ctx.seed)
-    kept = state.best_epoch > 0 and gain > se
+    kept = (state.best_epoch > 0 or continued) and gain > se
     name = objective.name
     against = (f"{ft_score:.4f} validation {name} (epoch {state.best_epoch}) against the head's {head_score:.4f}: "
                f"{gain * 100:+.1f} points")
@@ -316,7 +342,7 @@ def keep_or_not(ctx: FitContext, model: Classifier, trained, start: dict, state:
     if kept:
         model.load_state_dict(tuned_weights)
         why = f"{against}, more than {noise}; kept the fine-tuned model"
-    elif state.best_epoch == 0:
+    elif state.best_epoch == 0 and not continued:
         why = f"no epoch beat the head's {head_score:.4f} validation {name}; kept the head"
     else:
         why = f"{against}, within {noise}; kept the head"
