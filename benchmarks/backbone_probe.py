@@ -24,7 +24,7 @@ from accuracy import files
 from imgtune.cache.features import FeatureCache, extract_features
 from imgtune.config import DEFAULT
 from imgtune.data.scan import scan
-from imgtune.engine import Ranks
+from imgtune.devices import Ranks
 from imgtune.metrics import evaluate
 from imgtune.model.backbones import create_backbone
 from imgtune.model.frozen import fast_frozen

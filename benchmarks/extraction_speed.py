@@ -33,7 +33,6 @@ from PIL import Image
 
 from imgtune.cache.features import FeatureCache, extract_features
 from imgtune.cache.trunk_views import TrunkViews
-from imgtune.engine import setup
 from imgtune.model.backbones import create_backbone
 from imgtune.model.frozen import fast_frozen
 from imgtune.model.onnx_module import OnnxModule, trace
@@ -113,7 +112,8 @@ PATHS = {"reference: bare ONNX Runtime forward": "bare",
 
 def measure(path: str, images: int, size: int, out: Path) -> float:
     """Images/s of one path, after an untimed warm-up (exports and first-touch costs out of the timing)."""
-    setup(0)
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # as training does (devices.cpu_numerics)
     paths = write_photos(out / "photos", images)
     backbone = create_backbone(image_size=size)
     if path in ("bare", "ours"):

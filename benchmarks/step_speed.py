@@ -23,7 +23,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from imgtune.engine import setup
 from imgtune.model.backbones import create_backbone
 from imgtune.model.heads import Classifier, Dropout
 from imgtune.model.trunk import Tail
@@ -101,7 +100,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    setup(0)  # flush denormals, as training does
+    torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # as training does (devices.cpu_numerics)
     cases = {
         "whole network, step, contiguous": lambda: step_ms(False, False),
         "whole network, step, channels-last": lambda: step_ms(False, True),

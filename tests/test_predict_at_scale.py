@@ -13,7 +13,7 @@ from conftest import run_watched, write_class_folders
 from imgtune.classifier import ImageClassifier
 from imgtune.cli import main
 from imgtune.deploy.runtime import choose_runtime, is_current
-from imgtune.engine import resolve_device
+from imgtune.devices import resolve_device
 from imgtune.errors import ParameterError
 from imgtune.runs.folder import RunFolder, latest_run_folder, next_run_folder
 

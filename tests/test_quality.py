@@ -8,7 +8,7 @@ import pytest
 from conftest import COLOURS, make_image, write_class_folders
 from PIL import Image, ImageDraw, ImageFilter
 
-from imgtune.audit import audit
+from imgtune.inspect_data import audit
 from imgtune.data import quality
 from imgtune.report.inspect_page import build_inspect_page, summary_lines
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgtune import audit as audit_module
-from imgtune.audit import _rare_labels, audit, audit_manifest
+from imgtune import inspect_data as audit_module
+from imgtune.inspect_data import _rare_labels, audit, audit_manifest
 from imgtune.data.manifest import Item, Manifest
 from imgtune.report import plots
 from imgtune.report.inspect_page import build_inspect_page, summary_lines

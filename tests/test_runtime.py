@@ -2,7 +2,7 @@
 
 import torch
 
-from imgtune.engine import Precision, prepare, to_device
+from imgtune.devices import Precision, prepare, to_device
 
 
 def _one_step(precision, seen: list | None = None):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine
+from . import devices
 from .cache.features import default_cache_dir
 from .config import TrainSettings
 from .data.scan import labelled_files
@@ -127,13 +127,13 @@ class ImageClassifier:
         mlflow_log.check(mlflow)
         run = RunFolder(out if out is not None else tempfile.mkdtemp(prefix="imgtune-run-"))
         with contextlib.ExitStack() as scope:
-            ranks, device = scope.enter_context(engine.ranks_and_device(settings.device))
+            ranks, device = scope.enter_context(devices.ranks_and_device(settings.device))
             self.ranks_ = ranks
             if limit is not None and ranks.active:
                 raise ParameterError("time_limit", "is for one process; under torchrun give the epochs "
                                                    "instead.")
-            scope.enter_context(engine.seeded(settings.seed, device))
-            scope.enter_context(engine.cpu_numerics())
+            scope.enter_context(devices.seeded(settings.seed, device))
+            scope.enter_context(devices.cpu_numerics())
             if not str(data).startswith("builtin:"):
                 _refuse_run_inside_data(run, data)
             if ranks.main:
@@ -165,7 +165,7 @@ class ImageClassifier:
             reporter.say(why)
         trained = load_run(path, device=device, runtime=runtime)
         clf = cls(trained.backbone, **_parameters_of(trained), device=device, quiet=quiet)
-        clf.trained_, clf.ranks_ = trained, engine.Ranks()
+        clf.trained_, clf.ranks_ = trained, devices.Ranks()
         return clf
 
     def evaluate(self, data: str | os.PathLike, *, tta: bool = False) -> dict:
@@ -188,7 +188,7 @@ class ImageClassifier:
         listed in the result's `skipped`. A multi-label model answers {"path", "labels": the label set,
         "probabilities": {label: calibrated probability}} per image. Under torchrun (a process group
         joined), the files are shared among the processes and each is given every answer."""
-        return sharded.predict(self.trained_, inputs, ranks=engine.Ranks.current(), top_k=top_k, tta=tta,
+        return sharded.predict(self.trained_, inputs, ranks=devices.Ranks.current(), top_k=top_k, tta=tta,
                                min_confidence=min_confidence, reporter=Reporter(self.quiet))
 
     def predict_proba(self, inputs, *, tta: bool = False) -> np.ndarray:

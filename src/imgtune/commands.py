@@ -111,7 +111,7 @@ def predict(args) -> int:
     import time
 
     from .classifier import ImageClassifier
-    from .engine import ranks_and_device
+    from .devices import ranks_and_device
     from .errors import ConfigError
     from .infer.sharded import write_predictions
     from .infer.writers import check_output
@@ -227,7 +227,7 @@ def inspect(args) -> int:
     from pathlib import Path
 
     from .atomic import write_json_atomic, write_text_atomic
-    from .audit import audit
+    from .inspect_data import audit
     from .diagnose.label_errors import write_label_issues
     from .progress import Reporter
     from .report.inspect_page import build_inspect_page, summary_lines

@@ -20,7 +20,7 @@ from torch import nn
 from ..data.datasets import ImageFiles
 from ..data.images import BadImage, read_bytes
 from ..data.transforms import eval_transform
-from ..engine import Ranks
+from ..devices import Ranks
 from ..errors import RunFolderError
 from ..model.backbones import Backbone, create_backbone
 from ..model.forward import run_network

@@ -4,7 +4,7 @@ Layouts understood:
   DATA/<class>/<image>                                  split here, seeded and stratified
   DATA/{train,val|validation,test}/<class>/<image>      splits as given (val made from train if absent)
   FILE.csv with columns path,label[,split]              paths relative to the CSV's folder
-  FILE.csv with columns path,labels[,split]             multi-label: labels joined by ";" (table.py)
+  FILE.csv with columns path,labels[,split]             multi-label: labels joined by ";" (csv_labels.py)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..config import TASKS
 from ..errors import DataError
 from .images import not_regular
 from .manifest import SPLIT_NAMES, Item, Manifest, stratified_split
-from .table import label_set, missing_reason, read_csv, row_path, scan_csv, split_of
+from .csv_labels import label_set, missing_reason, read_csv, row_path, scan_csv, split_of
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..engine import resolve_device
+from ..devices import resolve_device
 from ..errors import ImgtuneError, RunFolderError
 from ..progress import Reporter
 from ..runs.folder import RunFolder

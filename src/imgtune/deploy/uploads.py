@@ -8,7 +8,7 @@ import json
 import torch
 
 from ..data.images import MAX_PIXELS, BadImage, decode_rgb, decoded_pixels
-from ..engine import release_free_memory
+from ..devices import release_free_memory
 from ..infer.explain import explained_class, overlays_of_inputs, png_bytes
 from ..infer.predictor import answer_inputs, model_input
 

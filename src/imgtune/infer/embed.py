@@ -24,7 +24,7 @@ from ..atomic import write_atomic, write_csv_atomic
 from ..cache.features import frozen_features
 from ..data.manifest import SPLIT_NAMES
 from ..data.scan import image_files, is_image_name
-from ..data.table import label_set, missing_reason, read_csv, row_path
+from ..data.csv_labels import label_set, missing_reason, read_csv, row_path
 from ..errors import DataError, ParameterError, require
 from ..progress import Reporter
 from ..runs.trained import fitted_state

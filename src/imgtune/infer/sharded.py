@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import Ranks
+from ..devices import Ranks
 from ..errors import ConfigError
 from . import predictor
 from .writers import PredictionFormat, join_parts, write_stream

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 from ..data.datasets import ImageFiles
-from ..engine import loader_workers, release_free_memory
+from ..devices import loader_workers, release_free_memory
 from ..progress import Reporter
 
 

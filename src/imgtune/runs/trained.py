@@ -15,7 +15,7 @@ import torch
 from .._version import __version__
 from ..config import RUNTIMES, HeadConfig
 from ..data.transforms import DataConfig
-from ..engine import resolve_device
+from ..devices import resolve_device
 from ..errors import ConfigError, RunFolderError
 from ..model.backbones import architecture
 from ..model.heads import Classifier, make_head

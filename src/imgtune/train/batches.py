@@ -13,7 +13,7 @@ from ..config import FineTuneConfig
 from ..data.datasets import ImageFiles
 from ..data.manifest import Manifest
 from ..data.transforms import DataConfig, eval_transform, train_transform
-from ..engine import generator, loader_workers
+from ..devices import generator, loader_workers
 from ..model.heads import Classifier
 from ..model.trunk import Tail
 from .context import FitContext

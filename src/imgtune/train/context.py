@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import Recipe
-from ..engine import Ranks
+from ..devices import Ranks
 from ..progress import Reporter
 from ..runs.folder import RunFolder
 from .budget import TimeLimit

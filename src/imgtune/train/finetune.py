@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import write_json_atomic
 from ..config import FineTuneConfig
-from ..engine import data_parallel
+from ..devices import data_parallel
 from ..infer.multilabel import mean_average_precision, paired_map_gain, sigmoid
 from ..metrics import score
 from ..model.backbones import unfrozen_names

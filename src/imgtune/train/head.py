@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import data_parallel, generator
+from ..devices import data_parallel, generator
 from ..model.heads import make_head
 from ..model.linear import Search, load_into
 from ..model.linear import logits as selection_logits

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine import Precision, to_device
+from ..devices import Precision, to_device
 from ..metrics import confusion_matrix, macro_scores, per_class
 from ..progress import Reporter
 

@@ -20,7 +20,7 @@ from ..data.builtin import resolve as resolve_data
 from ..data.corrections import apply_corrections
 from ..data.manifest import Manifest
 from ..data.scan import find_images, require_usable, scan
-from ..engine import prepare
+from ..devices import prepare
 from ..errors import DataError, ParameterError, RunFolderError
 from ..model.backbones import Backbone, create_backbone
 from ..model.heads import Classifier

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..engine import Precision, to_device
+from ..devices import Precision, to_device
 from .loop import Objective, set_train_mode, validate
 
 # A probe's length in batches: a third of an epoch, at least PROBE_MIN and at most PROBE_MAX batches.
