@@ -315,6 +315,26 @@ def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(n
     assert first["epoch"] == 0 and first["val_accuracy"] == pytest.approx(val.count("circle") / len(val))
 
 
+def test_a_retrain_into_new_classes_starts_from_the_head_and_says_why(noisy, tmp_path, capsys):
+    """An image relabelled into a class the run did not have (--allow-new-classes): the run's model has
+    other outputs, so the retrain's fine-tuning starts from the head and says so."""
+    data, run0, cache, wrong = noisy
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    config = json.loads((run / "config.json").read_text())
+    config["finetune"]["kept"] = True
+    (run / "config.json").write_text(json.dumps(config))
+    squares = sorted(str(p) for p in (data / "square").iterdir())[:8]  # some of them in every split
+    _corrections(run / "corrections.csv", [[p, "relabel", "oval", "", ""] for p in squares])
+    capsys.readouterr()
+    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "1", "--allow-new-classes",
+                 "--cache-dir", str(cache)]) == 0
+    said = capsys.readouterr()
+    words = " ".join((said.out + said.err).split())  # the console wraps long lines
+    assert "starting from the head, not from" in words and "its classes are not these" in words, words
+    assert "started_from" not in json.loads((tmp_path / "fixed" / "config.json").read_text())["finetune"]
+
+
 def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, capsys):
     assert main(["review", str(tmp_path), "--list"]) == 2
     assert "is not a run folder" in capsys.readouterr().err
