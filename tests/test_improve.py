@@ -50,6 +50,19 @@ def _corrections(path, rows):
     return path
 
 
+def _reviewed_copy(run0, run, change):
+    """A copy of the trained run at `run` whose config.json `change(config)` has edited in place."""
+    shutil.copytree(run0, run)
+    config = json.loads((run / "config.json").read_text())
+    change(config)
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def _kept_finetuning(config):
+    config["finetune"]["kept"] = True
+
+
 @pytest.mark.parametrize("row,expected", [
     (["nowhere.png", "relabel", "circle", "", ""], "row 2: 'nowhere.png' is not an image of the data"),
     (["square/looks_round_0.png", "relabel", "hexagon", "", ""], "row 2: class 'hexagon' is not one of"),
@@ -270,12 +283,12 @@ def test_a_retrain_of_a_run_whose_head_chose_class_weights_keeps_the_logistic_pr
     """A run whose head selection chose class weights (as --metric macro_f1 does on imbalanced data) has no
     plain candidate to reuse: the retrain fits that head again and cross-validates the probe's C itself."""
     data, run0, cache, wrong = noisy
-    run = tmp_path / "run"
-    shutil.copytree(run0, run)
-    config = json.loads((run / "config.json").read_text())
-    config["head_selection"]["candidate"] = {"c": 1.0, "weighting": "sqrt"}
-    config["head_selection"]["table"] = [{**r, "weighting": "sqrt"} for r in config["head_selection"]["table"]]
-    (run / "config.json").write_text(json.dumps(config))
+
+    def chose_class_weights(config):
+        config["head_selection"]["candidate"] = {"c": 1.0, "weighting": "sqrt"}
+        config["head_selection"]["table"] = [{**r, "weighting": "sqrt"} for r in config["head_selection"]["table"]]
+
+    run = _reviewed_copy(run0, tmp_path / "run", chose_class_weights)
     _corrections(run / "corrections.csv", [[wrong[0], "relabel", "circle", "", ""]])
     assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "0", "--cache-dir", str(cache),
                  "--quiet"]) == 0
@@ -294,11 +307,7 @@ def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(n
     from safetensors.torch import save_file
 
     data, run0, cache, wrong = noisy
-    run = tmp_path / "run"
-    shutil.copytree(run0, run)
-    config = json.loads((run / "config.json").read_text())
-    config["finetune"]["kept"] = True
-    (run / "config.json").write_text(json.dumps(config))
+    run = _reviewed_copy(run0, tmp_path / "run", _kept_finetuning)
     with safe_open(run / "model.safetensors", "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors = {k: v.zero_() if k.startswith("head.") else v for k, v in tensors.items()}
@@ -319,11 +328,7 @@ def test_a_retrain_into_new_classes_starts_from_the_head_and_says_why(noisy, tmp
     """An image relabelled into a class the run did not have (--allow-new-classes): the run's model has
     other outputs, so the retrain's fine-tuning starts from the head and says so."""
     data, run0, cache, wrong = noisy
-    run = tmp_path / "run"
-    shutil.copytree(run0, run)
-    config = json.loads((run / "config.json").read_text())
-    config["finetune"]["kept"] = True
-    (run / "config.json").write_text(json.dumps(config))
+    run = _reviewed_copy(run0, tmp_path / "run", _kept_finetuning)
     squares = sorted(str(p) for p in (data / "square").iterdir())[:8]  # some of them in every split
     _corrections(run / "corrections.csv", [[p, "relabel", "oval", "", ""] for p in squares])
     capsys.readouterr()

@@ -107,7 +107,7 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
     say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
         f"{recipe.finetune.augment}, {params['epochs']} fine-tune epochs"
-        f"{' continuing from its fine-tuned model' if s['kept_finetuning'] else ''} "
+        f"{' continuing from its fine-tuned model' if s['kept_finetuning'] and params['epochs'] else ''} "
         f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"

@@ -25,8 +25,8 @@ from ..model.backbones import unfrozen_names
 from ..model.heads import Classifier
 from ..model.linear import class_weights
 from ..model.trunk import Tail
-from ..errors import RunFolderError
-from ..runs.folder import RunFolder, load_tensors_and_meta, save_tensors
+from ..runs.folder import load_tensors_and_meta, save_tensors
+from ..runs.trained import load_run
 from . import budget
 from .batches import Images, stage_batches
 from .context import FitContext
@@ -68,6 +68,7 @@ class _Training:
     images: Images
     origin: dict  # the weights the stage starts (and restarts) from
     origin_name: str  # what they are, in words
+
     @property
     def ckpt(self) -> Path:
         return self.ctx.run.checkpoints / "finetune.safetensors"
@@ -119,18 +120,19 @@ def _unfreeze(model: Classifier, groups: int, backbone_name: str) -> list[torch.
 
 
 def _continue_from(ctx: FitContext, model: Classifier, run: str, classes: list[str]) -> bool:
-    """The fine-tuned blocks and head of the run folder `run` put in `model` -> True; False, said, where
-    that run has other classes (the stage then starts from the head)."""
-    folder = RunFolder(run)
-    theirs = folder.read_config().get("classes")
-    if theirs != list(classes):
-        ctx.say(f"Fine-tune: starting from the head, not from {run}'s model: its classes are not these.")
+    """The fine-tuned blocks and head of the run folder `run` (loaded, and checked, as any run is) put in
+    `model` -> True; False, said, where that run has other classes or another network (the stage then
+    starts from the head)."""
+    source = load_run(run, device="cpu")
+    theirs = {k: v for k, v in source.model.state_dict().items() if k != "offsets"}
+    ours = model.state_dict()
+    why = "its classes are not these" if source.classes != list(classes) else \
+        "its network is not this one" if set(theirs) != set(ours) - {"offsets"} or \
+        any(v.shape != ours[k].shape for k, v in theirs.items()) else None
+    if why:
+        ctx.say(f"Fine-tune: starting from the head, not from {run}'s model: {why}.")
         return False
-    weights = {k: v for k, v in folder.load_weights(classes).items() if k != "offsets"}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if k != "offsets"]:
-        raise RunFolderError(f"{str(folder.weights)!r} is not a model of this backbone and head; retrain "
-                             "without continuing from it (--epochs as usual, a new run).")
+    model.load_state_dict(theirs, strict=False)
     ctx.say(f"Fine-tune: continuing from {run}'s fine-tuned model (its blocks and head), judged against the "
             "head again.")
     return True
