@@ -300,9 +300,11 @@ def test_a_retrain_of_a_run_whose_head_chose_class_weights_keeps_the_logistic_pr
 
 
 def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(noisy, tmp_path, capsys):
-    """The reviewed run's fine-tuned blocks and head are where the retrain's fine-tuning starts: with the
-    run's head planted at zero, the stage's epoch 0 (the model as it starts) answers the first class for
-    every validation image."""
+    """The reviewed run's fine-tuned blocks and head are where the retrain's fine-tuning starts, at a tenth
+    of the recipe's rate: with the run's head planted at zero, the stage's epoch 0 (the model as it starts)
+    answers the first class for every validation image."""
+    from imgtune.config import FineTuneConfig
+
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -314,11 +316,14 @@ def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(n
     save_file(tensors, run / "model.safetensors", metadata=meta)
     _corrections(run / "corrections.csv", [[wrong[0], "relabel", "circle", "", ""]])
     capsys.readouterr()
-    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "1", "--cache-dir", str(cache)]) == 0
+    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--cache-dir", str(cache)]) == 0
     said = capsys.readouterr()
-    assert "continuing from its fine-tuned model" in said.out + said.err
+    assert "continuing from its fine-tuned model at a tenth of the rate" in " ".join((said.out + said.err).split())
     fixed = tmp_path / "fixed"
-    assert json.loads((fixed / "config.json").read_text())["finetune"]["started_from"] == str(run.resolve())
+    finetune = json.loads((fixed / "config.json").read_text())["finetune"]
+    assert finetune["started_from"] == str(run.resolve())
+    restart = finetune.get("restarted", {}).get("lr_scale", 1.0)  # a tenth again where the guard restarts it
+    assert finetune["lr"] == pytest.approx(FineTuneConfig().lr / 10 * restart)
     first = next(json.loads(line) for line in open(fixed / "history.jsonl") if '"fine-tune"' in line)
     val = [r["label"] for r in csv.DictReader(open(fixed / "split.csv")) if r["split"] == "val"]
     assert first["epoch"] == 0 and first["val_accuracy"] == pytest.approx(val.count("circle") / len(val))
@@ -326,18 +331,23 @@ def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(n
 
 def test_a_retrain_into_new_classes_starts_from_the_head_and_says_why(noisy, tmp_path, capsys):
     """An image relabelled into a class the run did not have (--allow-new-classes): the run's model has
-    other outputs, so the retrain's fine-tuning starts from the head and says so."""
+    other outputs, so the retrain's fine-tuning starts from the head, at the recipe's rate, and says so."""
+    from imgtune.config import FineTuneConfig
+
     data, run0, cache, wrong = noisy
     run = _reviewed_copy(run0, tmp_path / "run", _kept_finetuning)
     squares = sorted(str(p) for p in (data / "square").iterdir())[:8]  # some of them in every split
     _corrections(run / "corrections.csv", [[p, "relabel", "oval", "", ""] for p in squares])
     capsys.readouterr()
-    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--epochs", "1", "--allow-new-classes",
+    assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--allow-new-classes",
                  "--cache-dir", str(cache)]) == 0
     said = capsys.readouterr()
     words = " ".join((said.out + said.err).split())  # the console wraps long lines
     assert "starting from the head, not from" in words and "its classes are not these" in words, words
-    assert "started_from" not in json.loads((tmp_path / "fixed" / "config.json").read_text())["finetune"]
+    assert "at a tenth of the rate" not in words
+    finetune = json.loads((tmp_path / "fixed" / "config.json").read_text())["finetune"]
+    restart = finetune.get("restarted", {}).get("lr_scale", 1.0)
+    assert "started_from" not in finetune and finetune["lr"] == pytest.approx(FineTuneConfig().lr * restart)
 
 
 def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, capsys):
@@ -349,12 +359,14 @@ def test_review_of_a_folder_that_is_no_single_label_run_is_one_line(tmp_path, ca
     assert err.count("\n") == 1 and "multi-label run" in err
 
 
-@pytest.mark.parametrize("recipe_epochs, expected", [(4, 2), (50, 25), (1, 1), (3, 1), (0, 0)])
-def test_a_retrain_fine_tunes_half_the_recipes_epochs_and_never_starts_fine_tuning_a_head_only_recipe(
-        recipe_epochs, expected):
+@pytest.mark.parametrize("recipe_epochs, continuing, expected", [
+    (4, False, 2), (50, False, 25), (1, False, 1), (3, False, 1), (0, False, 0),
+    (4, True, 1), (50, True, 12), (1, True, 1), (8, True, 2), (0, True, 0)])
+def test_a_retrain_fine_tunes_half_the_recipes_epochs_a_quarter_when_continuing_and_never_a_head_only_recipe(
+        recipe_epochs, continuing, expected):
     from imgtune.improve import retrain_epochs
 
-    assert retrain_epochs(recipe_epochs) == expected
+    assert retrain_epochs(recipe_epochs, continuing) == expected
 
 
 def test_the_review_server_stops_only_after_the_requests_in_flight_are_answered():

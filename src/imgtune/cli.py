@@ -87,7 +87,8 @@ def _improve_flags(sub) -> None:
     t.add_argument("--allow-new-classes", action="store_true",
                    help="let the corrections relabel images into a class the data does not have")
     t.add_argument("--epochs", type=_int_at_least(0), metavar="N",
-                   help="fine-tune epochs (default: half the run's recipe's; 0: the head alone, in seconds)")
+                   help="fine-tune epochs (default: a quarter of the run's recipe's where it continues from the run's "
+                        "fine-tuned model, else half; 0: the head alone, in seconds)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted retrain (in --out, or the latest)")
     _feature_flags(t)
     c = sub.add_parser("compare", help="two runs on the same images: per-class differences with their noise, the "

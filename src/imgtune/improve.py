@@ -47,7 +47,7 @@ def run_settings(run: RunFolder) -> dict:
     return {**settings, "chosen_backbone": config.get("backbone", settings.get("backbone")),
             "chosen_image_size": (config.get("data_config") or {}).get("image_size"),
             "chosen_augment": (config.get("augment") or {}).get("chosen"),
-            "chosen_head": _chosen_head(config), "cache": config.get("cache"),
+            "chosen_head": _chosen_head(config), "cache": config.get("cache"), "classes": config.get("classes") or [],
             "kept_finetuning": bool((config.get("finetune") or {}).get("kept"))}
 
 
@@ -67,10 +67,20 @@ def _chosen_head(config: dict) -> tuple[tuple[float, str], ...]:
     return tuple(pairs)
 
 
-def retrain_epochs(recipe_epochs: int) -> int:
-    """A retrain's default fine-tune epochs: half the recipe's (at least one where it fine-tunes). The
-    head and the cached trunk views are reused, so fine-tuning is most of a retrain's time."""
-    return max(1, recipe_epochs // 2) if recipe_epochs else 0
+def retrain_epochs(recipe_epochs: int, continuing: bool = False) -> int:
+    """A retrain's default fine-tune epochs: half the recipe's, a quarter where it continues from the
+    run's fine-tuned model (at a tenth of the rate: train/finetune.py, CONTINUED_RATE), at least one
+    where the recipe fine-tunes. The head and the cached trunk views are reused, so fine-tuning is most of
+    a retrain's time."""
+    return max(1, recipe_epochs // (4 if continuing else 2)) if recipe_epochs else 0
+
+
+def new_classes(corrections: Path, classes: list[str]) -> list[str]:
+    """The classes the corrections relabel images into that `classes` lacks."""
+    from .data.corrections import latest, read_corrections
+
+    return sorted({c.label for c in latest(read_corrections(corrections)).values()
+                   if c.action == "relabel" and c.label not in classes})
 
 
 def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
@@ -79,12 +89,15 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     """The run's training again, into `out` (default RUN-retrain, -retrain-2, ...), with `corrections`
     (default RUN/corrections.csv) applied: the same data, seed and recipe, and what the run chose from the
     data (backbone, image size, augmentation, the head's C and class weighting and its probe's C), so every
-    image keeps its split and the feature cache and trunk views (keyed by content) are reused. Fine-tuning
-    runs for half the recipe's epochs unless `epochs` says otherwise, continuing from the run's fine-tuned
-    model where the run kept one (its blocks are adapted to these images already: on the digits the
-    4-epoch accuracy in 2 epochs; BENCHMARKS.md, "The improvement loop"), and is judged against the head
-    again: a run whose noisy labels made its head win may fine-tune well once they are corrected. `epochs=0` fits the head alone, in seconds. `settings`: any other of ImageClassifier's parameters to change (device, cache_dir,
-    quiet, ...; None keeps the run's). `say` hears what was reused. -> the fitted ImageClassifier."""
+    image keeps its split and the feature cache and trunk views (keyed by content) are reused. Where the
+    run kept its fine-tuning (and the corrections add no class), fine-tuning continues from its model, whose
+    blocks are adapted to these images already, for a quarter of the recipe's epochs at a tenth of its rate
+    (on the digits 80 % of the accuracy the noise cost back in one epoch; BENCHMARKS.md, "A retrain
+    continues at a tenth of the rate"); otherwise it starts from the head for half the recipe's epochs.
+    `epochs` says otherwise; 0 fits the head alone, in seconds. Either way the stage is judged against the
+    head again: a run whose noisy labels made its head win may fine-tune well once they are corrected.
+    `settings`: any other of ImageClassifier's parameters to change (device, cache_dir, quiet, ...; None
+    keeps the run's). `say` hears what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier
     from .config import Recipe, with_overrides
 
@@ -98,16 +111,18 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     if s["kept_finetuning"]:  # its blocks are adapted to these images already: fine-tuning continues from them
         recipe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune,
                                                                           start_from=str(source.path.resolve())))
-    params = {"recipe": recipe, "image_size": s["chosen_image_size"], "epochs": retrain_epochs(recipe.finetune.epochs),
-              "seed": s["seed"], "weights": s["weights"], "task": s.get("data_task"), "cache_dir": s.get("cache"),
-              "time_limit": s.get("time_limit"), **{k: v for k, v in settings.items() if v is not None}}
     corrections = Path(corrections) if corrections is not None else source.corrections
     if not corrections.is_file():
         raise DataError(f"No corrections to retrain with: {str(corrections)!r} does not exist. Make them with "
                         f"`imgtune review {source.path}`, or give --corrections FILE.csv.")
+    continuing = s["kept_finetuning"] and not new_classes(corrections, s["classes"])
+    params = {"recipe": recipe, "image_size": s["chosen_image_size"],
+              "epochs": retrain_epochs(recipe.finetune.epochs, continuing), "seed": s["seed"], "weights": s["weights"],
+              "task": s.get("data_task"), "cache_dir": s.get("cache"), "time_limit": s.get("time_limit"),
+              **{k: v for k, v in settings.items() if v is not None}}
     say(f"Retrain of {source.path}: {s['chosen_backbone']} at {s['chosen_image_size']} px, augmentation "
         f"{recipe.finetune.augment}, {params['epochs']} fine-tune epochs"
-        f"{' continuing from its fine-tuned model' if s['kept_finetuning'] and params['epochs'] else ''} "
+        f"{' continuing from its fine-tuned model at a tenth of the rate' if continuing and params['epochs'] else ''} "
         f"(--epochs 0: the head alone, in seconds), with {corrections}.")
     if out is None:
         base = f"{source.path}-retrain"
