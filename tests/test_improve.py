@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_class_folders
 from test_browser import CHROMIUM, _chromium
 from test_serve_page import REPO, browser  # noqa: F401 (the fixture)
@@ -318,12 +319,13 @@ def test_a_retrain_of_a_run_that_kept_its_fine_tuning_continues_from_its_model(n
     capsys.readouterr()
     assert main(["retrain", str(run), "--out", str(tmp_path / "fixed"), "--cache-dir", str(cache)]) == 0
     said = capsys.readouterr()
-    assert "continuing from its fine-tuned model at a tenth of the rate" in " ".join((said.out + said.err).split())
+    words = " ".join((said.out + said.err).split())
+    assert "continuing from its fine-tuned model at a tenth of the rate" in words
+    assert "the rate the divergence guard restarts at, so not watched" in words and "loss on the first" not in words
     fixed = tmp_path / "fixed"
     finetune = json.loads((fixed / "config.json").read_text())["finetune"]
     assert finetune["started_from"] == str(run.resolve())
-    restart = finetune.get("restarted", {}).get("lr_scale", 1.0)  # a tenth again where the guard restarts it
-    assert finetune["lr"] == pytest.approx(FineTuneConfig().lr / 10 * restart)
+    assert finetune["lr"] == pytest.approx(FineTuneConfig().lr / 10) and "restarted" not in finetune
     first = next(json.loads(line) for line in open(fixed / "history.jsonl") if '"fine-tune"' in line)
     val = [r["label"] for r in csv.DictReader(open(fixed / "split.csv")) if r["split"] == "val"]
     assert first["epoch"] == 0 and first["val_accuracy"] == pytest.approx(val.count("circle") / len(val))
@@ -407,3 +409,45 @@ def test_the_review_server_stops_only_after_the_requests_in_flight_are_answered(
     assert finished.is_set()
     client.join(30)
     assert answers == [b"ok"]
+
+
+class _Answers(torch.nn.Module):
+    """A stand-in network: image i's logits are row i of its `table` (a state-dict entry, as weights are)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.table[x.long()]
+
+
+@pytest.mark.parametrize("continued, head_right, kept", [
+    (False, 80, False),  # fine-tuning 1 point better, within the noise: the head stays
+    (True, 80, True),  # the same, continued from a run's fine-tuned model: that model stays
+    (True, 60, True),  # continued and clearly better: kept either way
+    (False, 60, True),
+    (True, 95, False)])  # continued and the head clearly better: the head replaces it
+def test_a_continued_model_is_kept_unless_the_head_beats_it_by_more_than_the_noise(continued, head_right, kept):
+    from types import SimpleNamespace
+
+    from imgtune.train.keep import keep_or_not
+    from imgtune.train.loop import Objective, StageState
+
+    y = np.arange(200) % 2
+
+    def answers(n_right, shift=0):  # n_right of each class's 100 right: many of them others for the head
+        right = ((np.arange(200) // 2 + shift) % 100) < n_right
+        return np.eye(2)[np.where(right, y, 1 - y)]
+
+    model = _Answers(answers(81))
+    head = {"table": torch.as_tensor(answers(head_right, 30), dtype=torch.float32)}
+    said = []
+    ctx = SimpleNamespace(device=torch.device("cpu"), seed=0, say=said.append)
+    batches = lambda: [(torch.arange(200), torch.as_tensor(y))]  # noqa: E731
+    out = keep_or_not(ctx, model, model, head, StageState(best_epoch=1), batches, Objective("accuracy"),
+                      continued=continued)
+    assert out["kept"] is kept, said
+    assert out["val_finetuned"] == pytest.approx(0.81) and out["val_head"] == pytest.approx(head_right / 100)
+    expected = answers(81) if kept else answers(head_right, 30)
+    assert np.array_equal(model.table.numpy(), expected)  # the model holds what was kept

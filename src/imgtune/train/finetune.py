@@ -3,7 +3,8 @@ it beats the head on validation.
 
 Guarded twice: when the training loss after warm-up (the second epoch) stays above the loss the head
 started from on the augmented training batches, the stage restarts once from the head at a tenth of the
-learning rate; and the fine-tuned weights are kept only where they beat the head on validation by more
+learning rate (a stage that continues from a fine-tuned model trains at that rate from the start, and
+is not watched); and the fine-tuned weights are kept only where they beat the head on validation by more
 than the bootstrap noise of the validation split."""
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ DIVERGED = 1.05
 # its blocks are adapted to these images already, and the recipe's rate, warmed up again, pushes them off
 # (the digits' reviewed run: validation 0.925 -> 0.896 after the first epoch at 1e-3). At 1e-4 one epoch
 # recovered 80 % of the accuracy the label noise cost (0.9578 -> 0.9756; 1e-3: 0 %), two epochs all of
-# it (0.9822; 1e-3: 0.9778) (BENCHMARKS.md, "A retrain continues at a tenth of the rate").
+# it (0.9822; 1e-3: 0.9778) (BENCHMARKS.md, "A retrain continues at a tenth of the rate"). It is the rate
+# the divergence guard restarts at, so such a stage is not watched (nor its start loss measured).
 CONTINUED_RATE = 0.1
 
 
@@ -160,12 +162,13 @@ def _batch_size(ctx: FitContext, cfg: FineTuneConfig, n_train: int) -> tuple[int
 def _guarded(t: _Training) -> tuple[StageState, dict]:
     """The stage, restarted once from its origin at a tenth of the learning rate when it diverges ->
     (its final state, the guard: the loss the head started from and the rate scale used). Only a stage
-    at the full rate is watched, so the restart runs to its end."""
+    at the full rate is watched, so the restart runs to its end; a continued stage trains at the
+    restart's rate from the start (CONTINUED_RATE), and its start loss is not measured."""
     saved = load_tensors_and_meta(t.ckpt) if t.ckpt.exists() else None
     guard = saved[1].get("guard") if saved else None
     if guard is None:  # the loss the head starts from, on the first augmented batches of epoch 1
-        guard = {"start_loss": start_loss(t.trained, t.batches[0](0), t.ctx.device, t.head.objective, t.cfg),
-                 "lr_scale": 1.0, **_found_rate(t)}
+        loss = None if t.continued else start_loss(t.trained, t.batches[0](0), t.ctx.device, t.head.objective, t.cfg)
+        guard = {"start_loss": loss, "lr_scale": 1.0, **_found_rate(t)}
     elif "rate" in guard:
         t.ctx.say(RateChoice.from_dict(guard["rate"]).describe())
     _announce(t, guard)
@@ -186,10 +189,12 @@ def _announce(t: _Training, guard: dict) -> None:
     n_body = sum(p.numel() for p in t.body)
     how = (f"{cfg.augment} augmentation, {cfg.cached_views} cached view(s) per image and the plain one"
            if t.trained is not t.model else f"{cfg.augment} augmentation")
+    start = ("; trained at the rate the divergence guard restarts at, so not watched" if guard["start_loss"] is None
+             else f"; the head's loss on the first augmented training batches is {guard['start_loss']:.4f} (the "
+                  "report's head point is its loss on the plain features it was fitted on)")
     t.ctx.say(f"Fine-tune: training the last {cfg.unfreeze} block group(s) ({n_body:,} parameters) and the "
               f"head on {len(t.images.manifest.split('train')):,} images, {how}{_balance_words(t.cfg)}, up to "
-              f"{cfg.epochs} epochs; {t.origin_name}'s loss on the first augmented training batches is "
-              f"{guard['start_loss']:.4f} (the report's head point is its loss on the plain features it was fitted on).")
+              f"{cfg.epochs} epochs{start}.")
 
 
 def _attempt(t: _Training, guard: dict, saved) -> StageState:
@@ -307,10 +312,11 @@ class _Checkpoint:
 class _DivergenceGuard(Hook):
     """Raises Diverged when the training loss of epoch `judged_at` (after warm-up: the second epoch, the
     first of a one-epoch stage) is not below DIVERGED times the loss the head started from; watches the
-    stage at the full rate only."""
+    stage at the full rate only (not a continued one: no start loss)."""
 
     def __init__(self, guard: dict, judged_at: int):
-        self.start_loss, self.watched, self.judged_at = guard["start_loss"], guard["lr_scale"] == 1.0, judged_at
+        self.start_loss, self.judged_at = guard["start_loss"], judged_at
+        self.watched = guard["lr_scale"] == 1.0 and self.start_loss is not None
 
     def after_epoch(self, state: StageState) -> None:
         last = state.history[-1]
