@@ -95,7 +95,8 @@ def retrain(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     (on the digits 80 % of the accuracy the noise cost back in one epoch; BENCHMARKS.md, "A retrain
     continues at a tenth of the rate"); otherwise it starts from the head for half the recipe's epochs.
     `epochs` says otherwise; 0 fits the head alone, in seconds. Either way the stage is judged against the
-    head again: a run whose noisy labels made its head win may fine-tune well once they are corrected.
+    head again (train/keep.py): a run whose noisy labels made its head win may fine-tune well once they
+    are corrected, and a continued model gives way to a head that beats it by more than the noise.
     `settings`: any other of ImageClassifier's parameters to change (device, cache_dir, quiet, ...; None
     keeps the run's). `say` hears what was reused. -> the fitted ImageClassifier."""
     from .classifier import ImageClassifier

@@ -52,12 +52,14 @@ def measure(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval
     y_train, y_eval = np.asarray(y_train, int)[sample], np.asarray(y_eval, int)
     counts_eval = np.bincount(y_eval, minlength=n_classes)
     rows = {"fractions": list(FRACTIONS), "train_per_class": [], "accuracy": [], "overall": []}
+    heads = {}  # each draw's fit starts from the same draw's fit on the fraction before (a warm start)
     for f in FRACTIONS:
         runs = 1 if f >= 1 else SEEDS
         acc, overall, n = np.zeros(n_classes), 0.0, np.zeros(n_classes)
         for s in range(runs):
             idx = subsample(y_train, f, np.random.default_rng([seed, s, int(f * 1000)]))
-            head = fit_candidate(x_train[sample[idx]], y_train[idx], n_classes, candidate)
+            head = heads[s] = fit_candidate(x_train[sample[idx]], y_train[idx], n_classes, candidate,
+                                            init=heads.get(s))
             pred = logits(x_eval, head).argmax(1)
             right = np.bincount(y_eval[pred == y_eval], minlength=n_classes)
             acc += right / np.maximum(counts_eval, 1)
