@@ -65,22 +65,6 @@ def test_cross_validating_a_sample_by_its_rows_is_the_same_as_on_a_copy_of_it():
     np.testing.assert_array_equal(by_rows.oof_logits, copied.oof_logits)
 
 
-def test_exact_pairs_are_scored_alone_from_warm_starts_and_agree_with_the_whole_path():
-    """A retrain scores exactly the (C, weighting) pairs it is given, each fit started from the grid's
-    stronger penalties as a whole search's are: the table holds those pairs only, in their order, with
-    the scores the whole path gives them (to the fits' tolerance)."""
-    rng = np.random.default_rng(3)
-    x, y = _gaussians(rng, [120, 80, 40], shift=1.0)
-    pairs = ((10.0, "none"), (0.3, "sqrt"))
-    search = Search("accuracy", pairs=pairs)
-    assert search.paths() == {"none": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), "sqrt": (0.01, 0.03, 0.1, 0.3)}
-    sel = cross_validate(x, y, 3, search)
-    whole = {(r["c"], r["weighting"]): r for r in cross_validate(x, y, 3, Search("accuracy")).table}
-    assert [(r["c"], r["weighting"]) for r in sel.table] == list(pairs)
-    for r in sel.table:
-        assert r["log_loss"] == pytest.approx(whole[r["c"], r["weighting"]]["log_loss"], abs=1e-6)
-
-
 def test_offsets_raise_macro_f1_on_an_imbalanced_planted_set():
     rng = np.random.default_rng(2)
     counts = [900, 60, 40]

@@ -145,23 +145,13 @@ class Search:
     pairs: tuple[tuple[float, str], ...] = ()
 
     def paths(self) -> dict[str, tuple[float, ...]]:
-        """weighting -> its L2 strengths in ascending order, each fit starting from the one before. With
-        `pairs`, each weighting's path runs through the grid's strengths below its smallest pair's C
-        first: a fit at a weak penalty started from zero takes several times the iterations of the same
-        fit started from a stronger penalty's solution (a retrain's head, Fashion-MNIST, C = 0.03: 1.7 s
-        a fold from zero)."""
+        """weighting -> its L2 strengths in ascending order (each fit starts from the one before)."""
         if not self.pairs:
             return {w: tuple(self.cs) for w in self.weightings or WEIGHTINGS}
         out: dict[str, list[float]] = {}
         for c, w in self.pairs:
             out.setdefault(w, []).append(float(c))
-        return {w: tuple(sorted({*(g for g in self.cs if g < min(cs)), *cs})) for w, cs in out.items()}
-
-    def scored(self) -> list["Candidate"]:
-        """The candidates the selection scores: every one on the paths, or exactly the `pairs`."""
-        if self.pairs:
-            return [Candidate(float(c), w) for c, w in self.pairs]
-        return [Candidate(c, w) for w, cs in self.paths().items() for c in cs]
+        return {w: tuple(sorted(set(cs))) for w, cs in out.items()}
 
     @classmethod
     def plain(cls, metric: str, seed: int = 0) -> "Search":
@@ -181,7 +171,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, search: Search,
     k = max(2, min(search.folds, smallest))
     fold = stratified_folds(y, k, search.seed)
     paths = search.paths()
-    oof = {cand: np.zeros((len(y), n_classes), np.float32) for cand in search.scored()}
+    oof = {Candidate(c, w): np.zeros((len(y), n_classes), np.float32) for w, cs in paths.items() for c in cs}
     for f in range(k):
         tr, te = fold != f, fold == f
         xtr, xte = x[sample[tr]], x[sample[te]]
@@ -190,8 +180,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, n_classes: int, search: Search,
             head = None
             for c in cs:  # warm start along the path
                 head = fit_logistic(xtr, y[tr], n_classes, c=c, weights=cw, init=head)
-                if Candidate(c, w) in oof:
-                    oof[Candidate(c, w)][te] = logits(xte, head)
+                oof[Candidate(c, w)][te] = logits(xte, head)
         del xtr, xte  # before the next fold's are gathered
         if advance is not None:
             advance(1)
